@@ -1,0 +1,1 @@
+"""The Faust application and the stage agents of our pipelines."""

@@ -1,0 +1,17 @@
+"""The registry of pipelines a worker serves, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agents import example, hop
+from streams import Topology
+
+BUILDERS: dict[str, Callable[[], Topology]] = {
+    example.NAME: example.build,
+    hop.NAME: hop.build,
+}
+
+
+def all_topologies() -> list[Topology]:
+    return [build() for build in BUILDERS.values()]

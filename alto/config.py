@@ -1,0 +1,130 @@
+"""The one frozen configuration object, and the only place environment variables are read."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from alto.errors import ConfigError
+
+Mode = Literal["streaming", "baseline"]
+
+ENV_PREFIX = "ALTO_"
+
+
+class KafkaSecurity(BaseModel):
+    """Kafka security settings passed through to every client (SASL/SSL)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+
+
+class AltoConfig(BaseModel):
+    """Everything a process of ours needs to know, validated once at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "alto."
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    app_id: str = "alto"
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    mode: Mode = "streaming"
+    data_dir: Path = Path(".alto-data")
+    # Short group timeouts keep rebalances (and tests) fast; see the design notes.
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    max_message_bytes: int = Field(default=1_000_000, gt=1024)
+    max_input_chars: int = Field(default=20_000, gt=0)
+    status_file: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    security: KafkaSecurity = KafkaSecurity()
+    # Raw client settings, passed unchanged to the Kafka clients that accept them.
+    extra: Mapping[str, Any] = Field(default_factory=dict)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not value or not set(value) <= allowed:
+            raise ValueError(f"topic prefix {value!r} may only use letters, digits, '.', '_', '-'")
+        return value
+
+    def topic(self, name: str) -> str:
+        """The full name of one of our topics, e.g. ``topic('requests')``."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def requests_topic(self) -> str:
+        return self.topic("requests")
+
+    @property
+    def results_topic(self) -> str:
+        return self.topic("results")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("dlq")
+
+    @property
+    def sink_topic(self) -> str:
+        return self.topic("sink")
+
+    def with_overrides(self, **changes: Any) -> AltoConfig:
+        """A copy with some fields changed, validated again."""
+        try:
+            return AltoConfig.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+_ENV_FIELDS: dict[str, str] = {
+    "BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "TOPIC_PREFIX": "topic_prefix",
+    "PARTITIONS": "partitions",
+    "REPLICATION_FACTOR": "replication_factor",
+    "APP_ID": "app_id",
+    "WORKER_ID": "worker_id",
+    "MODE": "mode",
+    "DATA_DIR": "data_dir",
+    "SESSION_TIMEOUT_S": "session_timeout_s",
+    "STATUS_FILE": "status_file",
+    "LOG_LEVEL": "log_level",
+    "MAX_INPUT_CHARS": "max_input_chars",
+}
+
+_ENV_SECURITY: dict[str, str] = {
+    "SECURITY_PROTOCOL": "protocol",
+    "SASL_MECHANISM": "sasl_mechanism",
+    "SASL_USERNAME": "sasl_username",
+    "SASL_PASSWORD": "sasl_password",
+    "SSL_CAFILE": "ssl_cafile",
+}
+
+
+def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> AltoConfig:
+    """Build the configuration from ``ALTO_*`` environment variables plus explicit overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for suffix, field in _ENV_FIELDS.items():
+        if (raw := env.get(ENV_PREFIX + suffix)) not in (None, ""):
+            values[field] = raw
+    security = {f: env[ENV_PREFIX + s] for s, f in _ENV_SECURITY.items() if env.get(ENV_PREFIX + s)}
+    if security:
+        values["security"] = security
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AltoConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc

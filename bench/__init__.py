@@ -1,0 +1,1 @@
+"""Benchmarks: `alto bench NAME [--quick] [--json PATH]`."""

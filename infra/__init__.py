@@ -1,0 +1,1 @@
+"""Broker launchers, topic administration and deployment files."""

@@ -1,0 +1,1 @@
+"""LM worker processes and engines (see the LM service issue)."""

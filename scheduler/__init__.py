@@ -1,0 +1,1 @@
+"""Scheduler agent and prompt-aware policies (see the scheduler issue)."""

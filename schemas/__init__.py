@@ -1,0 +1,28 @@
+"""Message schemas: the `.avsc` files are the source of truth; Python types are checked against them."""
+
+from schemas.codec import AvroSchema, load_schema
+from schemas.messages import (
+    DeadLetter,
+    Mode,
+    PathEntry,
+    PipelineRequest,
+    PipelineResult,
+    Quantum,
+    QuantumKind,
+    ResultStatus,
+    TraceSpan,
+)
+
+__all__ = [
+    "AvroSchema",
+    "DeadLetter",
+    "Mode",
+    "PathEntry",
+    "PipelineRequest",
+    "PipelineResult",
+    "Quantum",
+    "QuantumKind",
+    "ResultStatus",
+    "TraceSpan",
+    "load_schema",
+]

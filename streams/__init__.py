@@ -1,0 +1,33 @@
+"""The streaming runtime: quanta, ancestry, the stage API, keyed routing, aggregation, completion."""
+
+from streams.operators import (
+    Item,
+    Operator,
+    by_source,
+    collect,
+    combine,
+    count,
+    filter_by,
+    map_values,
+    sum_of,
+    top_k,
+)
+from streams.pipeline import REQUEST, Pipeline, Stage, StageKind, Topology
+
+__all__ = [
+    "REQUEST",
+    "Item",
+    "Operator",
+    "Pipeline",
+    "Stage",
+    "StageKind",
+    "Topology",
+    "by_source",
+    "collect",
+    "combine",
+    "count",
+    "filter_by",
+    "map_values",
+    "sum_of",
+    "top_k",
+]

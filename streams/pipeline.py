@@ -1,0 +1,239 @@
+"""Declaring a pipeline as annotated stages, and the topology derived from the annotations.
+
+A stage says what it consumes (`after`), whether it maps, fans out (and whether that
+fan-out may stream) or aggregates, and for an aggregate the level it aggregates at
+(`per`: the fan-out stage whose nodes it folds, or "request"). Everything else is
+derived here, with no hand-written tags: each stage's input topic, the ancestry depth
+of every edge, the partition key each consumer needs (see `streams.ancestry`), which
+END markers each aggregator counts, and which it only forwards.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from alto.errors import PipelineError
+from streams.operators import Item, Operator
+
+REQUEST = "request"
+"""Name of the pipeline's input (the root of every ancestry tree) and of its level."""
+
+MapFn = Callable[[Item], Any | Awaitable[Any]]
+FanOutFn = Callable[[Item], Iterable[Any] | AsyncIterable[Any]]
+
+
+class StageKind(enum.StrEnum):
+    MAP = "map"
+    FAN_OUT = "fan_out"
+    AGGREGATE = "aggregate"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One declared stage. Build these through `Pipeline`'s methods."""
+
+    name: str
+    kind: StageKind
+    after: tuple[str, ...]
+    fn: Callable[[Item], Any] | None = None
+    operator: Operator | None = None
+    per: str | None = None
+    streams: bool = True
+    description: str = ""
+
+    @property
+    def stateful(self) -> bool:
+        return self.kind is StageKind.AGGREGATE
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the runtime derives from a pipeline's stage annotations."""
+
+    pipeline: str
+    stages: dict[str, Stage]
+    order: tuple[str, ...]  # a topological order
+    depth: dict[str, int]  # ancestry depth of each stage's output (REQUEST: 0)
+    levels: dict[str, tuple[str, ...]]  # fan-out stage that created each level of the output
+    level: dict[str, int]  # aggregates only: the depth they reduce to
+    consumers: dict[str, tuple[str, ...]]
+    terminal: str
+
+    def stage_topic(self, prefix: str, stage: str) -> str:
+        """The input topic of `stage`."""
+        return f"{prefix}{self.pipeline}.{stage}"
+
+    def topics(self, prefix: str) -> list[str]:
+        return [self.stage_topic(prefix, s) for s in self.order]
+
+    def roots(self) -> tuple[str, ...]:
+        """Stages fed directly by the request."""
+        return self.consumers[REQUEST]
+
+    def key_level(self, stage: str) -> int | None:
+        """The ancestry level `stage` is keyed at (None: stateless, keyed by full path)."""
+        return self.level.get(stage)
+
+    def input_depth(self, upstream: str) -> int:
+        return self.depth[upstream]
+
+
+@dataclass
+class Pipeline:
+    """A named pipeline under construction: add stages, then `build()` the topology."""
+
+    name: str
+    description: str = ""
+    _stages: dict[str, Stage] = field(default_factory=dict)
+
+    def map(self, name: str, fn: MapFn, *, after: str = REQUEST, description: str = "") -> Pipeline:
+        """One output per input, same ancestry (a stateless transform)."""
+        return self._add(Stage(name, StageKind.MAP, (after,), fn=fn, description=description))
+
+    def fan_out(
+        self,
+        name: str,
+        fn: FanOutFn,
+        *,
+        after: str = REQUEST,
+        streams: bool = True,
+        description: str = "",
+    ) -> Pipeline:
+        """Zero or more children per input, one ancestry level deeper.
+
+        `fn` may be a generator or an async generator; with `streams` each child is
+        forwarded as soon as it is yielded (in streaming mode), otherwise all at once.
+        """
+        stage = Stage(
+            name, StageKind.FAN_OUT, (after,), fn=fn, streams=streams, description=description
+        )
+        return self._add(stage)
+
+    def aggregate(
+        self,
+        name: str,
+        operator: Operator,
+        *,
+        after: str | Iterable[str],
+        per: str = REQUEST,
+        description: str = "",
+    ) -> Pipeline:
+        """Fold everything below each node of level `per` into one output at that node.
+
+        `per` names the fan-out stage whose nodes are aggregated, or REQUEST for one
+        output per request. Several `after` stages make a join at that level.
+        """
+        inputs = (after,) if isinstance(after, str) else tuple(after)
+        stage = Stage(
+            name, StageKind.AGGREGATE, inputs, operator=operator, per=per, description=description
+        )
+        return self._add(stage)
+
+    def _add(self, stage: Stage) -> Pipeline:
+        if stage.name in self._stages or stage.name == REQUEST:
+            raise PipelineError(f"{self.name}: duplicate stage name {stage.name!r}")
+        if not stage.name.replace("_", "").replace("-", "").isalnum():
+            raise PipelineError(f"{self.name}: stage name {stage.name!r} must be alphanumeric")
+        if not stage.after:
+            raise PipelineError(f"{self.name}: stage {stage.name!r} consumes nothing")
+        self._stages[stage.name] = stage
+        return self
+
+    def build(self) -> Topology:
+        """Validate the declarations and derive the topology."""
+        stages = dict(self._stages)
+        if not stages:
+            raise PipelineError(f"{self.name}: no stages")
+        consumers: dict[str, list[str]] = {REQUEST: [], **{s: [] for s in stages}}
+        for stage in stages.values():
+            for up in stage.after:
+                if up not in consumers:
+                    raise PipelineError(f"{self.name}: {stage.name!r} consumes unknown {up!r}")
+                consumers[up].append(stage.name)
+        order = _topological_order(self.name, stages)
+        depth: dict[str, int] = {REQUEST: 0}
+        levels: dict[str, tuple[str, ...]] = {REQUEST: ()}
+        level: dict[str, int] = {}
+        for name in order:
+            stage = stages[name]
+            chains = {levels[up] for up in stage.after}
+            if stage.kind is StageKind.AGGREGATE:
+                if stage.per == REQUEST:
+                    lvl = 0
+                else:
+                    first = next(iter(chains))
+                    if stage.per not in first:
+                        raise PipelineError(
+                            f"{self.name}: {name!r} aggregates per {stage.per!r}, "
+                            f"which is not a level of its input {first}"
+                        )
+                    lvl = first.index(stage.per) + 1
+                prefixes = {c[:lvl] for c in chains}
+                if len(prefixes) != 1:
+                    raise PipelineError(
+                        f"{self.name}: {name!r} joins inputs whose ancestry differs above "
+                        f"level {stage.per!r}: {sorted(chains)}"
+                    )
+                for up in stage.after:
+                    if depth[up] <= lvl:
+                        raise PipelineError(
+                            f"{self.name}: {name!r} aggregates per {stage.per!r} but its input "
+                            f"{up!r} is not below that level"
+                        )
+                level[name] = lvl
+                depth[name] = lvl
+                levels[name] = next(iter(prefixes))
+            else:
+                if len(stage.after) != 1:
+                    raise PipelineError(f"{self.name}: {name!r} must consume exactly one stage")
+                (up,) = stage.after
+                if stage.kind is StageKind.FAN_OUT:
+                    depth[name] = depth[up] + 1
+                    levels[name] = (*levels[up], name)
+                else:
+                    depth[name] = depth[up]
+                    levels[name] = levels[up]
+        terminals = [s for s in order if not consumers[s]]
+        if len(terminals) != 1:
+            raise PipelineError(f"{self.name}: need exactly one final stage, found {terminals}")
+        (terminal,) = terminals
+        if depth[terminal] != 0:
+            raise PipelineError(
+                f"{self.name}: final stage {terminal!r} emits at depth {depth[terminal]}; "
+                "aggregate per request first"
+            )
+        if not consumers[REQUEST]:
+            raise PipelineError(f"{self.name}: no stage consumes the request")
+        return Topology(
+            pipeline=self.name,
+            stages=stages,
+            order=tuple(order),
+            depth=depth,
+            levels=levels,
+            level=level,
+            consumers={k: tuple(v) for k, v in consumers.items()},
+            terminal=terminal,
+        )
+
+
+def _topological_order(pipeline: str, stages: dict[str, Stage]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == 2 or name == REQUEST:
+            return
+        if state.get(name) == 1:
+            raise PipelineError(f"{pipeline}: cycle through {name!r}")
+        state[name] = 1
+        for up in stages[name].after:
+            visit(up)
+        state[name] = 2
+        order.append(name)
+
+    for name in stages:
+        visit(name)
+    return order

@@ -1,0 +1,445 @@
+"""Transport-independent stage logic: one input quantum in, outputs and outcomes out.
+
+The Faust agents (`agents/runtime.py`) and the in-process runner (`streams/local.py`)
+both drive these classes, so the broker-free tests exercise the same code as the
+workers. Outputs are explicit values: `Send` (produce a quantum) and `DeadLetterOut`.
+Aggregator state goes through a `StateStore` (a Faust table in a worker, a dict here).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from alto.errors import BadInputError
+from schemas.messages import (
+    Mode,
+    PathEntry,
+    PipelineRequest,
+    PipelineResult,
+    Quantum,
+    QuantumKind,
+    ResultStatus,
+    TraceSpan,
+)
+from streams.ancestry import key_at_level, node_key, path_str, relative_indices
+from streams.completion import CompletionTracker
+from streams.operators import Item
+from streams.pipeline import REQUEST, StageKind, Topology
+
+StateStore = MutableMapping[str, Any]
+"""Where aggregator state lives: node key -> JSON value."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Produce `quantum` to `topic` under `key`."""
+
+    topic: str
+    key: str
+    quantum: Quantum
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOut:
+    """Record the input as a dead letter with `reason` (the request, if known, fails)."""
+
+    reason: str
+    error: str
+    request_id: str | None = None
+    stage: str | None = None
+
+
+Output = Send | DeadLetterOut
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where quanta go: topic names and the keys their consumers need."""
+
+    topology: Topology
+    prefix: str
+    sink_topic: str
+
+    def sends(self, producer: str, quantum: Quantum) -> list[Send]:
+        """One Send per consumer of `producer` (the sink for the final stage)."""
+        consumers = self.topology.consumers[producer]
+        if not consumers:
+            return [Send(self.sink_topic, quantum.request_id, quantum)]
+        return [
+            Send(
+                self.topology.stage_topic(self.prefix, c),
+                key_at_level(quantum.request_id, quantum.path, self.topology.key_level(c)),
+                quantum,
+            )
+            for c in consumers
+        ]
+
+    def failed(self, quantum_like: Quantum, stage: str, error: str) -> Send:
+        """A FAILED marker for the request, addressed to the sink."""
+        q = replace(
+            quantum_like,
+            stage=stage,
+            kind=QuantumKind.FAILED,
+            error=error,
+            payload=None,
+            count=None,
+            created_at_ms=now_ms(),
+        )
+        return Send(self.sink_topic, q.request_id, q)
+
+
+def _value(q: Quantum) -> Any:
+    if q.payload is None:
+        raise BadInputError("bad_payload", f"DATA quantum from {q.stage!r} has no payload")
+    try:
+        return json.loads(q.payload)
+    except ValueError as exc:
+        raise BadInputError("bad_payload", f"payload from {q.stage!r} is not JSON: {exc}") from exc
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Ingest:
+    """Turns a `PipelineRequest` into the root quantum of its pipeline."""
+
+    def __init__(
+        self,
+        routings: dict[str, Routing],
+        worker: str,
+        default_mode: Mode,
+        max_input_chars: int,
+        sink_topic: str,
+    ) -> None:
+        self.routings = routings
+        self.worker = worker
+        self.default_mode = default_mode
+        self.max_input_chars = max_input_chars
+        self.sink_topic = sink_topic
+
+    def handle(self, req: PipelineRequest) -> list[Output]:
+        start = now_ms()
+        mode = req.mode or self.default_mode
+        root = Quantum(
+            request_id=req.request_id,
+            pipeline=req.pipeline,
+            mode=mode,
+            stage=REQUEST,
+            path=(),
+            seq=0,
+            kind=QuantumKind.DATA,
+            submitted_at_ms=req.submitted_at_ms,
+            created_at_ms=start,
+            payload=_dumps(req.input),
+        )
+        routing = self.routings.get(req.pipeline)
+        error: tuple[str, str] | None = None
+        if routing is None:
+            known = ", ".join(sorted(self.routings)) or "none"
+            error = ("unknown_pipeline", f"unknown pipeline {req.pipeline!r} (known: {known})")
+        elif len(req.input) > self.max_input_chars:
+            error = (
+                "input_too_large",
+                f"input has {len(req.input)} characters, the limit is {self.max_input_chars}",
+            )
+        if error is not None:
+            reason, text = error
+            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=f"{reason}: {text}")
+            return [
+                DeadLetterOut(reason, text, req.request_id, REQUEST),
+                Send(self.sink_topic, req.request_id, failed),
+            ]
+        assert routing is not None  # narrowed above; not input validation
+        span = TraceSpan(REQUEST, "", self.worker, req.submitted_at_ms, start, (self.worker,))
+        return list(routing.sends(REQUEST, replace(root, trace=(span,))))
+
+
+class StageProcessor:
+    """Runs one stage of one pipeline on the quanta of its input topic."""
+
+    def __init__(self, routing: Routing, stage: str, worker: str) -> None:
+        self.routing = routing
+        self.topology = routing.topology
+        self.stage = self.topology.stages[stage]
+        self.name = stage
+        self.worker = worker
+
+    async def process(self, q: Quantum, store: StateStore | None = None) -> AsyncIterator[Output]:
+        """Outputs for one input, yielded the moment they exist (streaming)."""
+        try:
+            if q.kind is QuantumKind.FAILED:
+                yield Send(self.routing.sink_topic, q.request_id, q)
+                return
+            if q.stage not in self.stage.after:
+                raise BadInputError(
+                    "unexpected_producer",
+                    f"{self.name!r} does not consume from {q.stage!r} (expects {self.stage.after})",
+                )
+            if self.stage.kind is StageKind.AGGREGATE:
+                if store is None:
+                    raise TypeError("an aggregating stage needs a state store")
+                for out in self._aggregate(q, store):
+                    yield out
+            elif q.kind is QuantumKind.END:
+                for send in self.routing.sends(self.name, self._forwarded_end(q)):
+                    yield send
+            elif self.stage.kind is StageKind.MAP:
+                async for out in self._map(q):
+                    yield out
+            else:
+                async for out in self._fan_out(q):
+                    yield out
+        except BadInputError as exc:
+            yield DeadLetterOut(exc.reason, str(exc), q.request_id, self.name)
+            yield self.routing.failed(q, self.name, f"{exc.reason}: {exc}")
+
+    # -- stateless -----------------------------------------------------------------
+
+    def _forwarded_end(self, q: Quantum) -> Quantum:
+        return replace(q, stage=self.name, created_at_ms=now_ms(), trace=())
+
+    def _item(self, q: Quantum) -> Item:
+        return Item(_value(q), q.request_id, q.path, q.stage)
+
+    def _child(
+        self, q: Quantum, path: tuple[PathEntry, ...], seq: int, value: Any, start: int
+    ) -> Quantum:
+        end = now_ms()
+        span = TraceSpan(self.name, path_str(q.path), self.worker, start, end, (self.worker,))
+        return replace(
+            q,
+            stage=self.name,
+            path=path,
+            seq=seq,
+            kind=QuantumKind.DATA,
+            count=None,
+            payload=_dumps(value),
+            created_at_ms=end,
+            trace=(*q.trace, span),
+        )
+
+    async def _call_failed(self, q: Quantum, exc: Exception) -> AsyncIterator[Output]:
+        text = f"stage {self.name!r} raised {type(exc).__name__}: {exc}"
+        yield DeadLetterOut("stage_error", text, q.request_id, self.name)
+        yield self.routing.failed(q, self.name, text)
+
+    async def _map(self, q: Quantum) -> AsyncIterator[Output]:
+        start = now_ms()
+        item = self._item(q)
+        assert self.stage.fn is not None
+        try:
+            value = self.stage.fn(item)
+            if inspect.isawaitable(value):
+                value = await value
+            out = self._child(q, q.path, q.seq, value, start)
+        except Exception as exc:  # the stage's own code: its failure fails the request only
+            async for o in self._call_failed(q, exc):
+                yield o
+            return
+        for send in self.routing.sends(self.name, out):
+            yield send
+
+    async def _fan_out(self, q: Quantum) -> AsyncIterator[Output]:
+        start = now_ms()
+        item = self._item(q)
+        stream = self.stage.streams and q.mode is Mode.STREAMING
+        held: list[Send] = []
+        n = 0
+        assert self.stage.fn is not None
+        try:
+            produced = self.stage.fn(item)
+            async for value in _aiter(produced):
+                child_path = (*q.path, PathEntry(self.name, n))
+                sends = self.routing.sends(self.name, self._child(q, child_path, n, value, start))
+                n += 1
+                if stream:
+                    for send in sends:
+                        yield send
+                else:
+                    held.extend(sends)
+        except Exception as exc:  # the stage's own code
+            async for o in self._call_failed(q, exc):
+                yield o
+            return
+        for send in held:
+            yield send
+        end = replace(
+            q,
+            stage=self.name,
+            kind=QuantumKind.END,
+            count=n,
+            payload=None,
+            seq=n,
+            created_at_ms=now_ms(),
+            trace=(),
+        )
+        for send in self.routing.sends(self.name, end):
+            yield send
+
+    # -- stateful ------------------------------------------------------------------
+
+    def _aggregate(self, q: Quantum, store: StateStore) -> list[Output]:
+        level = self.topology.level[self.name]
+        if q.kind is QuantumKind.END and len(q.path) < level:
+            # The END of a node above our level: not ours to count, our consumers need it.
+            return list(self.routing.sends(self.name, self._forwarded_end(q)))
+        depth = self.topology.input_depth(q.stage)
+        if len(q.path) > depth or (q.kind is QuantumKind.DATA and len(q.path) != depth):
+            raise BadInputError(
+                "bad_ancestry",
+                f"{self.name!r} got a {q.kind} at depth {len(q.path)} from {q.stage!r}, "
+                f"whose output is at depth {depth}",
+            )
+        node = q.path[:level]
+        key = node_key(q.request_id, node)
+        state = store.get(key)
+        if state is None:
+            state = self._new_state()
+        elif state.get("done"):
+            return []  # a replay after the node was emitted
+        tracker = CompletionTracker.from_json(state["trackers"][q.stage])
+        rel = relative_indices(q.path, level)
+        if q.kind is QuantumKind.END:
+            if q.count is None:
+                raise BadInputError("bad_end", "END without a count")
+            changed = tracker.add_end(rel, q.count)
+        else:
+            changed = tracker.add_leaf(rel)
+            if changed:
+                assert self.stage.operator is not None
+                item = Item(_value(q), q.request_id, q.path, q.stage)
+                state["acc"] = self.stage.operator.add(state["acc"], item)
+                for span in q.trace:
+                    state["spans"].setdefault(f"{span.stage}|{span.path}", _span_json(span))
+        if not changed:
+            return []
+        state["trackers"][q.stage] = tracker.to_json()
+        state["first_ms"] = state["first_ms"] or now_ms()
+        if self.worker not in state["workers"]:
+            state["workers"].append(self.worker)
+        if not all("" in t["complete"] for t in state["trackers"].values()):
+            store[key] = state
+            return []
+        return self._emit(q, node, key, state, store)
+
+    def _new_state(self) -> dict[str, Any]:
+        assert self.stage.operator is not None
+        trackers = {}
+        for up in self.stage.after:
+            depth = self.topology.input_depth(up) - self.topology.level[self.name]
+            trackers[up] = CompletionTracker(depth).to_json()
+        return {
+            "acc": self.stage.operator.init(),
+            "trackers": trackers,
+            "spans": {},
+            "workers": [],
+            "first_ms": 0,
+            "done": False,
+        }
+
+    def _emit(
+        self, q: Quantum, node: tuple[PathEntry, ...], key: str, state: dict[str, Any], store: StateStore
+    ) -> list[Output]:
+        assert self.stage.operator is not None
+        try:
+            value = self.stage.operator.result(state["acc"])
+        except Exception as exc:  # the operator's own code
+            store[key] = {"done": True}
+            text = f"stage {self.name!r} raised {type(exc).__name__}: {exc}"
+            return [
+                DeadLetterOut("stage_error", text, q.request_id, self.name),
+                self.routing.failed(q, self.name, text),
+            ]
+        end = now_ms()
+        spans = [_span_from_json(s) for s in state["spans"].values()]
+        spans.append(
+            TraceSpan(
+                self.name, path_str(node), self.worker, state["first_ms"], end,
+                tuple(sorted(state["workers"])),
+            )
+        )
+        out = replace(
+            q,
+            stage=self.name,
+            path=node,
+            seq=node[-1].index if node else 0,
+            kind=QuantumKind.DATA,
+            count=None,
+            payload=_dumps(value),
+            created_at_ms=end,
+            trace=tuple(spans),
+        )
+        # Keep only a marker: late replays of this node's inputs are recognised and dropped.
+        store[key] = {"done": True}
+        return list(self.routing.sends(self.name, out))
+
+
+class Sink:
+    """Turns the final stage's output (or a FAILED marker) into the request's one result.
+
+    `emitted` maps request id -> encoded result. In a worker it is the table whose
+    changelog *is* the results topic, so writing a result and remembering it are one
+    write; a replayed request finds its result there and is not emitted again.
+    """
+
+    def __init__(self, topologies: dict[str, Topology]) -> None:
+        self.terminals = {name: t.terminal for name, t in topologies.items()}
+
+    def handle(self, q: Quantum, emitted: MutableMapping[str, Any]) -> PipelineResult | None:
+        if q.request_id in emitted:
+            return None
+        if q.kind is QuantumKind.DATA and q.path == () and q.stage == self.terminals.get(q.pipeline):
+            status, output, error = ResultStatus.OK, q.payload, None
+        elif q.kind is QuantumKind.FAILED:
+            status, output, error = ResultStatus.FAILED, None, q.error or "failed"
+        else:
+            return None  # not a final output (nothing else is routed here)
+        done = now_ms()
+        result = PipelineResult(
+            request_id=q.request_id,
+            pipeline=q.pipeline,
+            status=status,
+            output=output,
+            error=error,
+            latency_ms=done - q.submitted_at_ms,
+            submitted_at_ms=q.submitted_at_ms,
+            completed_at_ms=done,
+            mode=q.mode,
+            trace=q.trace,
+        )
+        emitted[q.request_id] = result
+        return result
+
+
+def _span_json(span: TraceSpan) -> dict[str, Any]:
+    return {
+        "stage": span.stage,
+        "path": span.path,
+        "worker": span.worker,
+        "start_ms": span.start_ms,
+        "end_ms": span.end_ms,
+        "processed_by": list(span.processed_by),
+    }
+
+
+def _span_from_json(data: dict[str, Any]) -> TraceSpan:
+    return TraceSpan(**{**data, "processed_by": tuple(data["processed_by"])})
+
+
+async def _aiter(produced: Any) -> AsyncIterator[Any]:
+    if hasattr(produced, "__aiter__"):
+        async for value in produced:
+            yield value
+    else:
+        for value in produced:
+            yield value

@@ -72,7 +72,7 @@ def build() -> Topology:
     nonempty = bool
     return (
         Pipeline(NAME, "sentence and word statistics (the runtime's example)")
-        .fan_out("sentences", _sentences, after=REQUEST, streams=True)
+        .fan_out("sentences", _sentences, after=REQUEST, streams=True, concurrency=64)
         .fan_out("words", _words, after="sentences")
         .map("normalize", _normalize, after="words")
         .aggregate(

@@ -42,6 +42,7 @@ class Stage:
     operator: Operator | None = None
     per: str | None = None
     streams: bool = True
+    concurrency: int = 1
     description: str = ""
 
     @property
@@ -89,9 +90,24 @@ class Pipeline:
     description: str = ""
     _stages: dict[str, Stage] = field(default_factory=dict)
 
-    def map(self, name: str, fn: MapFn, *, after: str = REQUEST, description: str = "") -> Pipeline:
-        """One output per input, same ancestry (a stateless transform)."""
-        return self._add(Stage(name, StageKind.MAP, (after,), fn=fn, description=description))
+    def map(
+        self,
+        name: str,
+        fn: MapFn,
+        *,
+        after: str = REQUEST,
+        concurrency: int = 1,
+        description: str = "",
+    ) -> Pipeline:
+        """One output per input, same ancestry (a stateless transform).
+
+        `concurrency` > 1 lets one worker have that many inputs in flight (for stages that
+        wait on I/O); order is not kept, which a stateless stage does not need.
+        """
+        stage = Stage(
+            name, StageKind.MAP, (after,), fn=fn, concurrency=concurrency, description=description
+        )
+        return self._add(stage)
 
     def fan_out(
         self,
@@ -100,6 +116,7 @@ class Pipeline:
         *,
         after: str = REQUEST,
         streams: bool = True,
+        concurrency: int = 1,
         description: str = "",
     ) -> Pipeline:
         """Zero or more children per input, one ancestry level deeper.
@@ -108,7 +125,13 @@ class Pipeline:
         forwarded as soon as it is yielded (in streaming mode), otherwise all at once.
         """
         stage = Stage(
-            name, StageKind.FAN_OUT, (after,), fn=fn, streams=streams, description=description
+            name,
+            StageKind.FAN_OUT,
+            (after,),
+            fn=fn,
+            streams=streams,
+            concurrency=concurrency,
+            description=description,
         )
         return self._add(stage)
 
@@ -139,6 +162,9 @@ class Pipeline:
             raise PipelineError(f"{self.name}: stage name {stage.name!r} must be alphanumeric")
         if not stage.after:
             raise PipelineError(f"{self.name}: stage {stage.name!r} consumes nothing")
+        if stage.concurrency < 1 or (stage.stateful and stage.concurrency != 1):
+            # Concurrent handling reorders a keyed stream; aggregation relies on its order.
+            raise PipelineError(f"{self.name}: {stage.name!r}: concurrency must be 1 for aggregates, >= 1 otherwise")
         self._stages[stage.name] = stage
         return self
 

@@ -1,0 +1,13 @@
+"""The Faust application module: `faust -A agents.app worker` (or `alto worker`) runs it.
+
+Configuration comes from `ALTO_*` environment variables (see `alto.config`).
+"""
+
+from __future__ import annotations
+
+from agents.pipelines import all_topologies
+from agents.runtime import create_app
+from alto.config import load_config
+
+alto_app = create_app(load_config(), all_topologies())
+app = alto_app.app

@@ -1,0 +1,355 @@
+"""Faust wiring: one agent per stage topic, plus ingest (requests) and sink (results).
+
+Stage logic lives in `streams.processor`; this module only moves bytes: it decodes
+each event (anything undecodable becomes a dead letter and, where the request id can be
+read from the key, a FAILED result), runs the processor, and produces what it returns.
+
+Correctness notes:
+- Aggregating stages process their stream in order (no concurrency): per-key order and
+  table updates stay consistent. Their state lives in a changelog-backed table.
+- Stateless stages may declare `concurrency > 1`: events are then handled in tasks and
+  acknowledged manually when done, so an offset is committed only after its outputs
+  were produced (Faust commits the longest contiguous run of acked offsets and flushes
+  the producer first): at-least-once, and replays are deduplicated downstream.
+- The results table's changelog *is* the results topic, so emitting a result and
+  remembering that it was emitted are the same write (see `streams.processor.Sink`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from alto.config import AltoConfig
+from alto.errors import BadInputError
+from schemas.messages import DeadLetter, Mode, PipelineRequest, Quantum, QuantumKind
+from streams.ancestry import request_id_of_key
+from streams.pipeline import REQUEST, StageKind, Topology
+from streams.processor import (
+    DeadLetterOut,
+    Ingest,
+    Output,
+    Routing,
+    Send,
+    Sink,
+    StageProcessor,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _ResultsStore:
+    """Request id -> result, over the table whose changelog is the results topic."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __contains__(self, request_id: object) -> bool:
+        return isinstance(request_id, str) and request_id.encode() in self.table
+
+    def __setitem__(self, request_id: str, result: Any) -> None:
+        self.table[request_id.encode()] = result.encode()
+
+
+class AltoApp:
+    """The Faust application serving a set of pipelines."""
+
+    def __init__(self, config: AltoConfig, topologies: Iterable[Topology]) -> None:
+        self.config = config
+        self.topologies = {t.pipeline: t for t in topologies}
+        self.worker_id = config.worker_id
+        self.app = faust.App(config.app_id, **_faust_settings(config))
+        self.routings = {
+            name: Routing(t, config.topic_prefix, config.sink_topic) for name, t in self.topologies.items()
+        }
+        self.ingest = Ingest(
+            self.routings, self.worker_id, Mode.parse(config.mode), config.max_input_chars, config.sink_topic
+        )
+        self.sink = Sink(self.topologies)
+        self._topics: dict[str, Any] = {}
+        self._tables: dict[str, Any] = {}
+        self._define_ingest()
+        for name, topology in self.topologies.items():
+            for stage in topology.order:
+                self._define_stage(self.routings[name], stage)
+        self._define_sink()
+        if config.status_file is not None:
+            self._define_status(config.status_file)
+
+    # -- topics --------------------------------------------------------------------
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic this app reads or writes, with its partition count."""
+        n = self.config.partitions
+        names = [self.config.requests_topic, self.config.results_topic, self.config.dlq_topic, self.config.sink_topic]
+        for topology in self.topologies.values():
+            names += topology.topics(self.config.topic_prefix)
+        names += [self.changelog_topic(t) for t in self._tables]
+        return dict.fromkeys(names, n)
+
+    def changelog_topic(self, table_name: str) -> str:
+        if table_name == "results":
+            return self.config.results_topic
+        return f"{self.config.app_id}-{table_name}-changelog"
+
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.config.partitions,
+                internal=True,
+            )
+            self._topics[name] = topic
+        return topic
+
+    # -- output --------------------------------------------------------------------
+
+    async def _deliver(self, outs: Iterable[Output], event: EventT) -> None:
+        for out in outs:
+            if isinstance(out, Send):
+                await self._topic(out.topic).send(key=out.key.encode(), value=out.quantum.encode())
+            else:
+                await self._dead_letter(event, out)
+
+    async def _dead_letter(self, event: EventT, out: DeadLetterOut) -> None:
+        msg = event.message
+        log.warning(
+            "dead letter from %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, out.reason, out.error
+        )
+        letter = DeadLetter(
+            reason=out.reason,
+            error=out.error,
+            source_topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            worker=self.worker_id,
+            at_ms=now_ms(),
+            key=_as_bytes(msg.key),
+            value=_as_bytes(msg.value),
+            request_id=out.request_id,
+            stage=out.stage,
+        )
+        await self._topic(self.config.dlq_topic).send(key=_as_bytes(msg.key), value=letter.encode())
+
+    async def _undecodable(self, event: EventT, exc: BadInputError, stage: str) -> None:
+        """Dead-letter an event that does not decode; fail its request if the key names one."""
+        request_id = _readable_key(event.message.key)
+        await self._dead_letter(event, DeadLetterOut(exc.reason, str(exc), request_id, stage))
+        if request_id is None:
+            return
+        now = now_ms()
+        failed = Quantum(
+            request_id=request_id,
+            pipeline="",
+            mode=Mode.parse(self.config.mode),
+            stage=stage,
+            path=(),
+            seq=0,
+            kind=QuantumKind.FAILED,
+            submitted_at_ms=now,
+            created_at_ms=now,
+            error=f"{exc.reason}: {exc}",
+        )
+        await self._topic(self.config.sink_topic).send(key=request_id.encode(), value=failed.encode())
+
+    # -- agents --------------------------------------------------------------------
+
+    def _define_ingest(self) -> None:
+        async def ingest(stream: StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    request = PipelineRequest.decode(event.value)
+                except BadInputError as exc:
+                    await self._undecodable(event, exc, REQUEST)
+                    continue
+                await self._deliver(self.ingest.handle(request), event)
+
+        self.app.agent(self._topic(self.config.requests_topic), name="alto.ingest")(ingest)
+
+    def _define_stage(self, routing: Routing, stage: str) -> None:
+        topology = routing.topology
+        spec = topology.stages[stage]
+        processor = StageProcessor(routing, stage, self.worker_id)
+        topic = self._topic(topology.stage_topic(self.config.topic_prefix, stage))
+        name = f"{topology.pipeline}.{stage}"
+
+        async def handle(event: EventT, store: Any) -> None:
+            try:
+                quantum = Quantum.decode(event.value)
+            except BadInputError as exc:
+                await self._undecodable(event, exc, stage)
+                return
+            outs = processor.process(quantum, store)
+            async for out in outs:
+                await self._deliver((out,), event)
+
+        if spec.kind is StageKind.AGGREGATE:
+            table = self.app.Table(
+                name,
+                default=None,
+                partitions=self.config.partitions,
+                schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+            )
+            self._tables[name] = table
+
+            async def aggregate(stream: StreamT) -> None:
+                async for event in stream.events():
+                    await handle(event, table)
+
+            self.app.agent(topic, name=name)(aggregate)
+        elif spec.concurrency <= 1:
+
+            async def inline(stream: StreamT) -> None:
+                async for event in stream.events():
+                    await handle(event, None)
+
+            self.app.agent(topic, name=name)(inline)
+        else:
+            limit = spec.concurrency
+
+            async def concurrent(stream: StreamT) -> None:
+                manual = stream.noack()
+                slots = asyncio.Semaphore(limit)
+                running: set[asyncio.Task[None]] = set()
+
+                async def one(event: EventT) -> None:
+                    try:
+                        await handle(event, None)
+                    finally:
+                        await manual.ack(event)
+                        slots.release()
+
+                async for event in manual.events():
+                    await slots.acquire()
+                    task = asyncio.ensure_future(one(event))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+
+            self.app.agent(topic, name=name)(concurrent)
+
+    def _define_sink(self) -> None:
+        results_topic = self._topic(self.config.results_topic)
+        table = self.app.Table(
+            "results",
+            default=None,
+            partitions=self.config.partitions,
+            schema=faust.Schema(
+                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
+            changelog_topic=results_topic,
+        )
+        self._tables["results"] = table
+        emitted = _ResultsStore(table)
+
+        async def sink(stream: StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    quantum = Quantum.decode(event.value)
+                except BadInputError as exc:
+                    await self._dead_letter(
+                        event, DeadLetterOut(exc.reason, str(exc), _readable_key(event.message.key), "sink")
+                    )
+                    continue
+                result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
+                if result is not None:
+                    log.debug("result %s %s in %d ms", result.request_id, result.status, result.latency_ms)
+
+        self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
+
+    def _define_status(self, path: Path) -> None:
+        """Write this worker's partition assignment to `path` (a readiness probe)."""
+
+        @self.app.timer(interval=0.5)
+        async def write_status() -> None:
+            assigned = sorted(
+                [tp.topic, tp.partition] for tp in self.app.assignor.assigned_actives()
+            )
+            status = {
+                "worker": self.worker_id,
+                "pid": os.getpid(),
+                "assigned": assigned,
+                "rebalancing": bool(self.app.rebalancing),
+                "recovering": bool(self.app.tables.recovery.in_recovery),
+                "at": time.time(),
+            }
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(path)
+
+
+def _faust_settings(config: AltoConfig) -> dict[str, Any]:
+    brokers = [f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")]
+    worker_dir = re.sub(r"[^\w.-]", "_", config.worker_id)
+    settings: dict[str, Any] = {
+        "broker": brokers,
+        "store": "memory://",
+        "topic_partitions": config.partitions,
+        "topic_replication_factor": config.replication_factor,
+        "topic_disable_leader": True,
+        "broker_session_timeout": config.session_timeout_s,
+        "broker_heartbeat_interval": config.heartbeat_interval_s,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "web_enabled": False,
+        "datadir": str(config.data_dir / worker_dir),
+        "stream_wait_empty": False,
+        "producer_max_request_size": config.max_message_bytes,
+        "worker_redirect_stdouts": False,
+    }
+    sec = config.security
+    if sec.protocol.startswith("SASL"):
+        settings["broker_credentials"] = faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value() if sec.sasl_password else None,
+            mechanism=sec.sasl_mechanism or "PLAIN",
+            ssl_context=_ssl_context(sec.ssl_cafile) if sec.protocol == "SASL_SSL" else None,
+        )
+    elif sec.protocol == "SSL":
+        settings["broker_credentials"] = faust.SSLCredentials(_ssl_context(sec.ssl_cafile))
+    settings.update(config.extra)
+    return settings
+
+
+def _ssl_context(cafile: str | None) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+def _readable_key(key: Any) -> str | None:
+    """The request id a message key names, if the key is readable UTF-8."""
+    raw = _as_bytes(key)
+    if not raw:
+        return None
+    try:
+        return request_id_of_key(raw.decode("utf-8")) or None
+    except UnicodeDecodeError:
+        return None
+
+
+def create_app(config: AltoConfig, topologies: Iterable[Topology]) -> AltoApp:
+    return AltoApp(config, topologies)

@@ -1,0 +1,176 @@
+"""The `alto` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alto.config import AltoConfig, load_config
+from alto.errors import AltoError
+
+log = logging.getLogger("alto")
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from infra.broker import EmbeddedBroker, parse_listen
+
+    host, port = parse_listen(args.listen)
+    broker = EmbeddedBroker(host, port, quiet=not args.verbose).start()
+    print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        broker.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = broker.wait()
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from agents.pipelines import all_topologies
+    from agents.runtime import create_app
+    from infra.topics import ensure_topics
+
+    config = load_config()
+    counts = ensure_topics(config, create_app(config, all_topologies()).topic_partitions())
+    for name, n in sorted(counts.items()):
+        print(f"{name}\t{n}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from agents.pipelines import all_topologies
+    from agents.runtime import create_app
+    from infra.topics import ensure_topics
+
+    config = load_config()
+    alto_app = create_app(config, all_topologies())
+    ensure_topics(config, alto_app.topic_partitions())
+    worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())
+    worker.execute_from_commandline()
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from alto.client import Submitter, new_request
+    from schemas.messages import Mode
+
+    config = load_config()
+    texts = list(args.text)
+    if args.file:
+        texts += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise AltoError("nothing to submit: give texts as arguments or --file")
+    submitter = Submitter(config)
+    mode = Mode.parse(args.mode) if args.mode else None
+    for text in texts:
+        request = new_request(args.pipeline, text, mode=mode)
+        submitter.submit(request)
+        print(json.dumps({"request_id": request.request_id, "pipeline": request.pipeline}), flush=True)
+    submitter.flush()
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from alto.client import TopicReader
+    from schemas.messages import PipelineResult
+
+    config = load_config()
+    reader = TopicReader(config, config.results_topic, from_beginning=not args.new)
+    try:
+        while True:
+            seen = False
+            for _, value in reader.poll(1.0):
+                seen = True
+                result = PipelineResult.decode(value)
+                record = result.to_record()
+                record["output"] = json.loads(result.output) if result.output else None
+                if not args.trace:
+                    record.pop("trace")
+                print(json.dumps(record, default=str), flush=True)
+            if not seen and not args.follow:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        reader.close()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from alto.demo import run_demo
+
+    return run_demo(requests=args.requests, workers=args.workers, mode=args.mode)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench import run_bench
+
+    return run_bench(args.name, quick=args.quick, json_path=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alto", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--listen", default="127.0.0.1:9092", help="HOST:PORT (default 127.0.0.1:9092)")
+    p.add_argument("--verbose", action="store_true", help="show the broker's own log")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("topics", help="create every topic the pipelines need (idempotent)")
+    p.set_defaults(func=_cmd_topics)
+
+    p = sub.add_parser("worker", help="run a Faust worker serving every pipeline's stages")
+    p.add_argument("--loglevel", default=None)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("submit", help="submit requests (texts as arguments or --file, one per line)")
+    p.add_argument("text", nargs="*")
+    p.add_argument("--file")
+    p.add_argument("--pipeline", default="example")
+    p.add_argument("--mode", choices=["streaming", "baseline"])
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("results", help="print results as JSON lines")
+    p.add_argument("--follow", action="store_true", help="keep waiting for new results")
+    p.add_argument("--new", action="store_true", help="only results that arrive from now on")
+    p.add_argument("--trace", action="store_true", help="include each result's trace")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--mode", choices=["streaming", "baseline", "both"], default="both")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
+    p.add_argument("name", choices=["hop"])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(args.log_level or "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except AltoError as exc:
+        print(f"alto: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["AltoConfig", "build_parser", "main"]

@@ -1,0 +1,114 @@
+"""A small client: submit requests and read results, with plain Kafka clients (no Faust)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+
+from alto.config import AltoConfig
+from alto.errors import BadInputError, BrokerError
+from infra.topics import client_settings
+from schemas.messages import Mode, PipelineRequest, PipelineResult
+
+
+def new_request(pipeline: str, text: str, *, mode: Mode | None = None, request_id: str | None = None) -> PipelineRequest:
+    return PipelineRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        pipeline=pipeline,
+        input=text,
+        submitted_at_ms=int(time.time() * 1000),
+        mode=mode,
+    )
+
+
+class Submitter:
+    """Produces `PipelineRequest`s to the requests topic (key = request id)."""
+
+    def __init__(self, config: AltoConfig) -> None:
+        self.topic = config.requests_topic
+        self.producer = Producer({**client_settings(config), "linger.ms": 1, "enable.idempotence": False})
+
+    def submit(self, request: PipelineRequest) -> None:
+        self.producer.produce(self.topic, key=request.request_id.encode(), value=request.encode())
+        self.producer.poll(0)
+
+    def submit_raw(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
+        self.producer.produce(topic or self.topic, key=key, value=value)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        if self.producer.flush(timeout_s) > 0:
+            raise BrokerError("requests not delivered in time")
+
+    def submit_all(self, requests: Iterable[PipelineRequest]) -> None:
+        for request in requests:
+            self.submit(request)
+        self.flush()
+
+
+class TopicReader:
+    """Reads every partition of one topic by manual assignment (no consumer group)."""
+
+    def __init__(self, config: AltoConfig, topic: str, *, from_beginning: bool = True) -> None:
+        settings = {
+            **client_settings(config),
+            "group.id": f"alto-reader-{uuid.uuid4().hex}",  # required, never joined
+            "enable.auto.commit": False,
+        }
+        self.consumer = Consumer(settings)
+        try:
+            meta = self.consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read topic {topic}: {exc}") from exc
+        parts = meta.topics[topic].partitions
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self.consumer.assign([TopicPartition(topic, p, start) for p in parts])
+
+    def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes]]:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msgs = self.consumer.consume(500, timeout=min(left, 0.2))
+            for msg in msgs:
+                if msg.error() is None:
+                    yield msg.key(), msg.value()
+            if not msgs:
+                return
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def read_results(config: AltoConfig, *, from_beginning: bool = True) -> Iterator[PipelineResult]:
+    """Follow the results topic forever (decoding errors are raised)."""
+    reader = TopicReader(config, config.results_topic, from_beginning=from_beginning)
+    try:
+        while True:
+            for _, value in reader.poll(1.0):
+                yield PipelineResult.decode(value)
+    finally:
+        reader.close()
+
+
+def collect_results(
+    config: AltoConfig, request_ids: Iterable[str], timeout_s: float, reader: TopicReader | None = None
+) -> tuple[dict[str, PipelineResult], list[PipelineResult]]:
+    """Wait for the results of `request_ids`; returns (first result by id, duplicates seen)."""
+    wanted = set(request_ids)
+    reader = reader or TopicReader(config, config.results_topic)
+    got: dict[str, PipelineResult] = {}
+    dupes: list[PipelineResult] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not wanted <= got.keys():
+        for _, value in reader.poll(0.5):
+            try:
+                result = PipelineResult.decode(value)
+            except BadInputError:
+                continue
+            if result.request_id in got:
+                dupes.append(result)
+            else:
+                got[result.request_id] = result
+    return got, dupes

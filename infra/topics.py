@@ -1,0 +1,83 @@
+"""Topic administration: idempotent creation with partition counts (confluent-kafka admin)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from alto.config import AltoConfig
+from alto.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def client_settings(config: AltoConfig) -> dict[str, object]:
+    """librdkafka settings for our admin client and plain producers."""
+    sec = config.security
+    settings: dict[str, object] = {"bootstrap.servers": config.bootstrap_servers}
+    if sec.protocol != "PLAINTEXT":
+        settings["security.protocol"] = sec.protocol
+        if sec.sasl_mechanism:
+            settings["sasl.mechanism"] = sec.sasl_mechanism
+        if sec.sasl_username:
+            settings["sasl.username"] = sec.sasl_username
+        if sec.sasl_password:
+            settings["sasl.password"] = sec.sasl_password.get_secret_value()
+        if sec.ssl_cafile:
+            settings["ssl.ca.location"] = sec.ssl_cafile
+    return settings
+
+
+def ensure_topics(
+    config: AltoConfig,
+    topics: Mapping[str, int] | Iterable[str],
+    *,
+    timeout_s: float = 30.0,
+) -> dict[str, int]:
+    """Create the topics that do not exist yet; returns name -> partition count.
+
+    `topics` maps names to partition counts (a plain list uses `config.partitions`).
+    An existing topic with a different partition count is an error: keyed routing
+    (and so aggregation) depends on it.
+    """
+    wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, config.partitions)
+    admin = AdminClient(client_settings(config))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            existing = admin.list_topics(timeout=5).topics
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"cannot reach {config.bootstrap_servers}: {exc}") from exc
+            time.sleep(0.5)
+    missing = [
+        NewTopic(name, num_partitions=n, replication_factor=config.replication_factor)
+        for name, n in wanted.items()
+        if name not in existing
+    ]
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+                log.info("created topic %s", name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    # Metadata can lag creation; wait until every topic shows its partitions.
+    while True:
+        meta = admin.list_topics(timeout=5).topics
+        counts = {name: len(meta[name].partitions) for name in wanted if name in meta}
+        if len(counts) == len(wanted) and all(counts[n] > 0 for n in wanted):
+            break
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics not visible after {timeout_s:.0f} s: {sorted(set(wanted) - set(counts))}")
+        time.sleep(0.2)
+    wrong = {n: (counts[n], wanted[n]) for n in wanted if counts[n] != wanted[n]}
+    if wrong:
+        raise BrokerError(f"topics exist with other partition counts (have, want): {wrong}")
+    return counts

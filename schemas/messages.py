@@ -106,12 +106,12 @@ class PipelineResult(_AvroMessage):
     request_id: str
     pipeline: str
     status: ResultStatus
-    output: str | None
-    error: str | None
     latency_ms: int
     submitted_at_ms: int
     completed_at_ms: int
     mode: Mode
+    output: str | None = None
+    error: str | None = None
     trace: tuple[TraceSpan, ...] = ()
 
     @classmethod

@@ -23,7 +23,10 @@ def _k(rel: Sequence[int]) -> str:
 
 @dataclass
 class CompletionTracker:
-    """Completion of one node whose leaves lie `depth` (>= 1) levels below it."""
+    """Completion of one node whose leaves lie `depth` levels below it.
+
+    Depth 0 is a join input that contributes one item at the node itself.
+    """
 
     depth: int
     expected: dict[str, int] = field(default_factory=dict)

@@ -203,8 +203,11 @@ class Pipeline:
                         f"{self.name}: {name!r} joins inputs whose ancestry differs above "
                         f"level {stage.per!r}: {sorted(chains)}"
                     )
+                # A join may take one item per node from each side (depth == level); a
+                # single input must come from below the level, or there is nothing to fold.
+                floor = lvl if len(stage.after) > 1 else lvl + 1
                 for up in stage.after:
-                    if depth[up] <= lvl:
+                    if depth[up] < floor:
                         raise PipelineError(
                             f"{self.name}: {name!r} aggregates per {stage.per!r} but its input "
                             f"{up!r} is not below that level"

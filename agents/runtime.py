@@ -69,7 +69,9 @@ class AltoApp:
         self.config = config
         self.topologies = {t.pipeline: t for t in topologies}
         self.worker_id = config.worker_id
-        self.app = faust.App(config.app_id, **_faust_settings(config))
+        settings = _faust_settings(config)
+        Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(config.app_id, **settings)
         self.routings = {
             name: Routing(t, config.topic_prefix, config.sink_topic) for name, t in self.topologies.items()
         }

@@ -23,12 +23,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     broker = EmbeddedBroker(host, port, quiet=not args.verbose).start()
     print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
 
-    def stop(signum: int, _frame: object) -> None:
-        broker.stop()
+    def forward(signum: int, _frame: object) -> None:
+        # Only forward: waiting here, inside a signal handler, would deadlock with wait().
+        broker.signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
     code = broker.wait()
+    print("embedded broker stopped", flush=True)
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 

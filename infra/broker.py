@@ -112,6 +112,10 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait()
 
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
     def wait(self) -> int:
         """Block until the broker exits; returns its exit code."""
         if self.proc is None:

@@ -1,0 +1,77 @@
+"""`alto broker` serves any Kafka client; it stops cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from alto.errors import BrokerError
+from infra.broker import free_port, wait_for_port
+from tests.harness import REPO
+
+pytestmark = pytest.mark.integration
+
+
+async def _round_trip(bootstrap: str) -> list[tuple[bytes, bytes]]:
+    topic = f"independent-{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(topic, f"value-{i}".encode(), key=f"k{i}".encode())
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+    await consumer.start()
+    got: list[tuple[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(got) < 10:
+                batch = await consumer.getmany(timeout_ms=500)
+                got += [(m.key, m.value) for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+    return got
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_plain_aiokafka_client_uses_alto_broker(stop_signal: signal.Signals) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alto", "broker", "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, None)
+        got = asyncio.run(_round_trip(f"127.0.0.1:{port}"))
+        assert sorted(got) == sorted((f"k{i}".encode(), f"value-{i}".encode()) for i in range(10))
+    finally:
+        proc.send_signal(stop_signal)
+        code = proc.wait(20)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        proc.stdout and proc.stdout.close()
+    assert code == 0, out
+    with pytest.raises(BrokerError):  # nothing listens any more
+        wait_for_port("127.0.0.1", port, 0.5, None)

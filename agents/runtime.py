@@ -30,8 +30,9 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 
+from agents.transport import FaustApp
 from alto.config import AltoConfig
-from alto.errors import BadInputError
+from alto.errors import BadInputError, ConfigError
 from schemas.messages import DeadLetter, Mode, PipelineRequest, Quantum, QuantumKind
 from streams.ancestry import request_id_of_key
 from streams.pipeline import REQUEST, StageKind, Topology
@@ -71,7 +72,7 @@ class AltoApp:
         self.worker_id = config.worker_id
         settings = _faust_settings(config)
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(config.app_id, **settings)
+        self.app = FaustApp(config.app_id, fetch_max_wait_ms=config.fetch_max_wait_ms, **settings)
         self.routings = {
             name: Routing(t, config.topic_prefix, config.sink_topic) for name, t in self.topologies.items()
         }
@@ -81,11 +82,18 @@ class AltoApp:
         self.sink = Sink(self.topologies)
         self._topics: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
-        self._define_ingest()
-        for name, topology in self.topologies.items():
-            for stage in topology.order:
-                self._define_stage(self.routings[name], stage)
-        self._define_sink()
+        unknown = set(config.pipelines) - set(self.topologies)
+        if unknown:
+            raise ConfigError(f"unknown pipelines {sorted(unknown)}; known: {sorted(self.topologies)}")
+        self.served = [n for n in self.topologies if not config.pipelines or n in config.pipelines]
+        if "ingest" in config.roles:
+            self._define_ingest()
+        if "stages" in config.roles:
+            for name in self.served:
+                for stage in self.topologies[name].order:
+                    self._define_stage(self.routings[name], stage)
+        if "sink" in config.roles:
+            self._define_sink()
         if config.status_file is not None:
             self._define_status(config.status_file)
 
@@ -95,8 +103,8 @@ class AltoApp:
         """Every topic this app reads or writes, with its partition count."""
         n = self.config.partitions
         names = [self.config.requests_topic, self.config.results_topic, self.config.dlq_topic, self.config.sink_topic]
-        for topology in self.topologies.values():
-            names += topology.topics(self.config.topic_prefix)
+        for name in self.served:
+            names += self.topologies[name].topics(self.config.topic_prefix)
         names += [self.changelog_topic(t) for t in self._tables]
         return dict.fromkeys(names, n)
 

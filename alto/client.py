@@ -57,6 +57,8 @@ class TopicReader:
             **client_settings(config),
             "group.id": f"alto-reader-{uuid.uuid4().hex}",  # required, never joined
             "enable.auto.commit": False,
+            "fetch.wait.max.ms": config.fetch_max_wait_ms,
+            "fetch.error.backoff.ms": 10,
         }
         self.consumer = Consumer(settings)
         try:
@@ -68,14 +70,20 @@ class TopicReader:
         self.consumer.assign([TopicPartition(topic, p, start) for p in parts])
 
     def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes]]:
+        """Yield what arrives until `timeout_s` passes with nothing new."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            msgs = self.consumer.consume(500, timeout=min(left, 0.2))
+            # consume(n, t) waits for n messages or t seconds: drain what is there without
+            # waiting, and block only in poll(), which returns on the first message.
+            msgs = self.consumer.consume(500, timeout=0)
+            if not msgs:
+                first = self.consumer.poll(min(left, 0.2))
+                msgs = [first] if first is not None else []
             for msg in msgs:
                 if msg.error() is None:
                     yield msg.key(), msg.value()
-            if not msgs:
-                return
+            if msgs:
+                deadline = time.monotonic() + timeout_s
 
     def close(self) -> None:
         self.consumer.close()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from alto.errors import ConfigError
 
 Mode = Literal["streaming", "baseline"]
+Role = Literal["ingest", "stages", "sink"]
 
 ENV_PREFIX = "ALTO_"
 
@@ -45,13 +46,25 @@ class AltoConfig(BaseModel):
     # Short group timeouts keep rebalances (and tests) fast; see the design notes.
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    # How long a consumer fetch may wait for data (see agents/transport.py for why it is low).
+    fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
     max_input_chars: int = Field(default=20_000, gt=0)
     status_file: Path | None = None
+    # Which pipelines (empty: all registered) and which agents this worker runs.
+    pipelines: tuple[str, ...] = ()
+    roles: tuple[Role, ...] = ("ingest", "stages", "sink")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     security: KafkaSecurity = KafkaSecurity()
     # Raw client settings, passed unchanged to the Kafka clients that accept them.
     extra: Mapping[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pipelines", "roles", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("topic_prefix")
     @classmethod
@@ -102,6 +115,9 @@ _ENV_FIELDS: dict[str, str] = {
     "STATUS_FILE": "status_file",
     "LOG_LEVEL": "log_level",
     "MAX_INPUT_CHARS": "max_input_chars",
+    "PIPELINES": "pipelines",
+    "ROLES": "roles",
+    "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",
 }
 
 _ENV_SECURITY: dict[str, str] = {
@@ -128,3 +144,14 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> A
         return AltoConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def config_env(config: AltoConfig) -> dict[str, str]:
+    """The environment that makes a child process load the same configuration."""
+    env = {ENV_PREFIX + suffix: str(getattr(config, field)) for suffix, field in _ENV_FIELDS.items()}
+    env = {k: v for k, v in env.items() if v != "None"}
+    env.pop(ENV_PREFIX + "WORKER_ID", None)
+    env.pop(ENV_PREFIX + "STATUS_FILE", None)
+    env[ENV_PREFIX + "PIPELINES"] = ",".join(config.pipelines)
+    env[ENV_PREFIX + "ROLES"] = ",".join(config.roles)
+    return env

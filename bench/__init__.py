@@ -1,1 +1,14 @@
-"""Benchmarks: `alto bench NAME [--quick] [--json PATH]`."""
+"""Benchmarks: `alto bench NAME [--quick] [--json PATH]` prints a markdown table, writes raw
+figures to `--json` and plots under `bench-out/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
+    if name == "hop":
+        from bench.hop import main
+
+        return main(quick=quick, json_path=json_path)
+    raise SystemExit(f"unknown benchmark {name!r}")

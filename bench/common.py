@@ -1,0 +1,49 @@
+"""What the benchmarks share: a broker (embedded unless one is configured), output files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alto.config import AltoConfig, load_config
+from infra.broker import EmbeddedBroker
+
+OUT_DIR = Path("bench-out")
+
+
+@contextlib.contextmanager
+def bench_config(name: str, **overrides: Any) -> Iterator[AltoConfig]:
+    """A fresh topic prefix and app id on the configured broker, or on an embedded one."""
+    tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    values = {"topic_prefix": f"{tag}.", "app_id": tag, "data_dir": OUT_DIR / "data" / tag, **overrides}
+    if os.environ.get("ALTO_BOOTSTRAP_SERVERS"):
+        yield load_config(**values)
+        return
+    with EmbeddedBroker() as broker:
+        yield load_config(bootstrap_servers=broker.bootstrap_servers, **values)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    progress(f"raw figures written to {path}")

@@ -1,0 +1,162 @@
+"""`alto bench hop`: latency one stage hop adds, and the quanta/s one worker sustains.
+
+A single Faust worker runs only the `hop` pipeline's relay stage (a map that returns its
+input). The benchmark produces quanta straight onto the relay's input topic and reads
+the relay's output topic with its own consumer, so each figure covers
+produce -> broker -> agent (decode, process, encode) -> produce -> broker -> consumer.
+1. Latency: quanta at a steady 1,000/s; p50/p99 of the per-quantum round trip.
+2. Throughput: a backlog produced as fast as possible; the worker's output rate.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from agents import hop
+from alto.client import TopicReader
+from bench.common import OUT_DIR, bench_config, percentile, progress, write_json
+from infra.processes import WorkerProcess, wait_assigned
+from infra.topics import client_settings, ensure_topics
+from schemas.messages import Mode, Quantum, QuantumKind
+from streams.pipeline import REQUEST
+
+
+def _quantum(i: int, sent_ns: int) -> bytes:
+    return Quantum(
+        request_id=f"hop-{i}",
+        pipeline=hop.NAME,
+        mode=Mode.STREAMING,
+        stage=REQUEST,
+        path=(),
+        seq=0,
+        kind=QuantumKind.DATA,
+        submitted_at_ms=sent_ns // 1_000_000,
+        created_at_ms=sent_ns // 1_000_000,
+        payload=json.dumps({"i": i, "t": sent_ns}),
+    ).encode()
+
+
+def _paced_producer(producer: Producer, topic: str, rate: float, seconds: float, start_i: int) -> int:
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for k in range(n):
+        target = t0 + k / rate
+        while (delay := target - time.perf_counter()) > 0:
+            time.sleep(min(delay, 0.001))
+        i = start_i + k
+        producer.produce(topic, key=f"hop-{i}|".encode(), value=_quantum(i, time.time_ns()))
+        producer.poll(0)
+    producer.flush(30)
+    return n
+
+
+def _read(reader: TopicReader, want: int, timeout_s: float) -> list[tuple[int, int, int]]:
+    """(index, sent_ns, received_ns) of the relay's outputs."""
+    got: list[tuple[int, int, int]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        for _, value in reader.poll(0.2):
+            now = time.time_ns()
+            payload = json.loads(Quantum.decode(value).payload or "{}")
+            got.append((payload["i"], payload["t"], now))
+    return got
+
+
+def main(*, quick: bool, json_path: Path | None) -> int:
+    rate, latency_s = 1000.0, (5.0 if quick else 20.0)
+    backlog = 10_000 if quick else 40_000
+    # Partition count: several, as a real deployment has; one worker owns them all.
+    with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
+        topology = hop.build()
+        relay_topic = topology.stage_topic(config.topic_prefix, "relay")
+        ensure_topics(config, {relay_topic: config.partitions, config.sink_topic: config.partitions})
+        worker = WorkerProcess(config, "hop-worker", OUT_DIR / "logs")
+        try:
+            wait_assigned([worker], [relay_topic], config.partitions)
+            producer = Producer({**client_settings(config), "linger.ms": 0, "acks": 1})
+            reader = TopicReader(config, config.sink_topic, from_beginning=False)
+            # Warm-up: let the worker's first-event costs pass before measuring.
+            _paced_producer(producer, relay_topic, 500, 1.0, 0)
+            _read(reader, 500, 30)
+            progress(f"latency: {rate:.0f} quanta/s for {latency_s:.0f} s")
+            result: dict[str, Any] = {}
+            thread = threading.Thread(
+                target=lambda: result.update(n=_paced_producer(producer, relay_topic, rate, latency_s, 10_000))
+            )
+            thread.start()
+            got = _read(reader, int(rate * latency_s), latency_s + 60)
+            thread.join()
+            lat_ms = sorted((recv - sent) / 1e6 for _, sent, recv in got)
+            lost_latency = result["n"] - len(got)
+
+            progress(f"throughput: backlog of {backlog} quanta")
+            t_produce = time.perf_counter()
+            base = 1_000_000
+            for k in range(backlog):
+                producer.produce(relay_topic, key=f"hop-{base + k}|".encode(), value=_quantum(base + k, time.time_ns()))
+                if k % 1000 == 0:
+                    producer.poll(0)
+            producer.flush(60)
+            produce_s = time.perf_counter() - t_produce
+            out = _read(reader, backlog, 300)
+            reader.close()
+        finally:
+            worker.stop()
+    recv = sorted(r for _, _, r in out)
+    span_s = (recv[-1] - recv[0]) / 1e9 if len(recv) > 1 else float("nan")
+    throughput = (len(recv) - 1) / span_s if span_s == span_s and span_s > 0 else 0.0
+    figures = {
+        "p50_ms": round(percentile(lat_ms, 50), 3),
+        "p99_ms": round(percentile(lat_ms, 99), 3),
+        "max_ms": round(lat_ms[-1], 3) if lat_ms else None,
+        "latency_samples": len(lat_ms),
+        "latency_lost": lost_latency,
+        "offered_rate": rate,
+        "max_quanta_per_s": round(throughput, 1),
+        "backlog": backlog,
+        "backlog_received": len(recv),
+        "backlog_produce_s": round(produce_s, 3),
+        "partitions": 4,
+        "quick": quick,
+    }
+    print("## alto bench hop (one worker process, relay stage, embedded broker)\n")
+    print("| metric | measured | goal |")
+    print("|---|---|---|")
+    print(f"| hop latency p50 at {rate:.0f} quanta/s | {figures['p50_ms']} ms | <= 3 ms |")
+    print(f"| hop latency p99 at {rate:.0f} quanta/s | {figures['p99_ms']} ms | <= 15 ms |")
+    print(f"| hop latency max | {figures['max_ms']} ms | |")
+    print(f"| quanta/s one worker sustains | {figures['max_quanta_per_s']} | >= 10,000 |")
+    print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(recv)} of {backlog} | |")
+    _plot(lat_ms)
+    write_json(json_path, figures)
+    return 0
+
+
+def _plot(lat_ms: list[float]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("matplotlib not installed; no plot")
+        return
+    OUT_DIR.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ys = [i / max(1, len(lat_ms) - 1) for i in range(len(lat_ms))]
+    ax.plot(lat_ms, ys)
+    ax.set_xscale("log")
+    ax.set_xlabel("hop latency (ms), produce -> agent -> produce -> consume")
+    ax.set_ylabel("fraction of quanta")
+    ax.axvline(3, linestyle="--", color="grey")
+    ax.axvline(15, linestyle=":", color="grey")
+    ax.set_title("alto bench hop: latency CDF at 1,000 quanta/s")
+    fig.tight_layout()
+    fig.savefig(OUT_DIR / "hop_latency.png", dpi=100)
+    progress(f"plot written to {OUT_DIR / 'hop_latency.png'}")

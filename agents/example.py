@@ -16,7 +16,18 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from streams import REQUEST, Item, Pipeline, Topology, collect, combine, count, filter_by, sum_of, top_k
+from streams import (
+    REQUEST,
+    Item,
+    Pipeline,
+    Topology,
+    collect,
+    combine,
+    count,
+    filter_by,
+    sum_of,
+    top_k,
+)
 
 NAME = "example"
 
@@ -55,7 +66,11 @@ def _normalize(item: Item) -> str:
 
 def _sentence_result(parts: dict[str, Any]) -> dict[str, Any]:
     longest = parts["longest"]
-    return {"words": parts["words"], "letters": parts["letters"], "longest": longest[0] if longest else None}
+    return {
+        "words": parts["words"],
+        "letters": parts["letters"],
+        "longest": longest[0] if longest else None,
+    }
 
 
 def _request_result(parts: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +119,7 @@ def build() -> Topology:
 
 def expected_output(text: str) -> dict[str, Any]:
     """The example pipeline's result for `text`, computed directly (no runtime)."""
-    stats = []
+    stats: list[dict[str, Any]] = []
     for sentence in split_sentences(text):
         words = [w for w in (normalize_word(x) for x in split_words(sentence)) if w]
         longest = None
@@ -121,7 +136,18 @@ def expected_output(text: str) -> dict[str, Any]:
     }
 
 
-_CORPUS_MODULES = ("json", "argparse", "asyncio", "collections", "logging", "subprocess", "unittest", "email", "http.client", "csv")
+_CORPUS_MODULES = (
+    "json",
+    "argparse",
+    "asyncio",
+    "collections",
+    "logging",
+    "subprocess",
+    "unittest",
+    "email",
+    "http.client",
+    "csv",
+)
 
 
 def _real_sentences() -> list[str]:
@@ -130,7 +156,11 @@ def _real_sentences() -> list[str]:
     for name in _CORPUS_MODULES:
         module = importlib.import_module(name)
         docs = [module.__doc__ or ""]
-        docs += [obj.__doc__ for obj in vars(module).values() if callable(obj) and isinstance(obj.__doc__, str)]
+        docs += [
+            obj.__doc__
+            for obj in vars(module).values()
+            if callable(obj) and isinstance(obj.__doc__, str)
+        ]
         for doc in docs:
             text = " ".join(doc.split())
             found += [s for s in split_sentences(text) if 3 <= len(s.split()) <= 40]

@@ -14,4 +14,8 @@ def _relay(item: Item) -> Any:
 
 
 def build() -> Topology:
-    return Pipeline(NAME, "one map stage that relays its input").map("relay", _relay, after=REQUEST).build()
+    return (
+        Pipeline(NAME, "one map stage that relays its input")
+        .map("relay", _relay, after=REQUEST)
+        .build()
+    )

@@ -74,17 +74,24 @@ class AltoApp:
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(config.app_id, fetch_max_wait_ms=config.fetch_max_wait_ms, **settings)
         self.routings = {
-            name: Routing(t, config.topic_prefix, config.sink_topic) for name, t in self.topologies.items()
+            name: Routing(t, config.topic_prefix, config.sink_topic)
+            for name, t in self.topologies.items()
         }
         self.ingest = Ingest(
-            self.routings, self.worker_id, Mode.parse(config.mode), config.max_input_chars, config.sink_topic
+            self.routings,
+            self.worker_id,
+            Mode.parse(config.mode),
+            config.max_input_chars,
+            config.sink_topic,
         )
         self.sink = Sink(self.topologies)
         self._topics: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
         unknown = set(config.pipelines) - set(self.topologies)
         if unknown:
-            raise ConfigError(f"unknown pipelines {sorted(unknown)}; known: {sorted(self.topologies)}")
+            raise ConfigError(
+                f"unknown pipelines {sorted(unknown)}; known: {sorted(self.topologies)}"
+            )
         self.served = [n for n in self.topologies if not config.pipelines or n in config.pipelines]
         if "ingest" in config.roles:
             self._define_ingest()
@@ -102,7 +109,12 @@ class AltoApp:
     def topic_partitions(self) -> dict[str, int]:
         """Every topic this app reads or writes, with its partition count."""
         n = self.config.partitions
-        names = [self.config.requests_topic, self.config.results_topic, self.config.dlq_topic, self.config.sink_topic]
+        names = [
+            self.config.requests_topic,
+            self.config.results_topic,
+            self.config.dlq_topic,
+            self.config.sink_topic,
+        ]
         for name in self.served:
             names += self.topologies[name].topics(self.config.topic_prefix)
         names += [self.changelog_topic(t) for t in self._tables]
@@ -140,7 +152,12 @@ class AltoApp:
     async def _dead_letter(self, event: EventT, out: DeadLetterOut) -> None:
         msg = event.message
         log.warning(
-            "dead letter from %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, out.reason, out.error
+            "dead letter from %s[%d]@%d: %s: %s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            out.reason,
+            out.error,
         )
         letter = DeadLetter(
             reason=out.reason,
@@ -176,7 +193,9 @@ class AltoApp:
             created_at_ms=now,
             error=f"{exc.reason}: {exc}",
         )
-        await self._topic(self.config.sink_topic).send(key=request_id.encode(), value=failed.encode())
+        await self._topic(self.config.sink_topic).send(
+            key=request_id.encode(), value=failed.encode()
+        )
 
     # -- agents --------------------------------------------------------------------
 
@@ -234,7 +253,7 @@ class AltoApp:
             limit = spec.concurrency
 
             async def concurrent(stream: StreamT) -> None:
-                manual = stream.noack()
+                manual = stream.noack()  # type: ignore[attr-defined]
                 slots = asyncio.Semaphore(limit)
                 running: set[asyncio.Task[None]] = set()
 
@@ -273,12 +292,17 @@ class AltoApp:
                     quantum = Quantum.decode(event.value)
                 except BadInputError as exc:
                     await self._dead_letter(
-                        event, DeadLetterOut(exc.reason, str(exc), _readable_key(event.message.key), "sink")
+                        event,
+                        DeadLetterOut(
+                            exc.reason, str(exc), _readable_key(event.message.key), "sink"
+                        ),
                     )
                     continue
                 result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
                 if result is not None:
-                    log.debug("result %s %s in %d ms", result.request_id, result.status, result.latency_ms)
+                    log.debug(
+                        "result %s %s in %d ms", result.request_id, result.status, result.latency_ms
+                    )
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
 
@@ -295,7 +319,7 @@ class AltoApp:
                 "pid": os.getpid(),
                 "assigned": assigned,
                 "rebalancing": bool(self.app.rebalancing),
-                "recovering": bool(self.app.tables.recovery.in_recovery),
+                "recovering": bool(self.app.tables.recovery.in_recovery),  # type: ignore[attr-defined]
                 "at": time.time(),
             }
             tmp = path.with_suffix(".tmp")

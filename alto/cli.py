@@ -21,7 +21,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     host, port = parse_listen(args.listen)
     broker = EmbeddedBroker(host, port, quiet=not args.verbose).start()
-    print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
+    print(
+        f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it",
+        flush=True,
+    )
 
     def forward(signum: int, _frame: object) -> None:
         # Only forward: waiting here, inside a signal handler, would deadlock with wait().
@@ -76,7 +79,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     for text in texts:
         request = new_request(args.pipeline, text, mode=mode)
         submitter.submit(request)
-        print(json.dumps({"request_id": request.request_id, "pipeline": request.pipeline}), flush=True)
+        print(
+            json.dumps({"request_id": request.request_id, "pipeline": request.pipeline}), flush=True
+        )
     submitter.flush()
     return 0
 
@@ -135,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default=None)
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("submit", help="submit requests (texts as arguments or --file, one per line)")
+    p = sub.add_parser(
+        "submit", help="submit requests (texts as arguments or --file, one per line)"
+    )
     p.add_argument("text", nargs="*")
     p.add_argument("--file")
     p.add_argument("--pipeline", default="example")

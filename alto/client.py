@@ -6,7 +6,14 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
@@ -14,7 +21,9 @@ from infra.topics import client_settings
 from schemas.messages import Mode, PipelineRequest, PipelineResult
 
 
-def new_request(pipeline: str, text: str, *, mode: Mode | None = None, request_id: str | None = None) -> PipelineRequest:
+def new_request(
+    pipeline: str, text: str, *, mode: Mode | None = None, request_id: str | None = None
+) -> PipelineRequest:
     return PipelineRequest(
         request_id=request_id or uuid.uuid4().hex,
         pipeline=pipeline,
@@ -29,7 +38,9 @@ class Submitter:
 
     def __init__(self, config: AltoConfig) -> None:
         self.topic = config.requests_topic
-        self.producer = Producer({**client_settings(config), "linger.ms": 1, "enable.idempotence": False})
+        self.producer = Producer(
+            {**client_settings(config), "linger.ms": 1, "enable.idempotence": False}
+        )
 
     def submit(self, request: PipelineRequest) -> None:
         self.producer.produce(self.topic, key=request.request_id.encode(), value=request.encode())
@@ -69,7 +80,7 @@ class TopicReader:
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         self.consumer.assign([TopicPartition(topic, p, start) for p in parts])
 
-    def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes]]:
+    def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Yield what arrives until `timeout_s` passes with nothing new."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
@@ -101,7 +112,10 @@ def read_results(config: AltoConfig, *, from_beginning: bool = True) -> Iterator
 
 
 def collect_results(
-    config: AltoConfig, request_ids: Iterable[str], timeout_s: float, reader: TopicReader | None = None
+    config: AltoConfig,
+    request_ids: Iterable[str],
+    timeout_s: float,
+    reader: TopicReader | None = None,
 ) -> tuple[dict[str, PipelineResult], list[PipelineResult]]:
     """Wait for the results of `request_ids`; returns (first result by id, duplicates seen)."""
     wanted = set(request_ids)

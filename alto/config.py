@@ -148,7 +148,9 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> A
 
 def config_env(config: AltoConfig) -> dict[str, str]:
     """The environment that makes a child process load the same configuration."""
-    env = {ENV_PREFIX + suffix: str(getattr(config, field)) for suffix, field in _ENV_FIELDS.items()}
+    env = {
+        ENV_PREFIX + suffix: str(getattr(config, field)) for suffix, field in _ENV_FIELDS.items()
+    }
     env = {k: v for k, v in env.items() if v != "None"}
     env.pop(ENV_PREFIX + "WORKER_ID", None)
     env.pop(ENV_PREFIX + "STATUS_FILE", None)

@@ -44,21 +44,33 @@ def run_demo(*, requests: int, workers: int, mode: str) -> int:
         )
         topology = example.build()
         print(f"  broker (Tansu) on {broker.bootstrap_servers}")
-        print("  stages: " + " -> ".join(topology.order) + " (aggregates: " + ", ".join(
-            f"{s} per {topology.stages[s].per}" for s in topology.level) + ")")
+        print(
+            "  stages: "
+            + " -> ".join(topology.order)
+            + " (aggregates: "
+            + ", ".join(f"{s} per {topology.stages[s].per}" for s in topology.level)
+            + ")"
+        )
         procs = [WorkerProcess(config, f"worker-{i + 1}", workdir) for i in range(workers)]
         try:
-
             app = create_app(config, [topology])
             ensure_topics(config, app.topic_partitions())
-            topics = [*topology.topics(config.topic_prefix), config.sink_topic, config.requests_topic]
+            topics = [
+                *topology.topics(config.topic_prefix),
+                config.sink_topic,
+                config.requests_topic,
+            ]
             t0 = time.monotonic()
             owners = wait_assigned(procs, topics, config.partitions, timeout_s=120)
             by_worker = collections.Counter(owners.values())
-            print(f"  workers ready in {time.monotonic() - t0:.1f} s; partitions per worker: {dict(by_worker)}")
+            print(
+                f"  workers ready in {time.monotonic() - t0:.1f} s; partitions per worker: {dict(by_worker)}"
+            )
             texts = example.example_texts(requests, seed=int(time.time()))
             reqs = [new_request(example.NAME, text, mode=m) for text in texts for m in modes]
-            print(f"\nsubmitting {len(reqs)} requests ({len(texts)} texts x {', '.join(m.value.lower() for m in modes)})\n")
+            print(
+                f"\nsubmitting {len(reqs)} requests ({len(texts)} texts x {', '.join(m.value.lower() for m in modes)})\n"
+            )
             reader = TopicReader(config, config.results_topic)
             Submitter(config).submit_all(reqs)
             results = _follow(reader, reqs, timeout_s=120)
@@ -84,7 +96,9 @@ def _follow(reader: TopicReader, reqs: list, timeout_s: float) -> dict[str, Pipe
             got[result.request_id] = result
             out = json.loads(result.output) if result.output else None
             brief = (
-                f"{out['sentences']} sentences, {out['words']} words" if isinstance(out, dict) else result.error
+                f"{out['sentences']} sentences, {out['words']} words"
+                if isinstance(out, dict)
+                else result.error
             )
             print(
                 f"  [{len(got):>3}/{len(wanted)}] {result.request_id[:8]} {result.mode.value.lower():9} "
@@ -108,11 +122,14 @@ def _summary(reqs: list, results: dict[str, PipelineResult]) -> bool:  # type: i
             for r in mine
             if r.request_id in results
             and results[r.request_id].status is ResultStatus.OK
-            and json.loads(results[r.request_id].output or "null") == example.expected_output(r.input)
+            and json.loads(results[r.request_id].output or "null")
+            == example.expected_output(r.input)
         )
         lat = sorted(g.latency_ms for g in got)
         med = lat[len(lat) // 2] if lat else float("nan")
-        print(f"| {mode.value.lower()} | {len(mine)} | {sum(g.status is ResultStatus.OK for g in got)} | {correct} | {med} | {lat[-1] if lat else 'n/a'} |")
+        print(
+            f"| {mode.value.lower()} | {len(mine)} | {sum(g.status is ResultStatus.OK for g in got)} | {correct} | {med} | {lat[-1] if lat else 'n/a'} |"
+        )
         all_ok &= correct == len(mine)
         for g in got:
             for stage, ms in _stage_times(g).items():
@@ -128,5 +145,8 @@ def _summary(reqs: list, results: dict[str, PipelineResult]) -> bool:  # type: i
             vals = sorted(stage_ms.get((m, stage), []))
             cells.append(f"{vals[len(vals) // 2]:.0f}" if vals else "-")
         print(f"| {stage} | " + " | ".join(cells) + " |")
-    print("\nevery result checked against a direct computation: " + ("all correct" if all_ok else "MISMATCHES"))
+    print(
+        "\nevery result checked against a direct computation: "
+        + ("all correct" if all_ok else "MISMATCHES")
+    )
     return all_ok

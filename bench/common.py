@@ -22,7 +22,12 @@ OUT_DIR = Path("bench-out")
 def bench_config(name: str, **overrides: Any) -> Iterator[AltoConfig]:
     """A fresh topic prefix and app id on the configured broker, or on an embedded one."""
     tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    values = {"topic_prefix": f"{tag}.", "app_id": tag, "data_dir": OUT_DIR / "data" / tag, **overrides}
+    values = {
+        "topic_prefix": f"{tag}.",
+        "app_id": tag,
+        "data_dir": OUT_DIR / "data" / tag,
+        **overrides,
+    }
     if os.environ.get("ALTO_BOOTSTRAP_SERVERS"):
         yield load_config(**values)
         return

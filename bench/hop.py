@@ -42,7 +42,9 @@ def _quantum(i: int, sent_ns: int) -> bytes:
     ).encode()
 
 
-def _paced_producer(producer: Producer, topic: str, rate: float, seconds: float, start_i: int) -> int:
+def _paced_producer(
+    producer: Producer, topic: str, rate: float, seconds: float, start_i: int
+) -> int:
     n = int(rate * seconds)
     t0 = time.perf_counter()
     for k in range(n):
@@ -75,7 +77,9 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
         topology = hop.build()
         relay_topic = topology.stage_topic(config.topic_prefix, "relay")
-        ensure_topics(config, {relay_topic: config.partitions, config.sink_topic: config.partitions})
+        ensure_topics(
+            config, {relay_topic: config.partitions, config.sink_topic: config.partitions}
+        )
         worker = WorkerProcess(config, "hop-worker", OUT_DIR / "logs")
         try:
             wait_assigned([worker], [relay_topic], config.partitions)
@@ -87,7 +91,9 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             progress(f"latency: {rate:.0f} quanta/s for {latency_s:.0f} s")
             result: dict[str, Any] = {}
             thread = threading.Thread(
-                target=lambda: result.update(n=_paced_producer(producer, relay_topic, rate, latency_s, 10_000))
+                target=lambda: result.update(
+                    n=_paced_producer(producer, relay_topic, rate, latency_s, 10_000)
+                )
             )
             thread.start()
             got = _read(reader, int(rate * latency_s), latency_s + 60)
@@ -99,7 +105,11 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             t_produce = time.perf_counter()
             base = 1_000_000
             for k in range(backlog):
-                producer.produce(relay_topic, key=f"hop-{base + k}|".encode(), value=_quantum(base + k, time.time_ns()))
+                producer.produce(
+                    relay_topic,
+                    key=f"hop-{base + k}|".encode(),
+                    value=_quantum(base + k, time.time_ns()),
+                )
                 if k % 1000 == 0:
                     producer.poll(0)
             producer.flush(60)

@@ -55,7 +55,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -69,7 +71,9 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
 class EmbeddedBroker:
     """Runs Tansu as a child process; a context manager that always stops it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, quiet: bool = True) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, *, quiet: bool = True
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.quiet = quiet
@@ -84,9 +88,12 @@ class EmbeddedBroker:
         return [
             str(tansu_binary()),
             "broker",
-            "--listener-url", f"tcp://{self.host}:{self.port}",
-            "--advertised-listener-url", f"tcp://{advertised}:{self.port}",
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{advertised}:{self.port}",
+            "--storage-engine",
+            "memory://tansu/",
         ]
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
@@ -94,11 +101,18 @@ class EmbeddedBroker:
         out = subprocess.DEVNULL if self.quiet else None
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
         try:
-            wait_for_port(self.host if self.host != "0.0.0.0" else "127.0.0.1", self.port, timeout_s, self.proc)  # noqa: S104
+            wait_for_port(
+                self.host if self.host != "0.0.0.0" else "127.0.0.1",  # noqa: S104
+                self.port,
+                timeout_s,
+                self.proc,
+            )  # noqa: S104
         except BrokerError:
             self.stop()
             raise
-        log.info("embedded broker (Tansu) listening on %s, pid %d", self.bootstrap_servers, self.proc.pid)
+        log.info(
+            "embedded broker (Tansu) listening on %s, pid %d", self.bootstrap_servers, self.proc.pid
+        )
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -126,7 +140,10 @@ class EmbeddedBroker:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

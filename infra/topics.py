@@ -15,10 +15,10 @@ from alto.errors import BrokerError
 log = logging.getLogger(__name__)
 
 
-def client_settings(config: AltoConfig) -> dict[str, object]:
+def client_settings(config: AltoConfig) -> dict[str, str | int | float | bool]:
     """librdkafka settings for our admin client and plain producers."""
     sec = config.security
-    settings: dict[str, object] = {"bootstrap.servers": config.bootstrap_servers}
+    settings: dict[str, str | int | float | bool] = {"bootstrap.servers": config.bootstrap_servers}
     if sec.protocol != "PLAINTEXT":
         settings["security.protocol"] = sec.protocol
         if sec.sasl_mechanism:
@@ -44,7 +44,9 @@ def ensure_topics(
     An existing topic with a different partition count is an error: keyed routing
     (and so aggregation) depends on it.
     """
-    wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, config.partitions)
+    wanted = (
+        dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, config.partitions)
+    )
     admin = AdminClient(client_settings(config))
     deadline = time.monotonic() + timeout_s
     while True:
@@ -75,7 +77,9 @@ def ensure_topics(
         if len(counts) == len(wanted) and all(counts[n] > 0 for n in wanted):
             break
         if time.monotonic() > deadline:
-            raise BrokerError(f"topics not visible after {timeout_s:.0f} s: {sorted(set(wanted) - set(counts))}")
+            raise BrokerError(
+                f"topics not visible after {timeout_s:.0f} s: {sorted(set(wanted) - set(counts))}"
+            )
         time.sleep(0.2)
     wrong = {n: (counts[n], wanted[n]) for n in wanted if counts[n] != wanted[n]}
     if wrong:

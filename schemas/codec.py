@@ -63,13 +63,15 @@ class AvroSchema:
         fastavro.schemaless_writer(out, self.parsed, record)
         return out.getvalue()
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def decode(self, data: bytes | None) -> dict[str, Any]:
         """Decode one message, raising BadInputError for anything that is not ours or is broken."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BadInputError("undecodable", f"expected bytes, got {type(data).__name__}")
         data = bytes(data)
         if len(data) < HEADER_LEN or data[:2] != MAGIC:
-            raise BadInputError("undecodable", "not Avro single-object encoding (missing C3 01 header)")
+            raise BadInputError(
+                "undecodable", "not Avro single-object encoding (missing C3 01 header)"
+            )
         if data[2:HEADER_LEN] != self.fingerprint:
             raise BadInputError(
                 "unknown_fingerprint",
@@ -80,7 +82,9 @@ class AvroSchema:
         try:
             record = fastavro.schemaless_reader(body, self.parsed, None)
         except Exception as exc:  # fastavro raises many types for broken bodies
-            raise BadInputError("undecodable", f"{self.name} body does not decode: {exc!r}") from exc
+            raise BadInputError(
+                "undecodable", f"{self.name} body does not decode: {exc!r}"
+            ) from exc
         if body.tell() != len(data) - HEADER_LEN:
             raise BadInputError("undecodable", f"{self.name} body has trailing bytes")
         if not isinstance(record, dict):

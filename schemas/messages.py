@@ -72,15 +72,13 @@ class _AvroMessage:
         return self.schema().encode(self.to_record())
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
-        """Decode single-object bytes; raises `BadInputError` on anything malformed."""
+    def decode(cls, data: bytes | None) -> Self:
+        """Decode single-object bytes; raises `BadInputError` on anything malformed (or None)."""
         return cls.from_record(cls.schema().decode(data))
 
 
 def _spans(raw: list[dict[str, Any]]) -> tuple[TraceSpan, ...]:
-    return tuple(
-        TraceSpan(**{**s, "processed_by": tuple(s.get("processed_by", ()))}) for s in raw
-    )
+    return tuple(TraceSpan(**{**s, "processed_by": tuple(s.get("processed_by", ()))}) for s in raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +208,12 @@ class Quantum(_AvroMessage):
         )
 
 
-MESSAGE_TYPES: tuple[type[_AvroMessage], ...] = (PipelineRequest, PipelineResult, DeadLetter, Quantum)
+MESSAGE_TYPES: tuple[type[_AvroMessage], ...] = (
+    PipelineRequest,
+    PipelineResult,
+    DeadLetter,
+    Quantum,
+)
 
 
 def field_names(cls: type) -> list[str]:

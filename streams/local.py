@@ -73,7 +73,9 @@ class LocalRunner:
         return run
 
     @staticmethod
-    def _collect(outs: list[Send | DeadLetterOut], pending: list[tuple[str, bytes]], run: LocalRun) -> None:
+    def _collect(
+        outs: list[Send | DeadLetterOut], pending: list[tuple[str, bytes]], run: LocalRun
+    ) -> None:
         for out in outs:
             if isinstance(out, Send):
                 pending.append((out.topic, out.quantum.encode()))
@@ -81,7 +83,9 @@ class LocalRunner:
                 run.dead_letters.append(out)
 
 
-def make_request(pipeline: str, text: str, request_id: str, mode: Mode | None = None) -> PipelineRequest:
+def make_request(
+    pipeline: str, text: str, request_id: str, mode: Mode | None = None
+) -> PipelineRequest:
     return PipelineRequest(request_id, pipeline, text, now_ms(), mode)
 
 

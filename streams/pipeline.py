@@ -164,7 +164,9 @@ class Pipeline:
             raise PipelineError(f"{self.name}: stage {stage.name!r} consumes nothing")
         if stage.concurrency < 1 or (stage.stateful and stage.concurrency != 1):
             # Concurrent handling reorders a keyed stream; aggregation relies on its order.
-            raise PipelineError(f"{self.name}: {stage.name!r}: concurrency must be 1 for aggregates, >= 1 otherwise")
+            raise PipelineError(
+                f"{self.name}: {stage.name!r}: concurrency must be 1 for aggregates, >= 1 otherwise"
+            )
         self._stages[stage.name] = stage
         return self
 

@@ -348,7 +348,12 @@ class StageProcessor:
         }
 
     def _emit(
-        self, q: Quantum, node: tuple[PathEntry, ...], key: str, state: dict[str, Any], store: StateStore
+        self,
+        q: Quantum,
+        node: tuple[PathEntry, ...],
+        key: str,
+        state: dict[str, Any],
+        store: StateStore,
     ) -> list[Output]:
         assert self.stage.operator is not None
         try:
@@ -364,7 +369,11 @@ class StageProcessor:
         spans = [_span_from_json(s) for s in state["spans"].values()]
         spans.append(
             TraceSpan(
-                self.name, path_str(node), self.worker, state["first_ms"], end,
+                self.name,
+                path_str(node),
+                self.worker,
+                state["first_ms"],
+                end,
                 tuple(sorted(state["workers"])),
             )
         )
@@ -398,7 +407,11 @@ class Sink:
     def handle(self, q: Quantum, emitted: MutableMapping[str, Any]) -> PipelineResult | None:
         if q.request_id in emitted:
             return None
-        if q.kind is QuantumKind.DATA and q.path == () and q.stage == self.terminals.get(q.pipeline):
+        if (
+            q.kind is QuantumKind.DATA
+            and q.path == ()
+            and q.stage == self.terminals.get(q.pipeline)
+        ):
             status, output, error = ResultStatus.OK, q.payload, None
         elif q.kind is QuantumKind.FAILED:
             status, output, error = ResultStatus.FAILED, None, q.error or "failed"

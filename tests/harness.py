@@ -10,7 +10,14 @@ from pathlib import Path
 from alto.config import AltoConfig, load_config
 from infra.processes import REPO, WorkerProcess, wait_assigned
 
-__all__ = ["REPO", "WorkerProcess", "wait_assigned", "docker_engine_available", "fresh_config", "kafka_container"]
+__all__ = [
+    "REPO",
+    "WorkerProcess",
+    "wait_assigned",
+    "docker_engine_available",
+    "fresh_config",
+    "kafka_container",
+]
 
 
 def docker_engine_available() -> bool:
@@ -48,5 +55,3 @@ def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:
     }
     values.update(overrides)
     return load_config(environ={}, **values)
-
-

@@ -15,7 +15,14 @@ from agents import example
 from alto.client import Submitter, TopicReader, collect_results, new_request
 from alto.config import AltoConfig
 from infra.topics import ensure_topics
-from schemas.messages import DeadLetter, Mode, PathEntry, PipelineRequest, PipelineResult, ResultStatus
+from schemas.messages import (
+    DeadLetter,
+    Mode,
+    PathEntry,
+    PipelineRequest,
+    PipelineResult,
+    ResultStatus,
+)
 from streams.ancestry import key_at_level
 from tests.harness import WorkerProcess, wait_assigned
 
@@ -25,7 +32,9 @@ STATEFUL = ("sentence_stats", "request_stats")
 
 
 @pytest.fixture
-def two_workers(alto_config: AltoConfig, tmp_path: Path) -> Iterator[tuple[list[WorkerProcess], dict]]:
+def two_workers(
+    alto_config: AltoConfig, tmp_path: Path
+) -> Iterator[tuple[list[WorkerProcess], dict]]:
     topology = example.build()
     topics = [topology.stage_topic(alto_config.topic_prefix, s) for s in topology.order]
     topics.append(alto_config.sink_topic)
@@ -65,7 +74,9 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
 ) -> None:
     workers, owners = two_workers
     texts = example.example_texts(200, seed=21)
-    requests = [new_request("example", t, mode=m) for t in texts for m in (Mode.STREAMING, Mode.BASELINE)]
+    requests = [
+        new_request("example", t, mode=m) for t in texts for m in (Mode.STREAMING, Mode.BASELINE)
+    ]
     Submitter(alto_config).submit_all(requests)
     got, dupes = collect_results(alto_config, [r.request_id for r in requests], timeout_s=180)
     _check_correct(requests, got)
@@ -81,7 +92,9 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
         for span in result.trace:
             if span.stage not in STATEFUL:
                 continue
-            assert len(span.processed_by) == 1, f"{span.stage} {span.path} folded by {span.processed_by}"
+            assert len(span.processed_by) == 1, (
+                f"{span.stage} {span.path} folded by {span.processed_by}"
+            )
             path = tuple(
                 PathEntry(s, int(i)) for s, i in (p.split(":") for p in span.path.split("/") if p)
             )
@@ -99,7 +112,10 @@ def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
 ) -> None:
     workers, _ = two_workers
     texts = example.example_texts(300, seed=33)
-    requests = [new_request("example", t, mode=Mode.STREAMING if i % 2 else Mode.BASELINE) for i, t in enumerate(texts)]
+    requests = [
+        new_request("example", t, mode=Mode.STREAMING if i % 2 else Mode.BASELINE)
+        for i, t in enumerate(texts)
+    ]
     ids = [r.request_id for r in requests]
     Submitter(alto_config).submit_all(requests)
     reader = TopicReader(alto_config, alto_config.results_topic)

@@ -27,7 +27,9 @@ def test_same_node_same_key_other_node_other_key(rid: str, a: tuple, b: tuple, l
 
 
 @given(request_ids, request_ids, paths, st.integers(0, 4) | st.none())
-def test_keys_of_different_requests_differ(r1: str, r2: str, path: tuple, level: int | None) -> None:
+def test_keys_of_different_requests_differ(
+    r1: str, r2: str, path: tuple, level: int | None
+) -> None:
     if r1 != r2:
         assert key_at_level(r1, path, level) != key_at_level(r2, path, level)
 

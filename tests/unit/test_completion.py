@@ -14,7 +14,9 @@ from streams.completion import CompletionTracker
 pytestmark = pytest.mark.unit
 
 
-def _tree(rng: random.Random, depth: int, max_fanout: int) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], int]]]:
+def _tree(
+    rng: random.Random, depth: int, max_fanout: int
+) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], int]]]:
     """Leaves and ENDs of a random tree with variable fan-out (0 allowed) at every level."""
     leaves: list[tuple[int, ...]] = []
     ends: list[tuple[tuple[int, ...], int]] = []

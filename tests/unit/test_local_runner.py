@@ -47,7 +47,14 @@ def test_any_delivery_order_gives_the_same_results(seed: int, duplicate: float) 
 def test_trace_records_every_stage_and_the_aggregating_worker() -> None:
     run = _run([example.build()], [make_request("example", TEXTS[1], "r")])
     spans = run.results["r"].trace
-    assert {s.stage for s in spans} >= {REQUEST, "sentences", "words", "normalize", "sentence_stats", "request_stats"}
+    assert {s.stage for s in spans} >= {
+        REQUEST,
+        "sentences",
+        "words",
+        "normalize",
+        "sentence_stats",
+        "request_stats",
+    }
     assert all(s.processed_by == ("local",) for s in spans if s.stage.endswith("_stats"))
 
 
@@ -73,7 +80,10 @@ FRAGILE = (
 def test_a_failing_stage_fails_its_request_only() -> None:
     reqs = [make_request("fragile", "a boom b", "bad"), make_request("fragile", "a bb ccc", "good")]
     run = _run([FRAGILE], reqs)
-    assert run.results["good"].status is ResultStatus.OK and json.loads(run.results["good"].output or "") == 6
+    assert (
+        run.results["good"].status is ResultStatus.OK
+        and json.loads(run.results["good"].output or "") == 6
+    )
     assert run.results["bad"].status is ResultStatus.FAILED
     assert "no booms here" in (run.results["bad"].error or "")
     assert [d.reason for d in run.dead_letters] == ["stage_error"]
@@ -83,8 +93,12 @@ def test_a_failing_stage_fails_its_request_only() -> None:
 def test_unknown_pipeline_and_oversized_input_fail_with_dead_letters() -> None:
     reqs = [make_request("nope", "x", "r1"), make_request("fragile", "y" * 101, "r2")]
     run = _run([FRAGILE], reqs, max_input_chars=100)
-    assert run.results["r1"].status is ResultStatus.FAILED and "unknown pipeline" in (run.results["r1"].error or "")
-    assert run.results["r2"].status is ResultStatus.FAILED and "limit is 100" in (run.results["r2"].error or "")
+    assert run.results["r1"].status is ResultStatus.FAILED and "unknown pipeline" in (
+        run.results["r1"].error or ""
+    )
+    assert run.results["r2"].status is ResultStatus.FAILED and "limit is 100" in (
+        run.results["r2"].error or ""
+    )
     assert sorted(d.reason for d in run.dead_letters) == ["input_too_large", "unknown_pipeline"]
 
 
@@ -96,8 +110,8 @@ def test_empty_fan_out_completes() -> None:
 @pytest.mark.parametrize("mode", [Mode.STREAMING, Mode.BASELINE])
 def test_streaming_forwards_children_before_the_generator_ends(mode: Mode) -> None:
     """In streaming mode the first child leaves before the fan-out finishes; in baseline, after."""
-    from streams.processor import Routing, Send, StageProcessor
     from schemas.messages import Quantum
+    from streams.processor import Routing, Send, StageProcessor
 
     events: list[str] = []
 
@@ -109,7 +123,9 @@ def test_streaming_forwards_children_before_the_generator_ends(mode: Mode) -> No
 
     topology = Pipeline("s").fan_out("gen", slow).aggregate("all", collect(), after="gen").build()
     proc = StageProcessor(Routing(topology, "p.", "p.sink"), "gen", "w")
-    root = Quantum("r", "s", mode, REQUEST, (), 0, QuantumKind.DATA, 0, 0, payload=json.dumps("a b"))
+    root = Quantum(
+        "r", "s", mode, REQUEST, (), 0, QuantumKind.DATA, 0, 0, payload=json.dumps("a b")
+    )
 
     async def drive() -> None:
         async for out in proc.process(root):

@@ -10,7 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.messages import PathEntry
-from streams.operators import Item, by_source, collect, combine, count, filter_by, map_values, sum_of, top_k
+from streams.operators import (
+    Item,
+    by_source,
+    collect,
+    combine,
+    count,
+    filter_by,
+    map_values,
+    sum_of,
+    top_k,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +54,9 @@ def test_count_and_sum(vs: list[int], seed: int) -> None:
 
 
 @given(values, st.integers(1, 5), st.integers())
-def test_top_k_is_order_independent_and_breaks_ties_by_ancestry(vs: list[int], k: int, seed: int) -> None:
+def test_top_k_is_order_independent_and_breaks_ties_by_ancestry(
+    vs: list[int], k: int, seed: int
+) -> None:
     expected = [vs[i] for i in sorted(range(len(vs)), key=lambda i: (-vs[i], i))[:k]]
     assert _fold(top_k(k, key=lambda v: v), _items(vs), seed) == expected
 

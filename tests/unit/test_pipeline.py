@@ -17,7 +17,14 @@ def _noop(item):  # type: ignore[no-untyped-def]
 
 def test_example_topology_is_derived_from_annotations() -> None:
     t = example.build()
-    assert t.depth == {"request": 0, "sentences": 1, "words": 2, "normalize": 2, "sentence_stats": 1, "request_stats": 0}
+    assert t.depth == {
+        "request": 0,
+        "sentences": 1,
+        "words": 2,
+        "normalize": 2,
+        "sentence_stats": 1,
+        "request_stats": 0,
+    }
     assert t.level == {"sentence_stats": 1, "request_stats": 0}
     assert t.key_level("sentence_stats") == 1 and t.key_level("words") is None
     assert t.terminal == "request_stats"
@@ -46,14 +53,28 @@ def test_join_at_a_shared_level() -> None:
         lambda: Pipeline("p").build(),
         lambda: Pipeline("p").fan_out("a", _noop).build(),  # final output not per request
         lambda: Pipeline("p").map("a", _noop, after="nope").build(),
-        lambda: Pipeline("p").fan_out("a", _noop).aggregate("b", count(), after="a", per="zzz").build(),
-        lambda: Pipeline("p").map("a", _noop).aggregate("b", count(), after="a").build(),  # nothing below
+        lambda: (
+            Pipeline("p").fan_out("a", _noop).aggregate("b", count(), after="a", per="zzz").build()
+        ),
+        lambda: (
+            Pipeline("p").map("a", _noop).aggregate("b", count(), after="a").build()
+        ),  # nothing below
         lambda: Pipeline("p").map("a", _noop).map("a", _noop),
         lambda: Pipeline("p").map("a b", _noop),
-        lambda: Pipeline("p").fan_out("a", _noop).aggregate("b", count(), after="a").map("c", _noop, after="b").map("d", _noop, after="b").build(),
         lambda: (
-            Pipeline("p").fan_out("a", _noop).fan_out("b", _noop)
-            .aggregate("c", count(), after=["a", "b"], per="a").build()
+            Pipeline("p")
+            .fan_out("a", _noop)
+            .aggregate("b", count(), after="a")
+            .map("c", _noop, after="b")
+            .map("d", _noop, after="b")
+            .build()
+        ),
+        lambda: (
+            Pipeline("p")
+            .fan_out("a", _noop)
+            .fan_out("b", _noop)
+            .aggregate("c", count(), after=["a", "b"], per="a")
+            .build()
         ),
     ],
 )
@@ -64,6 +85,14 @@ def test_inconsistent_declarations_are_refused(build) -> None:  # type: ignore[n
 
 def test_aggregates_cannot_be_concurrent() -> None:
     with pytest.raises(PipelineError):
-        Pipeline("p").fan_out("a", _noop).aggregate("b", count(), after="a").map("c", _noop, after="b")._add(
-            __import__("streams").Stage("x", __import__("streams").StageKind.AGGREGATE, ("a",), operator=count(), concurrency=4)
+        Pipeline("p").fan_out("a", _noop).aggregate("b", count(), after="a").map(
+            "c", _noop, after="b"
+        )._add(
+            __import__("streams").Stage(
+                "x",
+                __import__("streams").StageKind.AGGREGATE,
+                ("a",),
+                operator=count(),
+                concurrency=4,
+            )
         )

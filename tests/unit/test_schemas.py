@@ -34,18 +34,59 @@ SPAN = TraceSpan("words", "sentences:0", "w1", 1, 2, ("w1", "w2"))
 SAMPLES = [
     PipelineRequest("r1", "example", "Hello there. General.", 1700000000000, Mode.BASELINE),
     PipelineRequest("r2", "example", "ünïcödé ✓", 1, None),
-    PipelineResult("r1", "example", ResultStatus.OK, 12, 1, 13, Mode.STREAMING, '{"a":1}', None, (SPAN,)),
+    PipelineResult(
+        "r1", "example", ResultStatus.OK, 12, 1, 13, Mode.STREAMING, '{"a":1}', None, (SPAN,)
+    ),
     PipelineResult("r3", "x", ResultStatus.FAILED, 0, 5, 5, Mode.BASELINE, None, "boom", ()),
-    DeadLetter("undecodable", "bad header", "alto.requests", 3, 42, "w1", 99, b"k", b"\x00\xff", "r1", "request"),
+    DeadLetter(
+        "undecodable",
+        "bad header",
+        "alto.requests",
+        3,
+        42,
+        "w1",
+        99,
+        b"k",
+        b"\x00\xff",
+        "r1",
+        "request",
+    ),
     DeadLetter("undecodable", "bad", "t", 0, 0, "w", 0),
-    Quantum("r1", "example", Mode.STREAMING, "words", (PathEntry("sentences", 2), PathEntry("words", 0)),
-            0, QuantumKind.DATA, 1, 2, payload='"hi"', trace=(SPAN,)),
-    Quantum("r1", "example", Mode.BASELINE, "words", (PathEntry("sentences", 2),), 7, QuantumKind.END, 1, 2, count=7),
+    Quantum(
+        "r1",
+        "example",
+        Mode.STREAMING,
+        "words",
+        (PathEntry("sentences", 2), PathEntry("words", 0)),
+        0,
+        QuantumKind.DATA,
+        1,
+        2,
+        payload='"hi"',
+        trace=(SPAN,),
+    ),
+    Quantum(
+        "r1",
+        "example",
+        Mode.BASELINE,
+        "words",
+        (PathEntry("sentences", 2),),
+        7,
+        QuantumKind.END,
+        1,
+        2,
+        count=7,
+    ),
     Quantum("r1", "example", Mode.BASELINE, "words", (), 0, QuantumKind.FAILED, 1, 2, error="why"),
 ]
 
 _AVRO_TO_PY: dict[str, set[type]] = {
-    "string": {str}, "long": {int}, "int": {int}, "bytes": {bytes}, "boolean": {bool}, "double": {float},
+    "string": {str},
+    "long": {int},
+    "int": {int},
+    "bytes": {bytes},
+    "boolean": {bool},
+    "double": {float},
 }
 
 
@@ -71,7 +112,9 @@ def _avro_types(avro_type: object) -> set[object]:
 
 
 def _named(py: set[object]) -> set[object]:
-    return {t.__name__ if isinstance(t, type) and t.__module__ == "schemas.messages" else t for t in py}
+    return {
+        t.__name__ if isinstance(t, type) and t.__module__ == "schemas.messages" else t for t in py
+    }
 
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
@@ -85,8 +128,11 @@ def test_python_type_matches_its_avsc(cls: type) -> None:
     for name in py_fields:
         avro_field = avro_fields[name]
         assert _named(_python_types(hints[name])) == _avro_types(avro_field["type"]), name
-        has_default = dataclasses.fields(cls)[py_fields.index(name)].default is not dataclasses.MISSING or (
-            dataclasses.fields(cls)[py_fields.index(name)].default_factory is not dataclasses.MISSING
+        has_default = dataclasses.fields(cls)[
+            py_fields.index(name)
+        ].default is not dataclasses.MISSING or (
+            dataclasses.fields(cls)[py_fields.index(name)].default_factory
+            is not dataclasses.MISSING
         )
         if "default" in avro_field:
             assert has_default, f"{name}: the schema has a default, the type does not"
@@ -137,9 +183,18 @@ def test_unknown_fingerprint_is_bad_input() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\xc3", b"\xc3\x01", b"{}", b"\x00" * 20, SAMPLES[0].encode()[:-3], SAMPLES[0].encode() + b"x"],
+    [
+        None,
+        b"",
+        b"\xc3",
+        b"\xc3\x01",
+        b"{}",
+        b"\x00" * 20,
+        SAMPLES[0].encode()[:-3],
+        SAMPLES[0].encode() + b"x",
+    ],
 )
-def test_malformed_bytes_are_bad_input(data: bytes) -> None:
+def test_malformed_bytes_are_bad_input(data: bytes | None) -> None:
     with pytest.raises(BadInputError):
         PipelineRequest.decode(data)
 

@@ -97,7 +97,7 @@ def load_schema(name: str) -> AvroSchema:
     """Load `schemas/<name>.avsc` (shipped as package data)."""
     text = resources.files(__package__).joinpath(f"{name}.avsc").read_text(encoding="utf-8")
     raw = json.loads(text)
-    parsed = fastavro.parse_schema(raw, _write_hint=False)
+    parsed = fastavro.parse_schema(raw)
     return AvroSchema(name=name, raw=raw, parsed=parsed, fingerprint=fingerprint(raw))
 
 

@@ -33,6 +33,7 @@ from faust.types import EventT, StreamT
 from agents.transport import FaustApp
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
+from schemas import faust_codecs
 from schemas.messages import DeadLetter, Mode, PipelineRequest, Quantum, QuantumKind
 from streams.ancestry import request_id_of_key
 from streams.pipeline import REQUEST, StageKind, Topology
@@ -68,6 +69,7 @@ class AltoApp:
 
     def __init__(self, config: AltoConfig, topologies: Iterable[Topology]) -> None:
         self.config = config
+        faust_codecs.register()
         self.topologies = {t.pipeline: t for t in topologies}
         self.worker_id = config.worker_id
         settings = _faust_settings(config)

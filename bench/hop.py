@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from confluent_kafka import Producer
 
 from agents import hop
@@ -70,6 +71,16 @@ def _read(reader: TopicReader, want: int, timeout_s: float) -> list[tuple[int, i
     return got
 
 
+def _count(reader: TopicReader, want: int, timeout_s: float) -> list[int]:
+    """Arrival times (ns) of `want` outputs; not decoded, to leave the CPU to the worker."""
+    arrivals: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while len(arrivals) < want and time.monotonic() < deadline:
+        for _ in reader.poll(0.2):
+            arrivals.append(time.time_ns())
+    return arrivals
+
+
 def main(*, quick: bool, json_path: Path | None) -> int:
     rate, latency_s = 1000.0, (5.0 if quick else 20.0)
     backlog = 10_000 if quick else 40_000
@@ -102,6 +113,8 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             lost_latency = result["n"] - len(got)
 
             progress(f"throughput: backlog of {backlog} quanta")
+            worker_proc = psutil.Process(worker.pid)
+            cpu_before = sum(worker_proc.cpu_times()[:2])
             t_produce = time.perf_counter()
             base = 1_000_000
             for k in range(backlog):
@@ -114,11 +127,12 @@ def main(*, quick: bool, json_path: Path | None) -> int:
                     producer.poll(0)
             producer.flush(60)
             produce_s = time.perf_counter() - t_produce
-            out = _read(reader, backlog, 300)
+            out = _count(reader, backlog, 300)
+            worker_cpu_s = sum(worker_proc.cpu_times()[:2]) - cpu_before
             reader.close()
         finally:
             worker.stop()
-    recv = sorted(r for _, _, r in out)
+    recv = sorted(out)
     span_s = (recv[-1] - recv[0]) / 1e9 if len(recv) > 1 else float("nan")
     throughput = (len(recv) - 1) / span_s if span_s == span_s and span_s > 0 else 0.0
     figures = {
@@ -132,16 +146,28 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         "backlog": backlog,
         "backlog_received": len(recv),
         "backlog_produce_s": round(produce_s, 3),
+        "worker_cpu_s": round(worker_cpu_s, 2),
+        "quanta_per_worker_cpu_s": round(len(recv) / worker_cpu_s, 1) if worker_cpu_s else None,
         "partitions": 4,
         "quick": quick,
     }
     print("## alto bench hop (one worker process, relay stage, embedded broker)\n")
+    print(
+        "Broker, worker and this client share the machine's cores; the CPU-second figure "
+        "is the worker's own cost.\n"
+    )
     print("| metric | measured | goal |")
     print("|---|---|---|")
     print(f"| hop latency p50 at {rate:.0f} quanta/s | {figures['p50_ms']} ms | <= 3 ms |")
     print(f"| hop latency p99 at {rate:.0f} quanta/s | {figures['p99_ms']} ms | <= 15 ms |")
     print(f"| hop latency max | {figures['max_ms']} ms | |")
-    print(f"| quanta/s one worker sustains | {figures['max_quanta_per_s']} | >= 10,000 |")
+    print(
+        f"| quanta/s one worker sustains (wall clock) | {figures['max_quanta_per_s']} | >= 10,000 |"
+    )
+    print(
+        f"| quanta per worker CPU-second (capacity with a core of its own) | "
+        f"{figures['quanta_per_worker_cpu_s']} | |"
+    )
     print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(recv)} of {backlog} | |")
     _plot(lat_ms)
     write_json(json_path, figures)

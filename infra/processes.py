@@ -24,7 +24,13 @@ class WorkerProcess:
     """One `alto worker` process with its own id, status file and log file."""
 
     def __init__(
-        self, config: AltoConfig, worker_id: str, workdir: Path, *, loglevel: str = "warning"
+        self,
+        config: AltoConfig,
+        worker_id: str,
+        workdir: Path,
+        *,
+        loglevel: str = "warning",
+        command: list[str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.worker_id = worker_id
@@ -39,7 +45,7 @@ class WorkerProcess:
         }
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alto", "worker", "--loglevel", loglevel],
+            command or [sys.executable, "-m", "alto", "worker", "--loglevel", loglevel],
             cwd=REPO,
             env=env,
             stdout=self._log,

@@ -43,6 +43,7 @@ class Stage:
     per: str | None = None
     streams: bool = True
     concurrency: int = 1
+    blocking: bool = False
     description: str = ""
 
     @property
@@ -97,15 +98,24 @@ class Pipeline:
         *,
         after: str = REQUEST,
         concurrency: int = 1,
+        blocking: bool = False,
         description: str = "",
     ) -> Pipeline:
         """One output per input, same ancestry (a stateless transform).
 
         `concurrency` > 1 lets one worker have that many inputs in flight (for stages that
         wait on I/O); order is not kept, which a stateless stage does not need.
+        `blocking` runs a synchronous `fn` in a thread so it never stalls the event loop
+        (Faust's other agents, heartbeats and commits keep running).
         """
         stage = Stage(
-            name, StageKind.MAP, (after,), fn=fn, concurrency=concurrency, description=description
+            name,
+            StageKind.MAP,
+            (after,),
+            fn=fn,
+            concurrency=concurrency,
+            blocking=blocking,
+            description=description,
         )
         return self._add(stage)
 
@@ -117,12 +127,14 @@ class Pipeline:
         after: str = REQUEST,
         streams: bool = True,
         concurrency: int = 1,
+        blocking: bool = False,
         description: str = "",
     ) -> Pipeline:
         """Zero or more children per input, one ancestry level deeper.
 
         `fn` may be a generator or an async generator; with `streams` each child is
         forwarded as soon as it is yielded (in streaming mode), otherwise all at once.
+        `blocking` runs a synchronous `fn` to completion in a thread (then it cannot stream).
         """
         stage = Stage(
             name,
@@ -131,6 +143,7 @@ class Pipeline:
             fn=fn,
             streams=streams,
             concurrency=concurrency,
+            blocking=blocking,
             description=description,
         )
         return self._add(stage)

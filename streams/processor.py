@@ -8,6 +8,7 @@ Aggregator state goes through a `StateStore` (a Faust table in a worker, a dict 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import time
@@ -238,7 +239,10 @@ class StageProcessor:
         item = self._item(q)
         assert self.stage.fn is not None
         try:
-            value = self.stage.fn(item)
+            if self.stage.blocking:
+                value = await asyncio.to_thread(self.stage.fn, item)
+            else:
+                value = self.stage.fn(item)
             if inspect.isawaitable(value):
                 value = await value
             out = self._child(q, q.path, q.seq, value, start)
@@ -257,7 +261,11 @@ class StageProcessor:
         n = 0
         assert self.stage.fn is not None
         try:
-            produced = self.stage.fn(item)
+            fn = self.stage.fn
+            if self.stage.blocking:
+                produced: Any = await asyncio.to_thread(lambda: list(fn(item)))  # type: ignore[arg-type]
+            else:
+                produced = fn(item)
             async for value in _aiter(produced):
                 child_path = (*q.path, PathEntry(self.name, n))
                 sends = self.routing.sends(self.name, self._child(q, child_path, n, value, start))

@@ -143,3 +143,29 @@ def test_count_operator_in_a_pipeline() -> None:
     t = Pipeline("c").fan_out("w", _split).aggregate("n", count(), after="w").build()
     run = _run([t], [make_request("c", "one two three", "r")])
     assert json.loads(run.results["r"].output or "") == 3
+
+
+def test_blocking_stages_run_off_the_event_loop() -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def heavy(item: Item) -> int:
+        seen.append(threading.get_ident())
+        return len(item.value)
+
+    def heavy_split(item: Item) -> list[str]:
+        seen.append(threading.get_ident())
+        return item.value.split()
+
+    t = (
+        Pipeline("b")
+        .fan_out("w", heavy_split, blocking=True)
+        .map("n", heavy, after="w", blocking=True)
+        .aggregate("s", sum_of(), after="n")
+        .build()
+    )
+    run = _run([t], [make_request("b", "aa bbb c", "r")])
+    assert json.loads(run.results["r"].output or "") == 6
+    assert seen and loop_thread not in seen

@@ -208,3 +208,16 @@ def test_random_bytes_never_escape_as_other_errors(junk: bytes, cls: type) -> No
             cls.decode(data)  # type: ignore[attr-defined]
         except BadInputError:
             pass
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_faust_codecs_round_trip_through_the_registry(message: object) -> None:
+    from faust.serializers import codecs
+
+    from schemas.faust_codecs import codec_name, register
+
+    register()
+    name = codec_name(type(message))
+    data = codecs.dumps(name, message)
+    assert data == message.encode()  # type: ignore[attr-defined]
+    assert codecs.loads(name, data) == message

@@ -81,6 +81,20 @@ def _count(reader: TopicReader, want: int, timeout_s: float) -> list[int]:
     return arrivals
 
 
+def _latency(
+    producer: Producer, reader: TopicReader, topic: str, rate: float, seconds: float, start_i: int
+) -> tuple[list[float], int]:
+    """Paced quanta onto `topic`, read back by `reader`: sorted latencies (ms) and losses."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(n=_paced_producer(producer, topic, rate, seconds, start_i))
+    )
+    thread.start()
+    got = _read(reader, int(rate * seconds), seconds + 60)
+    thread.join()
+    return sorted((recv - sent) / 1e6 for _, sent, recv in got), result["n"] - len(got)
+
+
 def main(*, quick: bool, json_path: Path | None) -> int:
     rate, latency_s = 1000.0, (5.0 if quick else 20.0)
     backlog = 10_000 if quick else 40_000
@@ -88,8 +102,10 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
         topology = hop.build()
         relay_topic = topology.stage_topic(config.topic_prefix, "relay")
+        direct_topic = config.topic("hop-direct")
         ensure_topics(
-            config, {relay_topic: config.partitions, config.sink_topic: config.partitions}
+            config,
+            {relay_topic: config.partitions, config.sink_topic: config.partitions, direct_topic: 4},
         )
         worker = WorkerProcess(config, "hop-worker", OUT_DIR / "logs")
         try:
@@ -99,18 +115,12 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             # Warm-up: let the worker's first-event costs pass before measuring.
             _paced_producer(producer, relay_topic, 500, 1.0, 0)
             _read(reader, 500, 30)
-            progress(f"latency: {rate:.0f} quanta/s for {latency_s:.0f} s")
-            result: dict[str, Any] = {}
-            thread = threading.Thread(
-                target=lambda: result.update(
-                    n=_paced_producer(producer, relay_topic, rate, latency_s, 10_000)
-                )
-            )
-            thread.start()
-            got = _read(reader, int(rate * latency_s), latency_s + 60)
-            thread.join()
-            lat_ms = sorted((recv - sent) / 1e6 for _, sent, recv in got)
-            lost_latency = result["n"] - len(got)
+            progress(f"latency through the relay: {rate:.0f} quanta/s for {latency_s:.0f} s")
+            lat_ms, lost_latency = _latency(producer, reader, relay_topic, rate, latency_s, 10_000)
+            progress(f"broker alone (no worker): {rate:.0f} quanta/s for {latency_s:.0f} s")
+            direct_reader = TopicReader(config, direct_topic, from_beginning=False)
+            direct_ms, _ = _latency(producer, direct_reader, direct_topic, rate, latency_s, 500_000)
+            direct_reader.close()
 
             progress(f"throughput: backlog of {backlog} quanta")
             worker_proc = psutil.Process(worker.pid)
@@ -141,6 +151,8 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         "max_ms": round(lat_ms[-1], 3) if lat_ms else None,
         "latency_samples": len(lat_ms),
         "latency_lost": lost_latency,
+        "broker_only_p50_ms": round(percentile(direct_ms, 50), 3),
+        "broker_only_p99_ms": round(percentile(direct_ms, 99), 3),
         "offered_rate": rate,
         "max_quanta_per_s": round(throughput, 1),
         "backlog": backlog,
@@ -161,6 +173,10 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     print(f"| hop latency p50 at {rate:.0f} quanta/s | {figures['p50_ms']} ms | <= 3 ms |")
     print(f"| hop latency p99 at {rate:.0f} quanta/s | {figures['p99_ms']} ms | <= 15 ms |")
     print(f"| hop latency max | {figures['max_ms']} ms | |")
+    print(
+        f"| same path without the worker (produce -> broker -> consume) p50 / p99 | "
+        f"{figures['broker_only_p50_ms']} / {figures['broker_only_p99_ms']} ms | |"
+    )
     print(
         f"| quanta/s one worker sustains (wall clock) | {figures['max_quanta_per_s']} | >= 10,000 |"
     )

@@ -36,6 +36,8 @@ def test_faust_cli_worker_serves_requests(alto_config: AltoConfig, tmp_path: Pat
         assert not dupes
         for req in requests:
             assert got[req.request_id].status is ResultStatus.OK
-            assert json.loads(got[req.request_id].output or "") == example.expected_output(req.input)
+            assert json.loads(got[req.request_id].output or "") == example.expected_output(
+                req.input
+            )
     finally:
         worker.stop()

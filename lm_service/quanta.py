@@ -1,0 +1,108 @@
+"""Splitting a streamed LM output into quanta the moment each one is complete.
+
+An engine yields text a few tokens at a time (or raw bytes, where a multi-byte UTF-8
+character may be split across tokens). A `Splitter` is fed those pieces and returns every
+quantum that became complete; `finish()` returns what is left when the stream ends (an
+output need not end with a newline). Rules:
+
+- ``token``: every non-empty piece as it arrives (the engine's own granularity);
+- ``word``: whitespace-delimited words (what streaming BM25 consumes);
+- ``line``: non-blank lines, stripped;
+- ``item``: list items: non-blank lines with their bullet or number ("1.", "2)", "-", "*") removed;
+- ``sentence``: sentences ending in . ! ? (or at a line break);
+- ``whole``: the entire output, once, at the end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import Literal
+
+QuantumRule = Literal["token", "word", "line", "item", "sentence", "whole"]
+RULES: tuple[QuantumRule, ...] = ("token", "word", "line", "item", "sentence", "whole")
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.)]|[a-zA-Z][.)])\s+")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
+
+
+class Splitter:
+    """Incremental splitter for one output stream."""
+
+    def __init__(self, rule: QuantumRule) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown quantum rule {rule!r}; one of {RULES}")
+        self.rule = rule
+        self._buf = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.emitted = 0
+
+    def feed(self, piece: str | bytes) -> list[str]:
+        """Add a piece of output; returns the quanta it completed, in order."""
+        text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+        if not text:
+            return []
+        if self.rule == "token":
+            return self._out([text] if text.strip() else [])
+        self._buf += text
+        if self.rule == "whole":
+            return []
+        return self._out(self._complete())
+
+    def finish(self) -> list[str]:
+        """End of stream: the last, unterminated quantum (if any)."""
+        tail = self._decoder.decode(b"", final=True)
+        self._buf += tail
+        rest, self._buf = self._buf, ""
+        if self.rule == "token":
+            return self._out([tail] if tail.strip() else [])
+        if self.rule == "whole":
+            return self._out([rest.strip()] if rest.strip() else [])
+        return self._out(self._clean(rest))
+
+    def _complete(self) -> list[str]:
+        done: list[str] = []
+        if self.rule == "word":
+            # A word is complete once whitespace follows it.
+            parts = re.split(r"(\s+)", self._buf)
+            if len(parts) > 1:
+                complete, self._buf = "".join(parts[:-1]), parts[-1]
+                done = complete.split()
+        elif self.rule in ("line", "item"):
+            if "\n" in self._buf:
+                complete, _, self._buf = self._buf.rpartition("\n")
+                for line in complete.split("\n"):
+                    done += self._clean(line)
+        else:  # sentence
+            while (m := _SENTENCE_END.search(self._buf)) is not None:
+                sentence, self._buf = self._buf[: m.end()], self._buf[m.end() :]
+                done += self._clean(sentence)
+        return done
+
+    def _clean(self, text: str) -> list[str]:
+        if self.rule == "word":
+            return text.split()
+        if self.rule in ("line", "item"):
+            out = []
+            for line in text.split("\n"):
+                line = line.strip()
+                if self.rule == "item":
+                    line = _BULLET.sub("", line).strip()
+                if line:
+                    out.append(line)
+            return out
+        text = " ".join(text.split())
+        return [text] if text else []
+
+    def _out(self, quanta: list[str]) -> list[str]:
+        self.emitted += len(quanta)
+        return quanta
+
+
+def split_all(pieces: list[str | bytes], rule: QuantumRule) -> list[str]:
+    """Split a whole stream (a convenience for tests and offline use)."""
+    splitter = Splitter(rule)
+    out: list[str] = []
+    for piece in pieces:
+        out += splitter.feed(piece)
+    return out + splitter.finish()

@@ -33,3 +33,11 @@ class StageError(AltoError):
 
 class BrokerError(AltoError):
     """The embedded broker could not be found, started or reached."""
+
+
+class EngineError(AltoError):
+    """The inference engine refused or failed one request (the worker keeps serving)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

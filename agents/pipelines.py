@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agents import example, hop
+from agents import claims, example, hop
 from streams import Topology
 
 BUILDERS: dict[str, Callable[[], Topology]] = {
     example.NAME: example.build,
     hop.NAME: hop.build,
+    claims.NAME: claims.build,
 }
 
 

@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ from faust.types import EventT, StreamT
 from agents.transport import FaustApp
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
+from scheduler.agent import SchedulerCore
 from schemas import faust_codecs
-from schemas.messages import DeadLetter, Mode, PipelineRequest, Quantum, QuantumKind
+from schemas.messages import DeadLetter, LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
 from streams.ancestry import request_id_of_key
 from streams.pipeline import REQUEST, StageKind, Topology
 from streams.processor import (
+    CallLM,
     DeadLetterOut,
     Ingest,
     Output,
@@ -76,7 +79,7 @@ class AltoApp:
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(config.app_id, fetch_max_wait_ms=config.fetch_max_wait_ms, **settings)
         self.routings = {
-            name: Routing(t, config.topic_prefix, config.sink_topic)
+            name: Routing(t, config.topic_prefix, config.sink_topic, config.lm_requests_topic)
             for name, t in self.topologies.items()
         }
         self.ingest = Ingest(
@@ -103,6 +106,8 @@ class AltoApp:
                     self._define_stage(self.routings[name], stage)
         if "sink" in config.roles:
             self._define_sink()
+        if "scheduler" in config.roles:
+            self._define_scheduler()
         if config.status_file is not None:
             self._define_status(config.status_file)
 
@@ -112,6 +117,8 @@ class AltoApp:
         """Every topic this app reads or writes, with its partition count."""
         n = self.config.partitions
         names = [
+            self.config.lm_requests_topic,
+            self.config.lm_status_topic,
             self.config.requests_topic,
             self.config.results_topic,
             self.config.dlq_topic,
@@ -120,7 +127,9 @@ class AltoApp:
         for name in self.served:
             names += self.topologies[name].topics(self.config.topic_prefix)
         names += [self.changelog_topic(t) for t in self._tables]
-        return dict.fromkeys(names, n)
+        counts = dict.fromkeys(names, n)
+        counts[self.config.lm_work_topic] = self.config.lm_max_instances
+        return counts
 
     def changelog_topic(self, table_name: str) -> str:
         if table_name == "results":
@@ -146,7 +155,11 @@ class AltoApp:
 
     async def _deliver(self, outs: Iterable[Output], event: EventT) -> None:
         for out in outs:
-            if isinstance(out, Send):
+            if isinstance(out, CallLM):
+                await self.app.producer.send(
+                    out.topic, out.key.encode(), out.request.encode(), None, None, None
+                )
+            elif isinstance(out, Send):
                 # Straight to the producer: Faust's channel layer (futures, callbacks per
                 # message) cost more than our whole stage on the hop benchmark. The consumer
                 # still flushes this producer before it commits offsets (at-least-once).
@@ -312,6 +325,34 @@ class AltoApp:
                     )
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
+
+    def _define_scheduler(self) -> None:
+        """Assign LM calls to LM instances (policy: `scheduler.policy`)."""
+        scheduler = SchedulerCore(self.config)
+
+        @self.app.task
+        async def watch_lm_status() -> None:
+            await scheduler.watch_status()
+
+        async def assign(stream: StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    request = LMRequest.decode(event.value)
+                except BadInputError as exc:
+                    await self._undecodable(event, exc, "scheduler")
+                    continue
+                instance = await scheduler.place(request)
+                assigned = replace(request, instance=instance)
+                await self.app.producer.send(
+                    self.config.lm_work_topic,
+                    request.request_id.encode(),
+                    assigned.encode(),
+                    instance,
+                    None,
+                    None,
+                )
+
+        self.app.agent(self._topic(self.config.lm_requests_topic), name="alto.scheduler")(assign)
 
     def _define_status(self, path: Path) -> None:
         """Write this worker's partition assignment to `path` (a readiness probe)."""

@@ -111,6 +111,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
         reader.close()
 
 
+def _cmd_lm_worker(args: argparse.Namespace) -> int:
+    from lm_service.worker import run_lm_worker
+
+    config = load_config()
+    return run_lm_worker(config, args.instance, args.engine or config.engine)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alto.demo import run_demo
 
@@ -148,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default="example")
     p.add_argument("--mode", choices=["streaming", "baseline"])
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("lm-worker", help="run one LM engine serving LM instance N's calls")
+    p.add_argument("--instance", type=int, required=True)
+    p.add_argument("--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_ENGINE")
+    p.set_defaults(func=_cmd_lm_worker)
 
     p = sub.add_parser("results", help="print results as JSON lines")
     p.add_argument("--follow", action="store_true", help="keep waiting for new results")

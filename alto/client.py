@@ -81,7 +81,7 @@ class TopicReader:
         self.consumer.assign([TopicPartition(topic, p, start) for p in parts])
 
     def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """Yield what arrives until `timeout_s` passes with nothing new."""
+        """Yield what arrives within the next `timeout_s` seconds."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             # consume(n, t) waits for n messages or t seconds: drain what is there without
@@ -93,8 +93,6 @@ class TopicReader:
             for msg in msgs:
                 if msg.error() is None:
                     yield msg.key(), msg.value()
-            if msgs:
-                deadline = time.monotonic() + timeout_s
 
     def close(self) -> None:
         self.consumer.close()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from alto.errors import ConfigError
 
 Mode = Literal["streaming", "baseline"]
-Role = Literal["ingest", "stages", "sink"]
+Role = Literal["ingest", "stages", "sink", "scheduler"]
 
 ENV_PREFIX = "ALTO_"
 
@@ -51,9 +51,17 @@ class AltoConfig(BaseModel):
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
     max_input_chars: int = Field(default=20_000, gt=0)
     status_file: Path | None = None
+    # LM service: the most LM instances (partitions of the work topic), status interval.
+    lm_max_instances: int = Field(default=8, ge=1, le=1024)
+    lm_status_interval_s: float = Field(default=1.0, gt=0)
+    lm_max_inflight: int = Field(default=64, ge=1)
+    engine: Literal["vllm", "sim"] = "vllm"
+    model_dir: Path | None = None
+    model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
+    sim_time_scale: float = Field(default=1.0, gt=0)
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
-    roles: tuple[Role, ...] = ("ingest", "stages", "sink")
+    roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     security: KafkaSecurity = KafkaSecurity()
     # Raw client settings, passed unchanged to the Kafka clients that accept them.
@@ -94,6 +102,19 @@ class AltoConfig(BaseModel):
     def sink_topic(self) -> str:
         return self.topic("sink")
 
+    @property
+    def lm_requests_topic(self) -> str:
+        return self.topic("lm.requests")
+
+    @property
+    def lm_work_topic(self) -> str:
+        """Partition i is LM instance i's queue."""
+        return self.topic("lm.work")
+
+    @property
+    def lm_status_topic(self) -> str:
+        return self.topic("lm.status")
+
     def with_overrides(self, **changes: Any) -> AltoConfig:
         """A copy with some fields changed, validated again."""
         try:
@@ -118,6 +139,13 @@ _ENV_FIELDS: dict[str, str] = {
     "PIPELINES": "pipelines",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",
+    "LM_MAX_INSTANCES": "lm_max_instances",
+    "LM_STATUS_INTERVAL_S": "lm_status_interval_s",
+    "LM_MAX_INFLIGHT": "lm_max_inflight",
+    "ENGINE": "engine",
+    "MODEL_DIR": "model_dir",
+    "MODEL_CACHE_DIR": "model_cache_dir",
+    "SIM_TIME_SCALE": "sim_time_scale",
 }
 
 _ENV_SECURITY: dict[str, str] = {

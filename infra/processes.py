@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    """One `alto worker` process with its own id, status file and log file."""
+    """One of our processes (by default `alto worker`) with its own id, status file and log."""
 
     def __init__(
         self,
@@ -122,3 +122,16 @@ def wait_assigned(
         last = current
         time.sleep(0.25)
     raise TimeoutError(f"partitions not assigned within {timeout_s:.0f} s: {last}")
+
+
+def lm_worker_command(instance: int, engine: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "alto",
+        "lm-worker",
+        "--instance",
+        str(instance),
+        "--engine",
+        engine,
+    ]

@@ -101,4 +101,11 @@ def load_schema(name: str) -> AvroSchema:
     return AvroSchema(name=name, raw=raw, parsed=parsed, fingerprint=fingerprint(raw))
 
 
-SCHEMA_NAMES = ("pipeline_request", "pipeline_result", "dead_letter", "quantum")
+SCHEMA_NAMES = (
+    "pipeline_request",
+    "pipeline_result",
+    "dead_letter",
+    "quantum",
+    "lm_request",
+    "lm_status",
+)

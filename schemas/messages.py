@@ -208,11 +208,91 @@ class Quantum(_AvroMessage):
         )
 
 
+class QuantumRule(enum.StrEnum):
+    TOKEN = "TOKEN"  # noqa: S105 - a quantum rule, not a secret
+    WORD = "WORD"
+    LINE = "LINE"
+    ITEM = "ITEM"
+    SENTENCE = "SENTENCE"
+    WHOLE = "WHOLE"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class LMRequest(_AvroMessage):
+    """One LM call of an LM stage (see `schemas/lm_request.avsc`)."""
+
+    schema_name: ClassVar[str] = "lm_request"
+
+    lm_request_id: str
+    request_id: str
+    pipeline: str
+    stage: str
+    prompt_name: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    quantum_rule: QuantumRule
+    parent: bytes
+    enqueued_at_ms: int
+    prefix_chars: int = 0
+    temperature: float = 0.0
+    seed: int = 0
+    instance: int = -1
+    attempt: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LMRequest:
+        return cls(
+            **{
+                **record,
+                "messages": tuple(ChatMessage(**m) for m in record["messages"]),
+                "quantum_rule": QuantumRule(record["quantum_rule"]),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LMStatus(_AvroMessage):
+    """An LM worker's load report and heartbeat (see `schemas/lm_status.avsc`)."""
+
+    schema_name: ClassVar[str] = "lm_status"
+
+    instance: int
+    worker: str
+    engine: str
+    simulated: bool
+    running: int
+    waiting: int
+    queued_prefill_tokens: int
+    queued_decode_tokens: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    tokens_per_s: float
+    at_ms: int
+    in_flight: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LMStatus:
+        return cls(**{**record, "in_flight": tuple(record["in_flight"])})
+
+
 MESSAGE_TYPES: tuple[type[_AvroMessage], ...] = (
     PipelineRequest,
     PipelineResult,
     DeadLetter,
     Quantum,
+    LMRequest,
+    LMStatus,
 )
 
 

@@ -8,15 +8,29 @@ things a real broker does to a stream-processing job under rebalances and retrie
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import DeadLetter, Mode, PipelineRequest, PipelineResult, Quantum
+from schemas.messages import DeadLetter, LMRequest, Mode, PipelineRequest, PipelineResult, Quantum
 from streams.pipeline import Topology
-from streams.processor import DeadLetterOut, Ingest, Routing, Send, Sink, StageProcessor, now_ms
+from streams.processor import (
+    CallLM,
+    DeadLetterOut,
+    Ingest,
+    Output,
+    Routing,
+    Send,
+    Sink,
+    StageProcessor,
+    now_ms,
+)
+
+LMService = Callable[[LMRequest], AsyncIterator[Send | DeadLetterOut]]
 
 PREFIX = "local."
 SINK = "local.sink"
+LM_TOPIC = "local.lm.requests"
 
 
 @dataclass
@@ -39,8 +53,12 @@ class LocalRunner:
         worker: str = "local",
         default_mode: Mode = Mode.STREAMING,
         max_input_chars: int = 100_000,
+        lm: LMService | None = None,
     ) -> None:
-        self.routings = {t.pipeline: Routing(t, PREFIX, SINK) for t in topologies}
+        """`lm` serves LM stages' calls in-process (e.g. `lm_service.serving.serve_call`
+        over a simulated engine); without it a pipeline with LM stages cannot finish."""
+        self.lm = lm
+        self.routings = {t.pipeline: Routing(t, PREFIX, SINK, LM_TOPIC) for t in topologies}
         self.processors: dict[str, StageProcessor] = {}
         for routing in self.routings.values():
             for stage in routing.topology.order:
@@ -56,9 +74,13 @@ class LocalRunner:
     async def run(self, requests: list[PipelineRequest]) -> LocalRun:
         run = LocalRun()
         pending: list[tuple[str, bytes]] = []
+        self._lm_pending: list[LMRequest] = []
         for req in requests:
             self._collect(self.ingest.handle(PipelineRequest.decode(req.encode())), pending, run)
-        while pending:
+        while pending or self._lm_pending:
+            if not pending:
+                await self._serve_lm(pending, run)
+                continue
             idx = self.rng.randrange(len(pending)) if self.shuffle else 0
             topic, data = pending.pop(idx)
             if self.duplicate and self.rng.random() < self.duplicate:
@@ -72,13 +94,18 @@ class LocalRunner:
             self._collect(outs, pending, run)
         return run
 
-    @staticmethod
-    def _collect(
-        outs: list[Send | DeadLetterOut], pending: list[tuple[str, bytes]], run: LocalRun
-    ) -> None:
+    async def _serve_lm(self, pending: list[tuple[str, bytes]], run: LocalRun) -> None:
+        if self.lm is None:
+            raise RuntimeError("a pipeline made an LM call but the runner has no LM service")
+        request = self._lm_pending.pop(0)
+        self._collect([out async for out in self.lm(request)], pending, run)
+
+    def _collect(self, outs: list[Output], pending: list[tuple[str, bytes]], run: LocalRun) -> None:
         for out in outs:
             if isinstance(out, Send):
                 pending.append((out.topic, out.quantum.encode()))
+            elif isinstance(out, CallLM):
+                self._lm_pending.append(LMRequest.decode(out.request.encode()))
             else:
                 run.dead_letters.append(out)
 

@@ -29,6 +29,24 @@ class StageKind(enum.StrEnum):
     MAP = "map"
     FAN_OUT = "fan_out"
     AGGREGATE = "aggregate"
+    LM = "lm"  # a fan-out whose children an LM worker produces
+
+
+@dataclass(frozen=True)
+class LMCall:
+    """How an LM stage calls the model: the prompt template and the output's quantum rule.
+
+    `render` turns an input item into chat messages ``[(role, content), ...]``; the first
+    `prefix_chars` characters of the first message are the same for every call of this
+    template (the cacheable prefix the scheduler keeps together for KV reuse).
+    """
+
+    prompt_name: str
+    render: Callable[[Item], list[tuple[str, str]]]
+    rule: str = "line"
+    max_tokens: int = 256
+    temperature: float = 0.0
+    prefix_chars: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,7 @@ class Stage:
     streams: bool = True
     concurrency: int = 1
     blocking: bool = False
+    lm: LMCall | None = None
     description: str = ""
 
     @property
@@ -148,6 +167,22 @@ class Pipeline:
         )
         return self._add(stage)
 
+    def lm(
+        self,
+        name: str,
+        call: LMCall,
+        *,
+        after: str = REQUEST,
+        streams: bool = True,
+        description: str = "",
+    ) -> Pipeline:
+        """An LM call per input; each quantum of its output (by `call.rule`) is a child,
+        one ancestry level deeper, emitted by the LM worker the moment it is complete."""
+        stage = Stage(
+            name, StageKind.LM, (after,), lm=call, streams=streams, description=description
+        )
+        return self._add(stage)
+
     def aggregate(
         self,
         name: str,
@@ -234,7 +269,7 @@ class Pipeline:
                 if len(stage.after) != 1:
                     raise PipelineError(f"{self.name}: {name!r} must consume exactly one stage")
                 (up,) = stage.after
-                if stage.kind is StageKind.FAN_OUT:
+                if stage.kind in (StageKind.FAN_OUT, StageKind.LM):
                     depth[name] = depth[up] + 1
                     levels[name] = (*levels[up], name)
                 else:

@@ -18,12 +18,15 @@ from typing import Any
 
 from alto.errors import BadInputError
 from schemas.messages import (
+    ChatMessage,
+    LMRequest,
     Mode,
     PathEntry,
     PipelineRequest,
     PipelineResult,
     Quantum,
     QuantumKind,
+    QuantumRule,
     ResultStatus,
     TraceSpan,
 )
@@ -59,7 +62,16 @@ class DeadLetterOut:
     stage: str | None = None
 
 
-Output = Send | DeadLetterOut
+@dataclass(frozen=True, slots=True)
+class CallLM:
+    """Produce an LM call to the LM service's request topic."""
+
+    topic: str
+    key: str
+    request: LMRequest
+
+
+Output = Send | DeadLetterOut | CallLM
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Routing:
     topology: Topology
     prefix: str
     sink_topic: str
+    lm_requests_topic: str = ""
 
     def sends(self, producer: str, quantum: Quantum) -> list[Send]:
         """One Send per consumer of `producer` (the sink for the final stage)."""
@@ -109,6 +122,66 @@ def _value(q: Quantum) -> Any:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Children:
+    """Emits the children of one parent quantum for a fan-out stage, then their END.
+
+    In streaming mode (and for a stage that may stream) each child is returned for sending
+    the moment it is added; otherwise children are held and released with the END, which
+    is the paper's baseline. Shared by in-process fan-outs and the LM workers.
+    """
+
+    def __init__(
+        self, routing: Routing, stage: str, worker: str, parent: Quantum, *, stream: bool = True
+    ) -> None:
+        self.routing = routing
+        self.stage = stage
+        self.worker = worker
+        self.parent = parent
+        self.stream = stream and parent.mode is Mode.STREAMING
+        self.start_ms = now_ms()
+        self.count = 0
+        self._held: list[Send] = []
+
+    def add(self, value: Any) -> list[Send]:
+        q = self.parent
+        end = now_ms()
+        span = TraceSpan(
+            self.stage, path_str(q.path), self.worker, self.start_ms, end, (self.worker,)
+        )
+        child = replace(
+            q,
+            stage=self.stage,
+            path=(*q.path, PathEntry(self.stage, self.count)),
+            seq=self.count,
+            kind=QuantumKind.DATA,
+            count=None,
+            payload=_dumps(value),
+            created_at_ms=end,
+            trace=(*q.trace, span),
+        )
+        self.count += 1
+        sends = self.routing.sends(self.stage, child)
+        if self.stream:
+            return sends
+        self._held.extend(sends)
+        return []
+
+    def end(self) -> list[Send]:
+        """Held children (baseline) and the END carrying the child count."""
+        end = replace(
+            self.parent,
+            stage=self.stage,
+            kind=QuantumKind.END,
+            count=self.count,
+            payload=None,
+            seq=self.count,
+            created_at_ms=now_ms(),
+            trace=(),
+        )
+        held, self._held = self._held, []
+        return [*held, *self.routing.sends(self.stage, end)]
 
 
 class Ingest:
@@ -197,6 +270,9 @@ class StageProcessor:
             elif self.stage.kind is StageKind.MAP:
                 async for out in self._map(q):
                     yield out
+            elif self.stage.kind is StageKind.LM:
+                for out in self._lm_call(q):
+                    yield out
             else:
                 async for out in self._fan_out(q):
                     yield out
@@ -254,11 +330,8 @@ class StageProcessor:
             yield send
 
     async def _fan_out(self, q: Quantum) -> AsyncIterator[Output]:
-        start = now_ms()
         item = self._item(q)
-        stream = self.stage.streams and q.mode is Mode.STREAMING
-        held: list[Send] = []
-        n = 0
+        children = Children(self.routing, self.name, self.worker, q, stream=self.stage.streams)
         assert self.stage.fn is not None
         try:
             fn = self.stage.fn
@@ -267,32 +340,42 @@ class StageProcessor:
             else:
                 produced = fn(item)
             async for value in _aiter(produced):
-                child_path = (*q.path, PathEntry(self.name, n))
-                sends = self.routing.sends(self.name, self._child(q, child_path, n, value, start))
-                n += 1
-                if stream:
-                    for send in sends:
-                        yield send
-                else:
-                    held.extend(sends)
+                for send in children.add(value):
+                    yield send
         except Exception as exc:  # the stage's own code
             async for o in self._call_failed(q, exc):
                 yield o
             return
-        for send in held:
+        for send in children.end():
             yield send
-        end = replace(
-            q,
+
+    def _lm_call(self, q: Quantum) -> list[Output]:
+        """An LM stage hands the call to the LM service; a worker there emits the children."""
+        call = self.stage.lm
+        assert call is not None
+        try:
+            messages = call.render(self._item(q))
+        except Exception as exc:  # the stage's own prompt code
+            text = f"stage {self.name!r} could not render its prompt: {type(exc).__name__}: {exc}"
+            return [
+                DeadLetterOut("stage_error", text, q.request_id, self.name),
+                self.routing.failed(q, self.name, text),
+            ]
+        request = LMRequest(
+            lm_request_id=f"{node_key(q.request_id, q.path)}#{self.name}",
+            request_id=q.request_id,
+            pipeline=q.pipeline,
             stage=self.name,
-            kind=QuantumKind.END,
-            count=n,
-            payload=None,
-            seq=n,
-            created_at_ms=now_ms(),
-            trace=(),
+            prompt_name=call.prompt_name,
+            messages=tuple(ChatMessage(role, content) for role, content in messages),
+            max_tokens=call.max_tokens,
+            quantum_rule=QuantumRule(call.rule.upper()),
+            parent=q.encode(),
+            enqueued_at_ms=now_ms(),
+            prefix_chars=call.prefix_chars,
+            temperature=call.temperature,
         )
-        for send in self.routing.sends(self.name, end):
-            yield send
+        return [CallLM(self.routing.lm_requests_topic, q.request_id, request)]
 
     # -- stateful ------------------------------------------------------------------
 

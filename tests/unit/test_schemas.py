@@ -17,13 +17,17 @@ from alto.errors import BadInputError
 from schemas import codec
 from schemas.messages import (
     MESSAGE_TYPES,
+    ChatMessage,
     DeadLetter,
+    LMRequest,
+    LMStatus,
     Mode,
     PathEntry,
     PipelineRequest,
     PipelineResult,
     Quantum,
     QuantumKind,
+    QuantumRule,
     ResultStatus,
     TraceSpan,
 )
@@ -78,6 +82,24 @@ SAMPLES = [
         count=7,
     ),
     Quantum("r1", "example", Mode.BASELINE, "words", (), 0, QuantumKind.FAILED, 1, 2, error="why"),
+    LMRequest(
+        "r1|claims|",
+        "r1",
+        "factool",
+        "claims",
+        "claims",
+        (ChatMessage("system", "You extract claims."), ChatMessage("user", "The Moon.")),
+        128,
+        QuantumRule.ITEM,
+        b"\xc3\x01parent",
+        5,
+        prefix_chars=20,
+        temperature=0.5,
+        seed=7,
+        instance=2,
+        attempt=1,
+    ),
+    LMStatus(0, "lm-0", "sim", True, 3, 1, 100, 400, 0.25, 0.5, 123.4, 99, ("a", "b")),
 ]
 
 _AVRO_TO_PY: dict[str, set[type]] = {

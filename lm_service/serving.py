@@ -1,0 +1,65 @@
+"""Serving one LM call: generate, split into quanta, emit each as a child of the LM stage.
+
+Transport-free (like `streams.processor`): the LM worker process and the in-process runner
+both use it. A call's children carry the parent's ancestry plus (stage, index), so the
+derived keys route them exactly as an in-process fan-out's would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from alto.errors import BadInputError, EngineError
+from lm_service.engine import Engine, GenerationParams, Prompt
+from lm_service.quanta import Splitter
+from schemas.messages import LMRequest, Quantum
+from streams.processor import Children, DeadLetterOut, Routing, Send
+
+
+def prompt_of(request: LMRequest) -> Prompt:
+    return Prompt(
+        request.prompt_name,
+        tuple((m.role, m.content) for m in request.messages),
+        prefix_chars=request.prefix_chars,
+    )
+
+
+async def serve_call(
+    request: LMRequest, engine: Engine, routings: dict[str, Routing], worker: str
+) -> AsyncIterator[Send | DeadLetterOut]:
+    """Outputs of one LM call, yielded the moment each quantum of the output is complete."""
+    try:
+        parent = Quantum.decode(request.parent)
+    except BadInputError as exc:
+        yield DeadLetterOut(
+            exc.reason, f"LM call's parent: {exc}", request.request_id, request.stage
+        )
+        return
+    routing = routings.get(request.pipeline)
+    stage = routing.topology.stages.get(request.stage) if routing else None
+    if routing is None or stage is None or stage.lm is None:
+        text = f"no LM stage {request.stage!r} in pipeline {request.pipeline!r}"
+        yield DeadLetterOut("unknown_stage", text, request.request_id, request.stage)
+        if routing is not None:
+            yield routing.failed(parent, request.stage, text)
+        return
+    children = Children(routing, request.stage, worker, parent, stream=stage.streams)
+    splitter = Splitter(request.quantum_rule.value.lower())  # type: ignore[arg-type]
+    params = GenerationParams(
+        max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed
+    )
+    try:
+        async for delta in engine.generate(request.lm_request_id, prompt_of(request), params):
+            for quantum in splitter.feed(delta):
+                for send in children.add(quantum):
+                    yield send
+    except EngineError as exc:
+        text = f"LM stage {request.stage!r}: {exc}"
+        yield DeadLetterOut(exc.reason, text, request.request_id, request.stage)
+        yield routing.failed(parent, request.stage, text)
+        return
+    for quantum in splitter.finish():
+        for send in children.add(quantum):
+            yield send
+    for send in children.end():
+        yield send

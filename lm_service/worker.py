@@ -1,0 +1,277 @@
+"""`alto lm-worker --instance N`: one engine serving the LM calls assigned to instance N.
+
+Instance N's queue is partition N of `alto.lm.work` (the scheduler writes there). The
+worker reads it by manual assignment and commits, as consumer group `<app>-lm-N`, only
+offsets whose calls are finished: a worker killed mid-generation serves its unfinished
+calls again when it (or a replacement with the same instance number) starts, and their
+re-emitted quanta are deduplicated downstream by ancestry. Many calls are in flight at
+once (the engine batches them); each quantum is produced the moment it is complete.
+Load reports go to `alto.lm.status` every interval and double as heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from alto.config import AltoConfig
+from alto.errors import BadInputError
+from lm_service.engine import Engine
+from lm_service.serving import serve_call
+from schemas.messages import DeadLetter, LMRequest, LMStatus, Mode, Quantum, QuantumKind
+from streams.ancestry import request_id_of_key
+from streams.pipeline import Topology
+from streams.processor import DeadLetterOut, Routing, Send, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class _Offsets:
+    """Which offsets may be committed: everything below the oldest unfinished one."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[int] = set()
+        self.next_offset: int | None = None
+
+    def started(self, offset: int) -> None:
+        self.in_flight.add(offset)
+        self.next_offset = offset + 1
+
+    def finished(self, offset: int) -> None:
+        self.in_flight.discard(offset)
+
+    def committable(self) -> int | None:
+        if self.in_flight:
+            return min(self.in_flight)
+        return self.next_offset
+
+
+class LMWorker:
+    def __init__(
+        self, config: AltoConfig, instance: int, engine: Engine, topologies: Iterable[Topology]
+    ) -> None:
+        if not 0 <= instance < config.lm_max_instances:
+            raise ValueError(f"instance must be in [0, {config.lm_max_instances})")
+        self.config = config
+        self.instance = instance
+        self.engine = engine
+        self.worker_id = f"lm-{instance}@{config.worker_id}"
+        self.routings = {
+            t.pipeline: Routing(t, config.topic_prefix, config.sink_topic, config.lm_requests_topic)
+            for t in topologies
+        }
+        self.tp = TopicPartition(config.lm_work_topic, instance)
+        self.offsets = _Offsets()
+        self.in_flight: dict[str, int] = {}
+        self._slots = asyncio.Semaphore(config.lm_max_inflight)
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._producer: AIOKafkaProducer | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.engine.start()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers, linger_ms=0
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=f"{self.config.app_id}-lm-{self.instance}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+        )
+        await self._producer.start()
+        await consumer.start()
+        consumer.assign([self.tp])
+        background = [
+            asyncio.ensure_future(self._report_status()),
+            asyncio.ensure_future(self._commit_loop(consumer)),
+        ]
+        log.info("LM worker %s (%s) serving %s", self.worker_id, self.engine.name, self.tp)
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(self.tp, timeout_ms=200)
+                for record in batch.get(self.tp, []):
+                    await self._slots.acquire()
+                    self.offsets.started(record.offset)
+                    task = asyncio.ensure_future(self._serve(record))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in [*background, *self._tasks]:
+                task.cancel()
+            await asyncio.gather(*background, *self._tasks, return_exceptions=True)
+            await self._commit(consumer)
+            await consumer.stop()
+            await self._producer.stop()
+            await self.engine.stop()
+
+    async def _serve(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            try:
+                request = LMRequest.decode(record.value)
+            except BadInputError as exc:
+                await self._dead_letter(
+                    record, DeadLetterOut(exc.reason, str(exc), _rid(record.key), None)
+                )
+                return
+            self.in_flight[request.lm_request_id] = record.offset
+            try:
+                async for out in serve_call(request, self.engine, self.routings, self.worker_id):
+                    if isinstance(out, Send):
+                        await self._send(out.topic, out.key.encode(), out.quantum.encode())
+                    else:
+                        await self._dead_letter(record, out)
+            except Exception as exc:  # an engine crash fails this call, not the worker
+                log.exception("LM call %s failed", request.lm_request_id)
+                await self._fail(record, request, f"engine failure: {type(exc).__name__}: {exc}")
+            finally:
+                self.in_flight.pop(request.lm_request_id, None)
+        finally:
+            self.offsets.finished(record.offset)
+            self._slots.release()
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        assert self._producer is not None
+        await self._producer.send(topic, value, key=key)
+
+    async def _fail(
+        self, record: ConsumerRecord[bytes, bytes], request: LMRequest, text: str
+    ) -> None:
+        await self._dead_letter(
+            record, DeadLetterOut("engine_error", text, request.request_id, request.stage)
+        )
+        try:
+            parent = Quantum.decode(request.parent)
+            mode = parent.mode
+            submitted = parent.submitted_at_ms
+        except BadInputError:
+            mode, submitted = Mode.STREAMING, now_ms()
+        failed = Quantum(
+            request.request_id,
+            request.pipeline,
+            mode,
+            request.stage,
+            (),
+            0,
+            QuantumKind.FAILED,
+            submitted,
+            now_ms(),
+            error=text,
+        )
+        await self._send(self.config.sink_topic, request.request_id.encode(), failed.encode())
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], out: DeadLetterOut) -> None:
+        log.warning("dead letter from %s@%d: %s: %s", self.tp, record.offset, out.reason, out.error)
+        letter = DeadLetter(
+            reason=out.reason,
+            error=out.error,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            worker=self.worker_id,
+            at_ms=now_ms(),
+            key=record.key,
+            value=record.value,
+            request_id=out.request_id,
+            stage=out.stage,
+        )
+        await self._send(self.config.dlq_topic, record.key, letter.encode())
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offset = self.offsets.committable()
+        if offset is not None:
+            try:
+                await consumer.commit({self.tp: offset})
+            except Exception as exc:  # a failed commit only means more replays
+                log.warning("commit of %s@%d failed: %r", self.tp, offset, exc)
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            assert self._producer is not None
+            await self._producer.flush()  # outputs before offsets: at-least-once
+            await self._commit(consumer)
+
+    def status(self, tokens_per_s: float) -> LMStatus:
+        st = self.engine.stats()
+        return LMStatus(
+            instance=self.instance,
+            worker=self.worker_id,
+            engine=self.engine.name,
+            simulated=self.engine.simulated,
+            running=st.running,
+            waiting=st.waiting,
+            queued_prefill_tokens=st.queued_prefill_tokens,
+            queued_decode_tokens=st.queued_decode_tokens,
+            kv_cache_usage=st.kv_cache_usage,
+            prefix_cache_hit_rate=st.prefix_cache_hit_rate,
+            tokens_per_s=tokens_per_s,
+            at_ms=now_ms(),
+            in_flight=tuple(sorted(self.in_flight)),
+        )
+
+    async def _report_status(self) -> None:
+        last_tokens, last_t = self.engine.stats().generated_tokens, time.monotonic()
+        while True:
+            now, tokens = time.monotonic(), self.engine.stats().generated_tokens
+            rate = (tokens - last_tokens) / (now - last_t) if now > last_t else 0.0
+            last_tokens, last_t = tokens, now
+            status = self.status(rate)
+            await self._send(
+                self.config.lm_status_topic, str(self.instance).encode(), status.encode()
+            )
+            await asyncio.sleep(self.config.lm_status_interval_s)
+
+
+def _rid(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return request_id_of_key(key.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+def make_engine(config: AltoConfig, name: str) -> Engine:
+    if name == "sim":
+        from lm_service.sim import SimEngine, SimParams
+
+        return SimEngine(SimParams(time_scale=config.sim_time_scale))
+    from lm_service.vllm_engine import VLLMEngine
+
+    return VLLMEngine.from_config(config)
+
+
+def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
+    from agents.pipelines import all_topologies
+    from infra.topics import ensure_topics
+
+    ensure_topics(
+        config,
+        {
+            config.lm_work_topic: config.lm_max_instances,
+            config.lm_status_topic: config.partitions,
+            config.sink_topic: config.partitions,
+            config.dlq_topic: config.partitions,
+        },
+    )
+    worker = LMWorker(config, instance, make_engine(config, engine_name), all_topologies())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.request_stop)
+        await worker.run()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,84 @@
+"""LM workers (SIMULATED engine) behind the scheduler, through the real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import claims
+from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.config import AltoConfig
+from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from lm_service.quanta import split_all
+from lm_service.sim import sim_text
+from schemas.messages import LMStatus, Mode, PipelineResult, ResultStatus
+from streams.ancestry import node_key
+
+pytestmark = pytest.mark.integration
+
+
+def _expected(request_id: str) -> dict:  # type: ignore[type-arg]
+    lm_id = f"{node_key(request_id, ())}#claims"
+    return claims.expected_output(split_all(sim_text(lm_id, "claims", 96), "item"))  # type: ignore[arg-type]
+
+
+def _stack(
+    config: AltoConfig, tmp: Path, lm_instances: int
+) -> tuple[WorkerProcess, list[WorkerProcess]]:
+    faust_worker = WorkerProcess(config, "w1", tmp)
+    lms = [
+        WorkerProcess(config, f"lm{i}", tmp, command=lm_worker_command(i, "sim"))
+        for i in range(lm_instances)
+    ]
+    topology = claims.build()
+    topics = [*topology.topics(config.topic_prefix), config.sink_topic, config.lm_requests_topic]
+    wait_assigned([faust_worker], topics, config.partitions)
+    return faust_worker, lms
+
+
+def test_lm_calls_stream_through_sim_workers_and_survive_a_kill(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    config = alto_config.with_overrides(lm_status_interval_s=0.5, sim_time_scale=1.0)
+    faust_worker, lms = _stack(config, tmp_path, 2)
+    try:
+        requests = [
+            new_request("claims", f"topic {i}", mode=Mode.STREAMING if i % 2 else Mode.BASELINE)
+            for i in range(40)
+        ]
+        Submitter(config).submit_all(requests)
+        reader = TopicReader(config, config.results_topic)
+        got: dict[str, PipelineResult] = {}
+        deadline = time.monotonic() + 60
+        while len(got) < 5 and time.monotonic() < deadline:
+            for _, value in reader.poll(0.2):
+                r = PipelineResult.decode(value)
+                got[r.request_id] = r
+        assert 0 < len(got) < len(requests)
+        lms[0].kill()  # mid-generation: its unfinished calls must be served again
+        lms[0] = WorkerProcess(
+            config, "lm0-restarted", tmp_path, command=lm_worker_command(0, "sim")
+        )
+        rest, dupes = collect_results(
+            config, {r.request_id for r in requests} - set(got), timeout_s=120, reader=reader
+        )
+        reader.close()
+        got.update(rest)
+        assert not dupes
+        for req in requests:
+            result = got[req.request_id]
+            assert result.status is ResultStatus.OK, result.error
+            assert json.loads(result.output or "") == _expected(req.request_id)
+        # Both instances served calls, and both report load on alto.lm.status.
+        statuses = [
+            LMStatus.decode(v) for _, v in TopicReader(config, config.lm_status_topic).poll(2.0)
+        ]
+        assert {s.instance for s in statuses} == {0, 1}
+        assert all(s.simulated and s.engine == "sim" for s in statuses)
+        assert max(s.running for s in statuses) > 1  # batched, not one at a time
+    finally:
+        for p in [faust_worker, *lms]:
+            p.stop()

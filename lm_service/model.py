@@ -67,7 +67,7 @@ def prepare_default_model(target: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.bfloat16)
     # The loaded weights are plain bf16 layers; only the GGUF quantizer marker stops saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + f".partial-{os.getpid()}")

@@ -59,6 +59,7 @@ class AltoConfig(BaseModel):
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
     sim_time_scale: float = Field(default=1.0, gt=0)
+    sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
@@ -146,6 +147,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MODEL_DIR": "model_dir",
     "MODEL_CACHE_DIR": "model_cache_dir",
     "SIM_TIME_SCALE": "sim_time_scale",
+    "SIM_PARAMS": "sim_params",
 }
 
 _ENV_SECURITY: dict[str, str] = {

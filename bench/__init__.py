@@ -11,4 +11,8 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
         from bench.hop import main
 
         return main(quick=quick, json_path=json_path)
+    if name == "lm":
+        from bench.lm import main as lm_main
+
+        return lm_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

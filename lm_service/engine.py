@@ -20,6 +20,9 @@ class GenerationParams:
     temperature: float = 0.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # Generate exactly max_tokens, past any end of sequence (benchmarks and calibration only:
+    # equal-length outputs make engines comparable, as vLLM's own ignore_eos does).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

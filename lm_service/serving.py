@@ -41,9 +41,11 @@ async def serve_call(
         text = f"no LM stage {request.stage!r} in pipeline {request.pipeline!r}"
         yield DeadLetterOut("unknown_stage", text, request.request_id, request.stage)
         if routing is not None:
-            yield routing.failed(parent, request.stage, text)
+            yield routing.failed(parent, request.stage, f"unknown_stage: {text}")
         return
-    children = Children(routing, request.stage, worker, parent, stream=stage.streams)
+    children = Children(
+        routing, request.stage, worker, parent, stream=stage.streams, simulated=engine.simulated
+    )
     splitter = Splitter(request.quantum_rule.value.lower())  # type: ignore[arg-type]
     params = GenerationParams(
         max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed
@@ -56,7 +58,7 @@ async def serve_call(
     except EngineError as exc:
         text = f"LM stage {request.stage!r}: {exc}"
         yield DeadLetterOut(exc.reason, text, request.request_id, request.stage)
-        yield routing.failed(parent, request.stage, text)
+        yield routing.failed(parent, request.stage, f"{exc.reason}: {text}")
         return
     for quantum in splitter.finish():
         for send in children.add(quantum):

@@ -13,8 +13,9 @@ Default parameters come from real vLLM runs recorded in the design notes (vllm-c
 SmolLM2-135M-Instruct, 2 cores, enforce_eager): about 40 tok/s for one stream and 230 tok/s
 for 16 concurrent streams, i.e. 25 ms per iteration at batch 1 and 69.6 ms at batch 16,
 fitted linearly: decode_base 22.0 ms + 2.97 ms per running sequence; TTFT about 0.12 s,
-i.e. about 95 ms of prefill for a ~40-token prompt (2.4 ms/token). `alto lm calibrate`
-(lm_service/calibrate.py) refits them against vLLM on the machine at hand.
+i.e. about 95 ms of prefill for a ~40-token prompt (2.4 ms/token). `alto bench lm` refits
+them against vLLM on the machine at hand and writes them to bench-out/sim_calibration.json;
+`ALTO_SIM_PARAMS=<that file>` makes sim workers use them.
 
 Text (deterministic per request id), by prompt template name, with the fan-out of the
 paper's Table 1: "claims" -> 3.3 +- 1.8 list items; "queries" -> 2.5 +- 1.3 lines of
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from alto.errors import EngineError
+from alto.errors import ConfigError, EngineError
 from lm_service.engine import Engine, EngineStats, GenerationParams, Prompt
 
 _VOCAB = (
@@ -53,6 +57,15 @@ class SimParams:
     context_tokens: int = 2048
     chars_per_token: float = 4.0
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> SimParams:
+        """Parameters from a JSON object (as `alto bench lm` writes); unknown keys are an error."""
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**{**raw, **overrides})
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"simulator parameters in {path}: {exc}") from exc
 
 
 @dataclass
@@ -78,8 +91,11 @@ def _words(rng: random.Random, n: int) -> list[str]:
     return [rng.choice(_VOCAB) for _ in range(n)]
 
 
-def sim_text(request_id: str, prompt_name: str, max_tokens: int) -> list[str]:
-    """The simulated output of one request as token strings (deterministic per request id)."""
+def sim_text(
+    request_id: str, prompt_name: str, max_tokens: int, *, fill: bool = False
+) -> list[str]:
+    """The simulated output of one request as token strings (deterministic per request id);
+    `fill` continues with more sentences up to exactly `max_tokens` (ignore_eos)."""
     rng = _rng(f"{prompt_name}|{request_id}")
     lines: list[str] = []
     if prompt_name == "claims":
@@ -97,6 +113,8 @@ def sim_text(request_id: str, prompt_name: str, max_tokens: int) -> list[str]:
     for line in lines:
         words = line.split(" ")
         tokens += [words[0]] + [" " + w for w in words[1:]] + ["\n"]
+    while fill and len(tokens) < max_tokens:
+        tokens += [" " + w for w in _words(rng, _count(rng, 12, 4, 3))] + ["."]
     return tokens[:max_tokens]
 
 
@@ -151,7 +169,7 @@ class SimEngine(Engine):
         self._cached_tokens += cached
         seq = _Seq(
             request_id,
-            sim_text(request_id, prompt.name, params.max_tokens),
+            sim_text(request_id, prompt.name, params.max_tokens, fill=params.ignore_eos),
             n_prompt,
             n_prompt - cached,
         )

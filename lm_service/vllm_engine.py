@@ -86,6 +86,8 @@ class VLLMEngine(Engine):
         return cls(model_dir(config))
 
     async def start(self) -> None:
+        if self._engine is not None:
+            return
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
@@ -142,6 +144,7 @@ class VLLMEngine(Engine):
             temperature=params.temperature,
             seed=params.seed,
             stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
         # vLLM refuses a request id already in flight; a replayed call may arrive while the

@@ -120,9 +120,22 @@ class LMWorker:
             try:
                 request = LMRequest.decode(record.value)
             except BadInputError as exc:
-                await self._dead_letter(
-                    record, DeadLetterOut(exc.reason, str(exc), _rid(record.key), None)
-                )
+                rid = _rid(record.key)
+                await self._dead_letter(record, DeadLetterOut(exc.reason, str(exc), rid, None))
+                if rid is not None:
+                    failed = Quantum(
+                        rid,
+                        "",
+                        Mode.STREAMING,
+                        "lm",
+                        (),
+                        0,
+                        QuantumKind.FAILED,
+                        now_ms(),
+                        now_ms(),
+                        error=f"{exc.reason}: {exc}",
+                    )
+                    await self._send(self.config.sink_topic, rid.encode(), failed.encode())
                 return
             self.in_flight[request.lm_request_id] = record.offset
             try:
@@ -166,7 +179,7 @@ class LMWorker:
             QuantumKind.FAILED,
             submitted,
             now_ms(),
-            error=text,
+            error=f"engine_error: {text}",
         )
         await self._send(self.config.sink_topic, request.request_id.encode(), failed.encode())
 
@@ -246,6 +259,10 @@ def make_engine(config: AltoConfig, name: str) -> Engine:
     if name == "sim":
         from lm_service.sim import SimEngine, SimParams
 
+        if config.sim_params is not None:
+            return SimEngine(
+                SimParams.from_file(config.sim_params, time_scale=config.sim_time_scale)
+            )
         return SimEngine(SimParams(time_scale=config.sim_time_scale))
     from lm_service.vllm_engine import VLLMEngine
 

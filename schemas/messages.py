@@ -50,6 +50,22 @@ class TraceSpan:
     start_ms: int
     end_ms: int
     processed_by: tuple[str, ...] = ()
+    simulated: bool = False  # done by the SIMULATED LM engine
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "path": self.path,
+            "worker": self.worker,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "processed_by": list(self.processed_by),
+            "simulated": self.simulated,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TraceSpan:
+        return cls(**{**record, "processed_by": tuple(record.get("processed_by", ()))})
 
 
 class _AvroMessage:
@@ -78,7 +94,7 @@ class _AvroMessage:
 
 
 def _spans(raw: list[dict[str, Any]]) -> tuple[TraceSpan, ...]:
-    return tuple(TraceSpan(**{**s, "processed_by": tuple(s.get("processed_by", ()))}) for s in raw)
+    return tuple(TraceSpan.from_record(s) for s in raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,7 @@ class PipelineResult(_AvroMessage):
     output: str | None = None
     error: str | None = None
     trace: tuple[TraceSpan, ...] = ()
+    simulated: bool = False  # some LM output in it came from the SIMULATED engine
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> PipelineResult:
@@ -176,17 +193,7 @@ class Quantum(_AvroMessage):
             "error": self.error,
             "submitted_at_ms": self.submitted_at_ms,
             "created_at_ms": self.created_at_ms,
-            "trace": [
-                {
-                    "stage": s.stage,
-                    "path": s.path,
-                    "worker": s.worker,
-                    "start_ms": s.start_ms,
-                    "end_ms": s.end_ms,
-                    "processed_by": list(s.processed_by),
-                }
-                for s in self.trace
-            ],
+            "trace": [s.to_record() for s in self.trace],
         }
 
     @classmethod

@@ -133,13 +133,21 @@ class Children:
     """
 
     def __init__(
-        self, routing: Routing, stage: str, worker: str, parent: Quantum, *, stream: bool = True
+        self,
+        routing: Routing,
+        stage: str,
+        worker: str,
+        parent: Quantum,
+        *,
+        stream: bool = True,
+        simulated: bool = False,
     ) -> None:
         self.routing = routing
         self.stage = stage
         self.worker = worker
         self.parent = parent
         self.stream = stream and parent.mode is Mode.STREAMING
+        self.simulated = simulated  # the children are SIMULATED LM output
         self.start_ms = now_ms()
         self.count = 0
         self._held: list[Send] = []
@@ -148,7 +156,13 @@ class Children:
         q = self.parent
         end = now_ms()
         span = TraceSpan(
-            self.stage, path_str(q.path), self.worker, self.start_ms, end, (self.worker,)
+            self.stage,
+            path_str(q.path),
+            self.worker,
+            self.start_ms,
+            end,
+            (self.worker,),
+            self.simulated,
         )
         child = replace(
             q,
@@ -411,7 +425,7 @@ class StageProcessor:
                 item = Item(_value(q), q.request_id, q.path, q.stage)
                 state["acc"] = self.stage.operator.add(state["acc"], item)
                 for span in q.trace:
-                    state["spans"].setdefault(f"{span.stage}|{span.path}", _span_json(span))
+                    state["spans"].setdefault(f"{span.stage}|{span.path}", span.to_record())
         if not changed:
             return []
         state["trackers"][q.stage] = tracker.to_json()
@@ -457,7 +471,7 @@ class StageProcessor:
                 self.routing.failed(q, self.name, text),
             ]
         end = now_ms()
-        spans = [_span_from_json(s) for s in state["spans"].values()]
+        spans = [TraceSpan.from_record(s) for s in state["spans"].values()]
         spans.append(
             TraceSpan(
                 self.name,
@@ -520,24 +534,10 @@ class Sink:
             completed_at_ms=done,
             mode=q.mode,
             trace=q.trace,
+            simulated=any(span.simulated for span in q.trace),
         )
         emitted[q.request_id] = result
         return result
-
-
-def _span_json(span: TraceSpan) -> dict[str, Any]:
-    return {
-        "stage": span.stage,
-        "path": span.path,
-        "worker": span.worker,
-        "start_ms": span.start_ms,
-        "end_ms": span.end_ms,
-        "processed_by": list(span.processed_by),
-    }
-
-
-def _span_from_json(data: dict[str, Any]) -> TraceSpan:
-    return TraceSpan(**{**data, "processed_by": tuple(data["processed_by"])})
 
 
 async def _aiter(produced: Any) -> AsyncIterator[Any]:

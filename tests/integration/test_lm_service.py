@@ -72,6 +72,7 @@ def test_lm_calls_stream_through_sim_workers_and_survive_a_kill(
             result = got[req.request_id]
             assert result.status is ResultStatus.OK, result.error
             assert json.loads(result.output or "") == _expected(req.request_id)
+            assert result.simulated  # labelled: the LM output came from the SIMULATED engine
         # Both instances served calls, and both report load on alto.lm.status.
         statuses = [
             LMStatus.decode(v) for _, v in TopicReader(config, config.lm_status_topic).poll(2.0)
@@ -79,6 +80,39 @@ def test_lm_calls_stream_through_sim_workers_and_survive_a_kill(
         assert {s.instance for s in statuses} == {0, 1}
         assert all(s.simulated and s.engine == "sim" for s in statuses)
         assert max(s.running for s in statuses) > 1  # batched, not one at a time
+    finally:
+        for p in [faust_worker, *lms]:
+            p.stop()
+
+
+def test_bad_lm_calls_become_dead_letters_and_failed_results(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    from schemas.messages import DeadLetter
+
+    config = alto_config.with_overrides(lm_status_interval_s=0.5)
+    faust_worker, lms = _stack(config, tmp_path, 1)
+    try:
+        submitter = Submitter(config)
+        # Garbage where an LM call should be, and a prompt longer than the context.
+        submitter.producer.produce(
+            config.lm_work_topic, key=b"bad-call", value=b"\xc3\x01garbage", partition=0
+        )
+        huge = new_request("claims", "word " * 3000, mode=Mode.STREAMING)
+        good = new_request("claims", "the Moon", mode=Mode.STREAMING)
+        submitter.submit(huge)
+        submitter.submit(good)
+        submitter.flush()
+        got, _ = collect_results(
+            config, ["bad-call", huge.request_id, good.request_id], timeout_s=60
+        )
+        assert got["bad-call"].status is ResultStatus.FAILED
+        assert got[huge.request_id].status is ResultStatus.FAILED
+        assert "prompt_too_long" in (got[huge.request_id].error or "")
+        assert got[good.request_id].status is ResultStatus.OK  # the LM worker kept serving
+        letters = [DeadLetter.decode(v) for _, v in TopicReader(config, config.dlq_topic).poll(2.0)]
+        assert {"undecodable", "prompt_too_long"} <= {d.reason for d in letters}
+        assert all(p.alive() for p in [faust_worker, *lms])
     finally:
         for p in [faust_worker, *lms]:
             p.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 
-from alto.errors import EngineError
+from alto.errors import ConfigError, EngineError
 from lm_service.engine import GenerationParams, Prompt
 from lm_service.quanta import split_all
 from lm_service.sim import SimEngine, SimParams, sim_text
@@ -76,3 +78,22 @@ def test_prefix_cache_hits_and_context_limit() -> None:
         await engine.stop()
 
     asyncio.run(run())
+
+
+def test_ignore_eos_fills_to_exactly_max_tokens() -> None:
+    natural = sim_text("r1", "claims", 128)
+    filled = sim_text("r1", "claims", 128, fill=True)
+    assert len(natural) < 128  # a claim list ends well before 128 tokens
+    assert len(filled) == 128
+    assert filled[: len(natural)] == natural  # same text, continued
+
+
+def test_params_from_calibration_file(tmp_path: Path) -> None:
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps({"decode_base_s": 0.01, "decode_per_seq_s": 0.002}))
+    params = SimParams.from_file(path, time_scale=0.5)
+    assert (params.decode_base_s, params.decode_per_seq_s, params.time_scale) == (0.01, 0.002, 0.5)
+    assert params.prefill_s_per_token == SimParams().prefill_s_per_token
+    path.write_text(json.dumps({"decode_base": 0.01}))
+    with pytest.raises(ConfigError, match="simulator parameters"):
+        SimParams.from_file(path)

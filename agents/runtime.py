@@ -34,12 +34,13 @@ from faust.types import EventT, StreamT
 from agents.transport import FaustApp
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
-from scheduler.agent import SchedulerCore
+from scheduler.agent import Overloaded, SchedulerCore
 from schemas import faust_codecs
 from schemas.messages import DeadLetter, LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
 from streams.ancestry import request_id_of_key
 from streams.pipeline import REQUEST, StageKind, Topology
 from streams.processor import (
+    OVERLOADED,
     CallLM,
     DeadLetterOut,
     Ingest,
@@ -119,6 +120,7 @@ class AltoApp:
         names = [
             self.config.lm_requests_topic,
             self.config.lm_status_topic,
+            self.config.lm_assignments_topic,
             self.config.requests_topic,
             self.config.results_topic,
             self.config.dlq_topic,
@@ -327,32 +329,78 @@ class AltoApp:
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
 
     def _define_scheduler(self) -> None:
-        """Assign LM calls to LM instances (policy: `scheduler.policy`)."""
-        scheduler = SchedulerCore(self.config)
+        """Assign LM calls to LM instances (`scheduler/agent.py`; policy: `scheduler.policy`)."""
+
+        async def send(topic: str, key: bytes, value: bytes, partition: int | None) -> None:
+            await self.app.producer.send(topic, key, value, partition, None, None)
+
+        def is_leader() -> bool:
+            return any(
+                tp.topic == self.config.lm_requests_topic and tp.partition == 0
+                for tp in self.app.assignor.assigned_actives()
+            )
+
+        scheduler = SchedulerCore(self.config, send, name=self.worker_id, is_leader=is_leader)
+        self.scheduler = scheduler
 
         @self.app.task
-        async def watch_lm_status() -> None:
-            await scheduler.watch_status()
+        async def run_scheduler() -> None:
+            await scheduler.run()
+
+        async def place(request: LMRequest) -> None:
+            try:
+                instance = await scheduler.place(request)
+            except Overloaded as exc:
+                await self._overloaded(request, str(exc))
+                return
+            await scheduler.assign(request, instance)
 
         async def assign(stream: StreamT) -> None:
-            async for event in stream.events():
+            # Calls are placed concurrently (one may wait for capacity while the next is
+            # refused); each offset is acknowledged once its call is assigned or refused.
+            manual = stream.noack()  # type: ignore[attr-defined]
+            running: set[asyncio.Task[None]] = set()
+
+            async def one(event: EventT) -> None:
                 try:
-                    request = LMRequest.decode(event.value)
-                except BadInputError as exc:
-                    await self._undecodable(event, exc, "scheduler")
-                    continue
-                instance = await scheduler.place(request)
-                assigned = replace(request, instance=instance)
-                await self.app.producer.send(
-                    self.config.lm_work_topic,
-                    request.request_id.encode(),
-                    assigned.encode(),
-                    instance,
-                    None,
-                    None,
-                )
+                    try:
+                        request = LMRequest.decode(event.value)
+                    except BadInputError as exc:
+                        await self._undecodable(event, exc, "scheduler")
+                        return
+                    await place(request)
+                finally:
+                    await manual.ack(event)
+
+            async for event in manual.events():
+                task = asyncio.ensure_future(one(event))
+                running.add(task)
+                task.add_done_callback(running.discard)
 
         self.app.agent(self._topic(self.config.lm_requests_topic), name="alto.scheduler")(assign)
+
+    async def _overloaded(self, request: LMRequest, why: str) -> None:
+        """Fail a request at once (OVERLOADED): its LM call found every instance saturated."""
+        now = now_ms()
+        try:
+            parent = Quantum.decode(request.parent)
+        except BadInputError:  # still fail the request, from what the call itself says
+            parent = Quantum(
+                request.request_id, request.pipeline, Mode.STREAMING, request.stage, (), 0,
+                QuantumKind.DATA, now, now,
+            )  # fmt: skip
+        failed = replace(
+            parent,
+            stage=request.stage,
+            kind=QuantumKind.FAILED,
+            payload=None,
+            count=None,
+            error=f"{OVERLOADED}: {why}",
+            created_at_ms=now,
+        )
+        await self.app.producer.send(
+            self.config.sink_topic, request.request_id.encode(), failed.encode(), None, None, None
+        )
 
     def _define_status(self, path: Path) -> None:
         """Write this worker's partition assignment to `path` (a readiness probe)."""

@@ -59,6 +59,12 @@ class AltoConfig(BaseModel):
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
     sim_time_scale: float = Field(default=1.0, gt=0)
+    # Scheduler: policy (scheduler/policy.py), admission control.
+    scheduler_policy: Literal[
+        "round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"
+    ] = "prompt_aware"
+    scheduler_saturation: int = Field(default=128, ge=1)  # calls per instance = saturated
+    scheduler_queue: int = Field(default=256, ge=0)  # calls waiting at the scheduler, at most
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
@@ -116,6 +122,16 @@ class AltoConfig(BaseModel):
     def lm_status_topic(self) -> str:
         return self.topic("lm.status")
 
+    @property
+    def lm_assignments_topic(self) -> str:
+        """Compacted: the scheduler's shared prompt -> instances table."""
+        return self.topic("lm.assignments")
+
+    @property
+    def compacted_topics(self) -> frozenset[str]:
+        """Topics created with cleanup.policy=compact (latest value per key is what counts)."""
+        return frozenset({self.lm_assignments_topic})
+
     def with_overrides(self, **changes: Any) -> AltoConfig:
         """A copy with some fields changed, validated again."""
         try:
@@ -148,6 +164,9 @@ _ENV_FIELDS: dict[str, str] = {
     "MODEL_CACHE_DIR": "model_cache_dir",
     "SIM_TIME_SCALE": "sim_time_scale",
     "SIM_PARAMS": "sim_params",
+    "SCHEDULER_POLICY": "scheduler_policy",
+    "SCHEDULER_SATURATION": "scheduler_saturation",
+    "SCHEDULER_QUEUE": "scheduler_queue",
 }
 
 _ENV_SECURITY: dict[str, str] = {

@@ -57,8 +57,14 @@ def ensure_topics(
             if time.monotonic() > deadline:
                 raise BrokerError(f"cannot reach {config.bootstrap_servers}: {exc}") from exc
             time.sleep(0.5)
+    compacted = {"cleanup.policy": "compact"}
     missing = [
-        NewTopic(name, num_partitions=n, replication_factor=config.replication_factor)
+        NewTopic(
+            name,
+            num_partitions=n,
+            replication_factor=config.replication_factor,
+            config=compacted if name in config.compacted_topics else {},
+        )
         for name, n in wanted.items()
         if name not in existing
     ]

@@ -35,6 +35,22 @@ class Prompt:
     messages: tuple[tuple[str, str], ...]
     prefix_chars: int = 0
 
+    @property
+    def prefix_text(self) -> str:
+        """The cacheable prefix: the first `prefix_chars` characters of the messages' text."""
+        return "".join(text for _, text in self.messages)[: self.prefix_chars]
+
+
+@dataclass(frozen=True)
+class CallUsage:
+    """What one finished generation cost, as the engine measured it (scheduler feedback)."""
+
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from the prefix cache
+    output_tokens: int
+    queue_s: float  # submitted -> first scheduled (vLLM: submitted -> first token)
+    service_s: float  # the rest, to the last token
+
 
 @dataclass
 class EngineStats:
@@ -55,6 +71,11 @@ class Engine(ABC):
 
     name: EngineName
     simulated: bool = False
+    usage: dict[str, CallUsage]  # request id -> usage of a finished generation, until taken
+
+    def take_usage(self, request_id: str) -> CallUsage | None:
+        """The usage of `request_id`'s finished generation (once; None if unknown)."""
+        return self.usage.pop(request_id, None)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model (may take tens of seconds)."""

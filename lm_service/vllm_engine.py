@@ -18,7 +18,7 @@ from typing import Any
 
 from alto.config import AltoConfig
 from alto.errors import ConfigError, EngineError
-from lm_service.engine import Engine, EngineStats, GenerationParams, Prompt
+from lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class VLLMEngine(Engine):
         self._load = _Load()
         self._generated = 0
         self._active: dict[str, int] = {}
+        self.usage = {}
 
     @classmethod
     def from_config(cls, config: AltoConfig) -> VLLMEngine:
@@ -151,12 +152,24 @@ class VLLMEngine(Engine):
         # first attempt still runs, so each attempt gets its own engine id.
         engine_id = f"{request_id}@{time.monotonic_ns()}"
         self._active[engine_id] = n_prompt
+        submitted = time.monotonic()
+        first: float | None = None
+        produced = cached = 0
         try:
             async for out in self._engine.generate(text, sampling, request_id=engine_id):
+                cached = out.num_cached_tokens or cached
                 for completion in out.outputs:
                     self._generated += len(completion.token_ids)
+                    produced += len(completion.token_ids)
+                    if first is None and completion.token_ids:
+                        first = time.monotonic()
                     if completion.text:
                         yield completion.text
+            end = time.monotonic()
+            first = first or end
+            self.usage[request_id] = CallUsage(
+                n_prompt, cached, produced, first - submitted, end - first
+            )
         except asyncio.CancelledError:
             await self._engine.abort(engine_id)
             raise

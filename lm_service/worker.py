@@ -24,7 +24,15 @@ from alto.config import AltoConfig
 from alto.errors import BadInputError
 from lm_service.engine import Engine
 from lm_service.serving import serve_call
-from schemas.messages import DeadLetter, LMRequest, LMStatus, Mode, Quantum, QuantumKind
+from schemas.messages import (
+    DeadLetter,
+    LMCompletion,
+    LMRequest,
+    LMStatus,
+    Mode,
+    Quantum,
+    QuantumKind,
+)
 from streams.ancestry import request_id_of_key
 from streams.pipeline import Topology
 from streams.processor import DeadLetterOut, Routing, Send, now_ms
@@ -69,6 +77,7 @@ class LMWorker:
         self.tp = TopicPartition(config.lm_work_topic, instance)
         self.offsets = _Offsets()
         self.in_flight: dict[str, int] = {}
+        self.completed: list[LMCompletion] = []  # since the last status report
         self._slots = asyncio.Semaphore(config.lm_max_inflight)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,6 +153,7 @@ class LMWorker:
                         await self._send(out.topic, out.key.encode(), out.quantum.encode())
                     else:
                         await self._dead_letter(record, out)
+                self._record_usage(request)
             except Exception as exc:  # an engine crash fails this call, not the worker
                 log.exception("LM call %s failed", request.lm_request_id)
                 await self._fail(record, request, f"engine failure: {type(exc).__name__}: {exc}")
@@ -152,6 +162,22 @@ class LMWorker:
         finally:
             self.offsets.finished(record.offset)
             self._slots.release()
+
+    def _record_usage(self, request: LMRequest) -> None:
+        usage = self.engine.take_usage(request.lm_request_id)
+        if usage is not None:
+            self.completed.append(
+                LMCompletion(
+                    request.lm_request_id,
+                    request.prompt_name,
+                    usage.prompt_tokens,
+                    usage.cached_tokens,
+                    usage.output_tokens,
+                    usage.queue_s,
+                    usage.service_s,
+                    now_ms(),
+                )
+            )
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
         assert self._producer is not None
@@ -231,6 +257,7 @@ class LMWorker:
             tokens_per_s=tokens_per_s,
             at_ms=now_ms(),
             in_flight=tuple(sorted(self.in_flight)),
+            completed=tuple(self.completed),
         )
 
     async def _report_status(self) -> None:
@@ -240,6 +267,7 @@ class LMWorker:
             rate = (tokens - last_tokens) / (now - last_t) if now > last_t else 0.0
             last_tokens, last_t = tokens, now
             status = self.status(rate)
+            self.completed.clear()
             await self._send(
                 self.config.lm_status_topic, str(self.instance).encode(), status.encode()
             )

@@ -1,8 +1,25 @@
-"""The scheduler's I/O shell: a live view of LM instances from `alto.lm.status`, and placement.
+"""The scheduler's I/O shell around a pure policy (`scheduler/policy.py`).
 
-Each worker running the scheduler role reads *every* partition of the status topic (manual
-assignment, no consumer group), so every replica sees every instance; LM calls themselves
-are spread over replicas by the consumer group on `alto.lm.requests`.
+What it reads and writes, all on Kafka:
+- `alto.lm.status` (every partition, manual assignment, no group): each LM instance's load
+  reports and the calls it finished since the last one. Every scheduler replica sees every
+  instance; LM calls themselves are spread over replicas by the consumer group on
+  `alto.lm.requests`.
+- `alto.lm.assignments` (compacted, key = prompt name): the policy's prompt -> instances
+  table. A replica publishes the entries its decisions change and loads everyone's, so a
+  restarted scheduler or a second replica resumes from the shared table instead of starting
+  cold (and herding every prompt onto the same instance).
+- `alto.lm.work`, partition N = instance N: the assignment itself.
+
+Liveness: an instance whose reports stop for `heartbeat_timeout` is removed from the policy,
+and one replica (the leader: the one holding partition 0 of `alto.lm.requests`) drains its
+partition of `alto.lm.work` from that instance's committed offset: every call it had not
+finished is placed again on a live instance, then the offset is committed past them. A call
+the dead instance had half-streamed is served again; downstream aggregators drop the quanta
+they have already folded, so results stay exact.
+
+Admission: while every live instance has `scheduler_saturation` calls outstanding, calls wait
+here, at most `scheduler_queue` of them; past that a call fails at once (OVERLOADED).
 """
 
 from __future__ import annotations
@@ -10,29 +27,78 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from scheduler.policy import ClusterState, make_policy
-from schemas.messages import LMRequest, LMStatus
+from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
+from schemas.messages import LMAssignment, LMRequest, LMStatus
 
 log = logging.getLogger(__name__)
+
+Sender = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
+
+# A call assigned this long ago with no completion reported is no longer counted as load
+# (its completion was lost with a killed worker, or another replica's report raced it).
+PENDING_TTL_MS = 300_000
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class SchedulerCore:
-    def __init__(self, config: AltoConfig) -> None:
-        self.config = config
-        self.state = ClusterState(heartbeat_timeout_ms=int(config.lm_status_interval_s * 5000))
-        self.policy = make_policy("round_robin")
-        self._changed = asyncio.Event()
+class Overloaded(Exception):
+    """Every live instance is saturated and the scheduler's queue is full."""
 
-    async def watch_status(self) -> None:
+
+class SchedulerCore:
+    def __init__(
+        self,
+        config: AltoConfig,
+        send: Sender,
+        *,
+        name: str = "scheduler",
+        is_leader: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.send = send
+        self.is_leader = is_leader
+        self.state = ClusterState(heartbeat_timeout_ms=int(config.lm_status_interval_s * 5000))
+        self.policy = make_policy(config.scheduler_policy)
+        self.waiting = 0
+        self.decisions = 0
+        self.reassigned = 0
+        self._changed = asyncio.Event()
+        self._known: set[int] = set()
+        self._assigned_at: dict[str, tuple[int, int]] = {}  # call id -> (instance, at_ms)
+        self._shared: dict[str, tuple[int, ...]] = {}  # the table as last read or written
+
+    # -- background tasks ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch status and the shared table, and check liveness, until cancelled."""
+        tasks = [
+            asyncio.ensure_future(self._watch(self.config.lm_status_topic, self._on_status, 50)),
+            asyncio.ensure_future(
+                self._watch(self.config.lm_assignments_topic, self._on_assignment, None)
+            ),
+            asyncio.ensure_future(self._liveness()),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(
+        self, topic: str, handle: Callable[[bytes], Awaitable[None]], tail: int | None
+    ) -> None:
+        """Every partition of `topic`, from `tail` records before the end (None: all)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             enable_auto_commit=False,
@@ -40,7 +106,6 @@ class SchedulerCore:
         )
         await consumer.start()
         try:
-            topic = self.config.lm_status_topic
             parts = None
             while not parts:
                 parts = consumer.partitions_for_topic(topic)
@@ -49,30 +114,173 @@ class SchedulerCore:
                     await asyncio.sleep(0.5)
             tps = [TopicPartition(topic, p) for p in parts]
             consumer.assign(tps)
-            # Recent history is enough: a live instance reports every interval.
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                consumer.seek(tp, max(0, ends[tp] - 50))
+            if tail is None:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                ends = await consumer.end_offsets(tps)
+                for tp in tps:
+                    consumer.seek(tp, max(0, ends[tp] - tail))
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 for records in batch.values():
                     for record in records:
-                        try:
-                            status = LMStatus.decode(record.value)
-                        except BadInputError as exc:
-                            log.warning("undecodable LM status ignored: %s", exc)
-                            continue
-                        self.policy.observe(self.state, status)
-                        self._changed.set()
+                        if record.value is not None:
+                            await handle(record.value)
         finally:
             await consumer.stop()
 
+    async def _on_status(self, value: bytes) -> None:
+        try:
+            status = LMStatus.decode(value)
+        except BadInputError as exc:
+            log.warning("undecodable LM status ignored: %s", exc)
+            return
+        self.state.report(Load.of(status))
+        for c in status.completed:
+            done = Completion(
+                c.lm_request_id,
+                status.instance,
+                c.prompt_name,
+                c.prompt_tokens,
+                c.cached_tokens,
+                c.output_tokens,
+                c.queue_s,
+                c.service_s,
+                c.at_ms,
+            )
+            self.state.completed(done)
+            self._assigned_at.pop(c.lm_request_id, None)
+            self.policy.on_completion(self.state, done)
+        self._expire_pending(status.at_ms)
+        self._changed.set()
+
+    async def _on_assignment(self, value: bytes) -> None:
+        try:
+            entry = LMAssignment.decode(value)
+        except BadInputError as exc:
+            log.warning("undecodable LM assignment ignored: %s", exc)
+            return
+        if entry.scheduler == self.name:
+            return  # our own write, already in the policy
+        self._shared[entry.prompt_name] = entry.instances
+        self.policy.load_table({entry.prompt_name: entry.instances})
+
+    async def _liveness(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lm_status_interval_s)
+            live = set(self.state.live(_now_ms()))
+            for instance in sorted(self._known - live):
+                log.warning("LM instance %d stopped reporting: removed", instance)
+                self.state.forget(instance)
+                self.policy.on_instance_removed(self.state, instance)
+                if self.is_leader():
+                    await self.drain(instance)
+            self._known = live
+
+    def _expire_pending(self, now: int) -> None:
+        stale = [c for c, (_, at) in self._assigned_at.items() if now - at > PENDING_TTL_MS]
+        for call_id in stale:
+            instance, _ = self._assigned_at.pop(call_id)
+            self.state.pending.get(instance, {}).pop(call_id, None)
+
+    # -- placement -------------------------------------------------------------------
+
+    def _full(self, instance: int) -> bool:
+        return self.state.outstanding(instance) >= self.config.scheduler_saturation
+
+    def saturated(self, now: int) -> bool:
+        """No live instance has room (or none is live)."""
+        return all(self._full(i) for i in self.state.live(now))
+
     async def place(self, request: LMRequest) -> int:
-        """An instance for `request`; waits while no LM instance is live."""
-        while (instance := self.policy.decide(self.state, request, _now_ms())) is None:
-            self._changed.clear()
+        """An instance for `request`. Waits while every instance is saturated (or none is
+        live); raises `Overloaded` at once when `scheduler_queue` calls already wait."""
+        if self.saturated(_now_ms()):
+            if self.waiting >= self.config.scheduler_queue:
+                raise Overloaded(
+                    f"every LM instance is saturated and {self.waiting} calls already wait"
+                )
+            self.waiting += 1
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+                while self.saturated(_now_ms()):
+                    await self._wait_for_change()
+            finally:
+                self.waiting -= 1
+        return await self._decide(Call.of(request))
+
+    async def _decide(self, call: Call) -> int:
+        while (instance := self.policy.decide(self.state, call, _now_ms())) is None:
+            await self._wait_for_change()
+        if self._full(instance):
+            # The policy's choice is saturated while another instance has room: spill there
+            # (stickiness must never queue calls behind a full instance).
+            room = [i for i in self.state.live(_now_ms()) if not self._full(i)]
+            if room:
+                instance = min(room, key=lambda i: (self.state.queued_tokens(i), i))
+        self.state.assigned(instance, call)
+        self._assigned_at[call.call_id] = (instance, _now_ms())
+        self.decisions += 1
+        await self._publish(call.prompt)
         return instance
+
+    async def _wait_for_change(self) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+
+    async def _publish(self, prompt: str) -> None:
+        instances = self.policy.table().get(prompt)
+        if instances is None or self._shared.get(prompt) == instances:
+            return
+        self._shared[prompt] = instances
+        entry = LMAssignment(prompt, instances, self.policy.name, self.name, _now_ms())
+        await self.send(self.config.lm_assignments_topic, prompt.encode(), entry.encode(), None)
+
+    async def assign(self, request: LMRequest, instance: int) -> None:
+        assigned = replace(request, instance=instance)
+        await self.send(
+            self.config.lm_work_topic, request.request_id.encode(), assigned.encode(), instance
+        )
+
+    # -- reassignment ----------------------------------------------------------------
+
+    async def drain(self, instance: int) -> int:
+        """Place every call `instance` had not finished on live instances; returns how many."""
+        tp = TopicPartition(self.config.lm_work_topic, instance)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=f"{self.config.app_id}-lm-{instance}",  # the LM worker's own offsets
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        moved = 0
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            start = await consumer.committed(tp)
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.offset >= end:
+                        break
+                    try:
+                        request = LMRequest.decode(record.value)
+                    except BadInputError:
+                        continue  # the LM worker dead-letters these; nothing to place
+                    target = await self._decide(Call.of(request))
+                    await self.assign(replace(request, attempt=request.attempt + 1), target)
+                    moved += 1
+            await consumer.commit({tp: end})
+        finally:
+            await consumer.stop()
+        self.reassigned += moved
+        log.warning("reassigned %d unfinished LM calls of instance %d", moved, instance)
+        return moved

@@ -1,45 +1,186 @@
 """Scheduling policies: pure step functions that pick an LM instance for an LM call.
 
-`decide(state, request) -> instance` and `observe(state, status)`; no I/O, so every
-policy is tested on plain data. The prompt-aware policies of the scheduler issue plug in
-behind the same interface, selected by name.
+No I/O anywhere in this module: the scheduler agent (`scheduler/agent.py`) and the
+benchmark's virtual-time cluster (`bench/scheduler.py`) feed the same objects with the same
+events, so every policy is tested on plain data.
+
+Events, all driven by the caller:
+- `ClusterState.report(load)`: an instance's load report (also its heartbeat);
+- `policy.decide(state, call, now_ms) -> instance | None`, then `state.assigned(instance, call)`;
+- `state.completed(done)` then `policy.on_completion(state, done)`: a call finished.
+A policy keeps whatever it learns (counters, prefix trees, per-prompt estimates) in itself;
+`table()` / `load_table()` expose the part that must be shared between scheduler replicas
+(prompt -> instances), which the agent keeps in the compacted topic `alto.lm.assignments`.
+
+The policies (`make_policy(name)`, names in `POLICY_NAMES`); each only ever returns a live
+instance, None when there is none, and is deterministic given the same events:
+- `round_robin`: live instances in turn; ignores load and prefixes (the baseline).
+- `least_loaded`: the live instance with the least queued work in tokens (not calls);
+  ties go to the lower KV-cache use, then the lower id.
+- `prefix_hash`: consistent hashing of the call's prefix (or its prompt name when it has
+  no prefix) on a ring of virtual nodes, with a hash that is the same in every process;
+  when an instance leaves or joins, only the keys on its arcs move. Perfect prefix
+  locality, blind to load.
+- `cache_aware`: after SGLang's router. One approximate radix tree per instance of the
+  prefixes routed there (LRU-evicted under a size budget). While queues are balanced the
+  call follows the instance holding the longest part of its prefix (or, with no good
+  match, the instance with the smallest tree); once they are not, the shortest queue.
+- `prompt_aware`: ALTO's prompt-aware scheduling (section 6.2, proposed there, built
+  here). Each prompt is sticky to a small set of instances (prefix-cache reuse); sets
+  grow, move and shrink with the prompt's demand (arrival rate x cost, both measured
+  online) and its queueing delay, with hysteresis, and a call spills outside its set
+  only when the set is swamped.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import heapq
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal, get_args
 
 from schemas.messages import LMRequest, LMStatus
 
-PolicyName = Literal["round_robin"]
+PolicyName = Literal["round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"]
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
+
+CHARS_PER_TOKEN = 4.0  # prompt-size estimate before the engine has tokenized anything
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a policy sees of one LM call."""
+
+    call_id: str
+    prompt: str  # the prompt template's name: the unit of prompt-aware allocation
+    prefix: str  # the call's shared prompt prefix (system prompt, few-shot examples)
+    prompt_tokens: int  # estimated size of the whole prompt
+    max_tokens: int
+
+    @classmethod
+    def of(cls, request: LMRequest) -> Call:
+        text = "".join(m.content for m in request.messages)
+        return cls(
+            request.lm_request_id,
+            request.prompt_name,
+            text[: request.prefix_chars],
+            max(1, round(len(text) / CHARS_PER_TOKEN)),
+            request.max_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One instance's load as it last reported it."""
+
+    instance: int
+    running: int = 0
+    waiting: int = 0
+    queued_prefill_tokens: int = 0
+    queued_decode_tokens: int = 0
+    kv_cache_usage: float = 0.0
+    at_ms: int = 0
+
+    @classmethod
+    def of(cls, status: LMStatus) -> Load:
+        return cls(
+            status.instance,
+            status.running,
+            status.waiting,
+            status.queued_prefill_tokens,
+            status.queued_decode_tokens,
+            status.kv_cache_usage,
+            status.at_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished call, as measured by the instance that served it."""
+
+    call_id: str
+    instance: int
+    prompt: str
+    prompt_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    queue_s: float  # assigned -> first scheduled on the engine
+    service_s: float  # first scheduled -> last token
+    at_ms: int
 
 
 @dataclass
 class ClusterState:
-    """What the scheduler knows: the last status of every instance and when it came."""
+    """What the scheduler knows: each instance's last report and the calls it has assigned
+    that have not completed yet (`pending`)."""
 
     heartbeat_timeout_ms: int = 5_000
-    statuses: dict[int, LMStatus] = field(default_factory=dict)
+    loads: dict[int, Load] = field(default_factory=dict)
+    pending: dict[int, dict[str, Call]] = field(default_factory=dict)
+
+    def report(self, load: Load) -> None:
+        previous = self.loads.get(load.instance)
+        if previous is None or load.at_ms >= previous.at_ms:
+            self.loads[load.instance] = load
+            self.pending.setdefault(load.instance, {})
 
     def live(self, now_ms: int) -> list[int]:
         return sorted(
-            i for i, st in self.statuses.items() if now_ms - st.at_ms <= self.heartbeat_timeout_ms
+            i for i, ld in self.loads.items() if now_ms - ld.at_ms <= self.heartbeat_timeout_ms
         )
+
+    def forget(self, instance: int) -> dict[str, Call]:
+        """Drop a dead instance; returns its pending calls (to be reassigned)."""
+        self.loads.pop(instance, None)
+        return self.pending.pop(instance, {})
+
+    def assigned(self, instance: int, call: Call) -> None:
+        self.pending.setdefault(instance, {})[call.call_id] = call
+
+    def completed(self, done: Completion) -> None:
+        self.pending.get(done.instance, {}).pop(done.call_id, None)
+
+    def queued_tokens(self, instance: int) -> int:
+        """Work waiting on `instance`, in tokens: the larger of its own report and what this
+        scheduler has assigned to it that has not completed (reports lag; other replicas
+        assign too)."""
+        ld = self.loads.get(instance, Load(instance))
+        reported = ld.queued_prefill_tokens + ld.queued_decode_tokens
+        mine = sum(c.prompt_tokens + c.max_tokens for c in self.pending.get(instance, {}).values())
+        return max(reported, mine)
+
+    def outstanding(self, instance: int) -> int:
+        """Calls on `instance` (running + waiting), by the same rule as `queued_tokens`."""
+        ld = self.loads.get(instance, Load(instance))
+        return max(ld.running + ld.waiting, len(self.pending.get(instance, {})))
+
+    def kv_usage(self, instance: int) -> float:
+        ld = self.loads.get(instance)
+        return ld.kv_cache_usage if ld else 0.0
 
 
 class SchedulingPolicy(ABC):
-    name: PolicyName
-
-    def observe(self, state: ClusterState, status: LMStatus) -> None:
-        previous = state.statuses.get(status.instance)
-        if previous is None or status.at_ms >= previous.at_ms:
-            state.statuses[status.instance] = status
+    name: ClassVar[PolicyName]
 
     @abstractmethod
-    def decide(self, state: ClusterState, request: LMRequest, now_ms: int) -> int | None:
-        """The instance to serve `request`, or None when no instance is live."""
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
+        """The instance to serve `call`, or None when no instance is live."""
+
+    def on_completion(self, state: ClusterState, done: Completion) -> None:  # noqa: B027
+        """Feedback: `done` finished (after `state.completed(done)`)."""
+
+    def on_instance_removed(self, state: ClusterState, instance: int) -> None:  # noqa: B027
+        """`instance` stopped reporting and was removed from `state`."""
+
+    def table(self) -> dict[str, tuple[int, ...]]:
+        """The state to share between scheduler replicas: prompt -> instances."""
+        return {}
+
+    def load_table(self, table: dict[str, tuple[int, ...]]) -> None:  # noqa: B027
+        """Resume from a shared table (a restarted or second scheduler replica)."""
 
 
 class RoundRobin(SchedulingPolicy):
@@ -48,7 +189,7 @@ class RoundRobin(SchedulingPolicy):
     def __init__(self) -> None:
         self._next = 0
 
-    def decide(self, state: ClusterState, request: LMRequest, now_ms: int) -> int | None:
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
         live = state.live(now_ms)
         if not live:
             return None
@@ -57,7 +198,582 @@ class RoundRobin(SchedulingPolicy):
         return choice
 
 
-def make_policy(name: PolicyName) -> SchedulingPolicy:
-    if name == "round_robin":
-        return RoundRobin()
-    raise ValueError(f"unknown scheduling policy {name!r}")
+class LeastLoaded(SchedulingPolicy):
+    """The live instance with the least queued work in tokens; ties: KV-cache use, then id."""
+
+    name = "least_loaded"
+
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
+        live = state.live(now_ms)
+        if not live:
+            return None
+        return min(live, key=lambda i: (state.queued_tokens(i), state.kv_usage(i), i))
+
+
+def _stable_hash(text: str) -> int:
+    """A 64-bit hash that is the same in every process (unlike the salted `hash()`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class PrefixHash(SchedulingPolicy):
+    """Consistent hashing of the call's prefix (its prompt name when the prefix is empty) on
+    a ring of `vnodes` points per live instance: an instance leaving or joining moves only
+    the keys on its own arcs."""
+
+    name = "prefix_hash"
+
+    def __init__(self, vnodes: int = 64) -> None:
+        self.vnodes = vnodes
+        self._ring_of: tuple[int, ...] = ()
+        self._points: list[int] = []
+        self._owners: list[int] = []
+
+    def _ring(self, live: list[int]) -> None:
+        key = tuple(live)
+        if key == self._ring_of:
+            return
+        ring = sorted(
+            (_stable_hash(f"instance-{i}#{v}"), i) for i in live for v in range(self.vnodes)
+        )
+        self._points = [p for p, _ in ring]
+        self._owners = [i for _, i in ring]
+        self._ring_of = key
+
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
+        live = state.live(now_ms)
+        if not live:
+            return None
+        self._ring(live)
+        at = bisect.bisect_right(self._points, _stable_hash(call.prefix or call.prompt))
+        return self._owners[at % len(self._owners)]
+
+
+class _Node:
+    __slots__ = ("children", "edge", "last_used", "parent", "seq")
+
+    def __init__(self, edge: str, parent: _Node | None, seq: int) -> None:
+        self.edge = edge
+        self.parent = parent
+        self.children: dict[str, _Node] = {}
+        self.last_used = 0
+        self.seq = seq
+
+
+class PrefixTree:
+    """A radix tree over characters: the prefixes recently sent to one instance, an
+    approximation of what its KV cache holds. `size` counts the characters on its edges;
+    `evict(budget)` drops least recently used leaves until `size <= budget`."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self.root = _Node("", None, 0)
+        self.size = 0
+
+    def _new(self, edge: str, parent: _Node) -> _Node:
+        self._seq += 1
+        node = _Node(edge, parent, self._seq)
+        parent.children[edge[0]] = node
+        self.size += len(edge)
+        return node
+
+    def match(self, text: str) -> int:
+        """How many leading characters of `text` the tree holds."""
+        node, pos = self.root, 0
+        while pos < len(text):
+            child = node.children.get(text[pos])
+            if child is None:
+                break
+            common = _common_prefix(child.edge, text, pos)
+            pos += common
+            if common < len(child.edge):
+                break
+            node = child
+        return pos
+
+    def insert(self, text: str, tick: int) -> None:
+        node, pos = self.root, 0
+        node.last_used = tick
+        while pos < len(text):
+            child = node.children.get(text[pos])
+            if child is None:
+                self._new(text[pos:], node).last_used = tick
+                return
+            common = _common_prefix(child.edge, text, pos)
+            if common < len(child.edge):  # split the edge where `text` leaves it
+                del node.children[child.edge[0]]
+                self.size -= len(child.edge)
+                middle = self._new(child.edge[:common], node)
+                child.edge = child.edge[common:]
+                child.parent = middle
+                middle.children[child.edge[0]] = child
+                self.size += len(child.edge)
+                child = middle
+            child.last_used = tick
+            pos += common
+            node = child
+
+    def evict(self, budget: int) -> None:
+        if self.size <= budget:
+            return
+        heap: list[tuple[int, int, _Node]] = []
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            if not node.children and node is not self.root:
+                heap.append((node.last_used, node.seq, node))
+        heapq.heapify(heap)
+        while self.size > budget and heap:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            assert parent is not None
+            del parent.children[leaf.edge[0]]
+            self.size -= len(leaf.edge)
+            if not parent.children and parent is not self.root:
+                heapq.heappush(heap, (parent.last_used, parent.seq, parent))
+
+
+def _common_prefix(edge: str, text: str, pos: int) -> int:
+    n = min(len(edge), len(text) - pos)
+    i = 0
+    while i < n and edge[i] == text[pos + i]:
+        i += 1
+    return i
+
+
+class CacheAware(SchedulingPolicy):
+    """Cache-aware routing in the manner of SGLang's router: one approximate prefix tree per
+    instance, made of the prefixes this policy sent there.
+
+    The cluster is *imbalanced* when the spread of `queued_tokens` over live instances
+    exceeds `balance_abs_tokens` and the largest exceeds `balance_rel` times the smallest
+    (both, as in SGLang); then the call goes to the least queued instance. Otherwise it goes
+    to the instance whose tree matches the longest part of its prefix when that part is at
+    least `cache_threshold` of the prefix (ties: least queued), else to the instance with
+    the smallest tree (the most cache room; ties: least queued). The prefix is then recorded
+    in the chosen instance's tree, which is kept under `max_tree_chars` by evicting its
+    least recently used leaves.
+
+    Defaults: SGLang's `cache_threshold` 0.5; SGLang measures balance in requests (32 and
+    1.0001, or 1.5 in later versions); we measure it in tokens: 4096 tokens (about 16 calls
+    of 256 tokens, a fraction of a second of work for one engine) and 1.5.
+    `max_tree_chars` = 2**20 characters (about 256k tokens of prefix per instance)."""
+
+    name = "cache_aware"
+
+    def __init__(
+        self,
+        cache_threshold: float = 0.5,
+        balance_abs_tokens: int = 4096,
+        balance_rel: float = 1.5,
+        max_tree_chars: int = 1 << 20,
+    ) -> None:
+        self.cache_threshold = cache_threshold
+        self.balance_abs_tokens = balance_abs_tokens
+        self.balance_rel = balance_rel
+        self.max_tree_chars = max_tree_chars
+        self.trees: dict[int, PrefixTree] = {}
+        self._tick = 0
+
+    def _tree(self, instance: int) -> PrefixTree:
+        return self.trees.setdefault(instance, PrefixTree())
+
+    def imbalanced(self, loads: list[int]) -> bool:
+        hi, lo = max(loads), min(loads)
+        return hi - lo > self.balance_abs_tokens and hi > self.balance_rel * lo
+
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
+        live = state.live(now_ms)
+        if not live:
+            return None
+        queued = {i: state.queued_tokens(i) for i in live}
+        text = call.prefix or call.prompt
+        if self.imbalanced(list(queued.values())):
+            choice = min(live, key=lambda i: (queued[i], i))
+        else:
+            matched = {i: self._tree(i).match(text) for i in live}
+            best = max(matched.values())
+            if text and best / len(text) >= self.cache_threshold:
+                choice = min((i for i in live if matched[i] == best), key=lambda i: (queued[i], i))
+            else:
+                choice = min(live, key=lambda i: (self._tree(i).size, queued[i], i))
+        self._tick += 1
+        tree = self._tree(choice)
+        tree.insert(text, self._tick)
+        if tree.size > self.max_tree_chars:  # evict to 90% so eviction runs rarely
+            tree.evict(self.max_tree_chars * 9 // 10)
+        return choice
+
+    def on_instance_removed(self, state: ClusterState, instance: int) -> None:
+        self.trees.pop(instance, None)
+
+
+class _Rate:
+    """An exponentially decayed event rate (per second) with time constant `tau_ms`,
+    corrected for the short history at the start."""
+
+    __slots__ = ("first_ms", "last_ms", "level", "tau_ms")
+
+    def __init__(self, tau_ms: float) -> None:
+        self.tau_ms = tau_ms
+        self.level = 0.0
+        self.first_ms: int | None = None
+        self.last_ms = 0
+
+    def add(self, amount: float, at_ms: int) -> None:
+        if self.first_ms is None:
+            self.first_ms = self.last_ms = at_ms
+        elif at_ms > self.last_ms:
+            self.level *= math.exp(-(at_ms - self.last_ms) / self.tau_ms)
+            self.last_ms = at_ms
+        self.level += amount
+
+    def per_s(self, now_ms: int) -> float:
+        if self.first_ms is None:
+            return 0.0
+        level = self.level * math.exp(-max(0, now_ms - self.last_ms) / self.tau_ms)
+        span = max(now_ms, self.last_ms) - self.first_ms
+        window_ms = max(1000.0, self.tau_ms * (1.0 - math.exp(-span / self.tau_ms)))
+        return level * 1000.0 / window_ms
+
+
+class _Capacity:
+    """Tokens per second an instance completes while busy: decayed sums of its completed
+    calls' tokens and of the busy time each took (from the later of the previous
+    completion and the call's assignment, to its completion)."""
+
+    __slots__ = ("busy_s", "last_ms", "samples", "tokens")
+    DECAY = 0.95
+    MIN_SAMPLES = 4
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.busy_s = 0.0
+        self.samples = 0
+        self.last_ms: int | None = None
+
+    def add(self, tokens: int, assigned_ms: int, done_ms: int) -> None:
+        start = assigned_ms if self.last_ms is None else max(self.last_ms, assigned_ms)
+        self.tokens = self.tokens * self.DECAY + tokens
+        self.busy_s = self.busy_s * self.DECAY + max(0, done_ms - start) / 1000.0
+        self.samples += 1
+        self.last_ms = done_ms if self.last_ms is None else max(self.last_ms, done_ms)
+
+    def per_s(self) -> float | None:
+        if self.samples < self.MIN_SAMPLES or self.busy_s <= 0.0:
+            return None
+        return self.tokens / self.busy_s
+
+
+class _Level:
+    """A level sampled at irregular times, smoothed with time constant `tau_ms`."""
+
+    __slots__ = ("at_ms", "tau_ms", "value")
+
+    def __init__(self, tau_ms: float) -> None:
+        self.tau_ms = tau_ms
+        self.value = 0.0
+        self.at_ms: int | None = None
+
+    def update(self, x: float, now_ms: int) -> None:
+        if self.at_ms is None:
+            self.value, self.at_ms = x, now_ms
+        elif now_ms > self.at_ms:
+            self.value += (1.0 - math.exp(-(now_ms - self.at_ms) / self.tau_ms)) * (x - self.value)
+            self.at_ms = now_ms
+
+
+class _Ewma:
+    __slots__ = ("alpha", "value")
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+
+    def get(self, default: float = 0.0) -> float:
+        return default if self.value is None else self.value
+
+
+@dataclass
+class PromptStats:
+    """What prompt-aware placement knows of one prompt."""
+
+    members: list[int]  # its instances, in the order they were added
+    arrivals: _Rate
+    call_tokens: _Ewma  # prompt_tokens + max_tokens, from the calls (before completions)
+    prefill_tokens: _Ewma  # from completions: prompt_tokens - cached_tokens
+    output_tokens: _Ewma
+    service_s: _Ewma
+    queue_s: _Ewma
+    completions: int = 0
+    adjusted_ms: int | None = None
+    cool_since_ms: int | None = None
+
+    def cost_tokens(self) -> float:
+        """Estimated tokens one call of this prompt costs an instance."""
+        if self.completions:
+            return self.prefill_tokens.get() + self.output_tokens.get()
+        return self.call_tokens.get()
+
+    def demand(self, now_ms: int) -> float:
+        """Tokens per second this prompt asks of the cluster."""
+        return self.arrivals.per_s(now_ms) * self.cost_tokens()
+
+
+class PromptAware(SchedulingPolicy):
+    """Prompt-aware placement (ALTO section 6.2): GPU capacity allocated to prompts by their
+    measured resource use, while each prompt stays on few instances (prefix-cache reuse).
+
+    Estimates, all online and deterministic (time is `now_ms` or a completion's `at_ms`):
+    - per prompt, the cost of one call in tokens: EWMAs (`ewma_alpha`) over its
+      completions of the prefill (prompt - cached tokens) and output tokens; before any
+      completion, of its calls' prompt + max tokens. Also EWMAs of `queue_s`, `service_s`.
+    - per prompt, its arrival rate (decayed over `rate_tau_s`), and its demand = rate x
+      cost (tokens/s). Its fair share of the cluster is ceil(live x demand / total demand).
+    - per instance, its throughput while busy (tokens/s, from completions; until measured,
+      `default_tokens_per_s`), and its wait = queued tokens / throughput, smoothed over
+      `smooth_s`.
+
+    Each prompt owns a set of instances, at first one: the live instance with the least
+    pressure (queued tokens plus the demand already placed on it over
+    `placement_horizon_s`, over its throughput). A call goes to the member with the least
+    `queued_tokens`. At most once per `adjust_interval_ms` per prompt the set is revised:
+    - The prompt's delay is the larger of its measured queueing time and its best
+      member's smoothed wait. It is *hot* when the delay exceeds `queue_target_s` and some
+      non-member waits less than `grow_ratio` times its best member.
+    - Hot, below its fair share or itself the larger part of the demand on its most
+      loaded member: it gains the least-pressure non-member (replication).
+    - Hot otherwise (others' demand is the problem): it moves off its most loaded member
+      to the least-pressure non-member; at most one prompt leaves an instance per
+      interval, so a hot instance sheds its small prompts one at a time.
+    - Not hot for `cool_ms`, with more than one member, and either cool (delay under
+      `cool_fraction` of the target) or above `share_slack` times its fair share: it drops
+      its last added member (contraction), and the `cool_ms` wait starts again.
+    The gap between the hot and cool thresholds, the `cool_ms` wait and the interval keep
+    sets from flapping. Whatever the set, when even its best member's wait exceeds
+    `spill_ratio` times the best wait in the cluster plus `spill_slack_s`, the call
+    spills to the least-waiting instance without joining the set (stickiness never
+    starves a prompt).
+
+    `table()` is prompt -> instances; `load_table()` resumes from one (members that are
+    not live are skipped when deciding, and dropped by `on_instance_removed`)."""
+
+    name = "prompt_aware"
+    MAX_INFLIGHT = 100_000  # calls remembered between decide() and their completion
+
+    def __init__(
+        self,
+        queue_target_s: float = 0.5,
+        default_tokens_per_s: float = 2000.0,
+        rate_tau_s: float = 10.0,
+        smooth_s: float = 2.0,
+        ewma_alpha: float = 0.2,
+        adjust_interval_ms: int = 1000,
+        grow_ratio: float = 0.5,
+        cool_fraction: float = 0.25,
+        cool_ms: int = 10_000,
+        share_slack: float = 1.5,
+        spill_ratio: float = 4.0,
+        spill_slack_s: float = 1.0,
+        placement_horizon_s: float = 1.0,
+    ) -> None:
+        self.queue_target_s = queue_target_s
+        self.default_tokens_per_s = default_tokens_per_s
+        self.rate_tau_ms = rate_tau_s * 1000.0
+        self.smooth_ms = smooth_s * 1000.0
+        self.ewma_alpha = ewma_alpha
+        self.adjust_interval_ms = adjust_interval_ms
+        self.grow_ratio = grow_ratio
+        self.cool_fraction = cool_fraction
+        self.cool_ms = cool_ms
+        self.share_slack = share_slack
+        self.spill_ratio = spill_ratio
+        self.spill_slack_s = spill_slack_s
+        self.placement_horizon_s = placement_horizon_s
+        self.prompts: dict[str, PromptStats] = {}
+        self.spills = 0  # calls sent outside their prompt's set
+        self._capacity: dict[int, _Capacity] = {}
+        self._wait: dict[int, _Level] = {}  # smoothed wait per instance, seconds
+        # call -> (instance, tokens, prompt, decided at)
+        self._inflight: dict[str, tuple[int, int, str, int]] = {}
+        self._left_ms: dict[int, int] = {}  # instance -> when a prompt last moved off it
+
+    # -- estimates -------------------------------------------------------------------
+
+    def _stats(self, prompt: str) -> PromptStats:
+        stats = self.prompts.get(prompt)
+        if stats is None:
+            a = self.ewma_alpha
+            stats = PromptStats(
+                [], _Rate(self.rate_tau_ms), _Ewma(a), _Ewma(a), _Ewma(a), _Ewma(a), _Ewma(a)
+            )
+            self.prompts[prompt] = stats
+        return stats
+
+    def throughput(self, instance: int) -> float:
+        """Tokens per second `instance` serves while busy (a default until measured)."""
+        capacity = self._capacity.get(instance)
+        measured = capacity.per_s() if capacity else None
+        return self.default_tokens_per_s if measured is None else measured
+
+    def wait_s(self, state: ClusterState, instance: int) -> float:
+        """Seconds to serve what is queued on `instance` now."""
+        return state.queued_tokens(instance) / self.throughput(instance)
+
+    def smoothed_wait_s(self, instance: int) -> float:
+        level = self._wait.get(instance)
+        return level.value if level else 0.0
+
+    def share(self, prompt: str, n_live: int, now_ms: int) -> float:
+        """The prompt's fair number of instances, unrounded: live x its demand share."""
+        total = sum(s.demand(now_ms) for s in self.prompts.values())
+        if total <= 0.0:
+            return 0.0
+        return n_live * self.prompts[prompt].demand(now_ms) / total
+
+    def _placed(self, live: set[int], now_ms: int) -> dict[int, float]:
+        """Demand (tokens/s) already placed on each live instance."""
+        placed = dict.fromkeys(live, 0.0)
+        for stats in self.prompts.values():
+            members = [m for m in stats.members if m in live]
+            for m in members:
+                placed[m] += stats.demand(now_ms) / len(members)
+        return placed
+
+    def _place(
+        self, state: ClusterState, candidates: list[int], live: set[int], now_ms: int
+    ) -> int:
+        placed = self._placed(live, now_ms)
+
+        def pressure(i: int) -> tuple[float, float, int]:
+            work = state.queued_tokens(i) + placed[i] * self.placement_horizon_s
+            return work / self.throughput(i), state.kv_usage(i), i
+
+        return min(candidates, key=pressure)
+
+    # -- decisions -------------------------------------------------------------------
+
+    def _adjust(self, state: ClusterState, prompt: str, live: list[int], now_ms: int) -> None:
+        stats = self.prompts[prompt]
+        if stats.adjusted_ms is not None and now_ms - stats.adjusted_ms < self.adjust_interval_ms:
+            return
+        stats.adjusted_ms = now_ms
+        live_set = set(live)
+        members = [m for m in stats.members if m in live_set]
+        outside = [i for i in live if i not in members]
+        wait = {i: self.smoothed_wait_s(i) for i in live}
+        w_in = min(wait[m] for m in members)
+        w_out = min((wait[i] for i in outside), default=math.inf)
+        delay = max(stats.queue_s.get(), w_in)
+        share = self.share(prompt, len(live), now_ms)
+        fair = max(1, min(len(live), math.ceil(share - 1e-9)))
+        if delay > self.queue_target_s and w_out < self.grow_ratio * w_in:  # hot
+            stats.cool_since_ms = None
+            worst = max(members, key=lambda m: (wait[m], m))
+            placed = self._placed(live_set, now_ms)
+            mine = stats.demand(now_ms) / len(members)
+            if len(members) < fair or 2.0 * mine >= placed[worst]:
+                # Its own demand overloads its set: replicate.
+                stats.members.append(self._place(state, outside, live_set, now_ms))
+            elif now_ms - self._left_ms.get(worst, now_ms - self.adjust_interval_ms) >= (
+                self.adjust_interval_ms
+            ):  # others' demand does: move off the most loaded member
+                self._left_ms[worst] = now_ms
+                stats.members.remove(worst)
+                stats.members.append(self._place(state, outside, live_set, now_ms))
+            return
+        if stats.cool_since_ms is None:
+            stats.cool_since_ms = now_ms
+        if len(members) <= 1 or now_ms - stats.cool_since_ms < self.cool_ms:
+            return
+        if delay < self.cool_fraction * self.queue_target_s or len(members) > math.ceil(
+            share * self.share_slack - 1e-9
+        ):  # not hot for a while, and cool or above its share: drop the last added member
+            stats.members.remove(members[-1])
+            stats.cool_since_ms = now_ms
+
+    def decide(self, state: ClusterState, call: Call, now_ms: int) -> int | None:
+        live = state.live(now_ms)
+        if not live:
+            return None
+        wait = {i: self.wait_s(state, i) for i in live}
+        for i in live:
+            self._wait.setdefault(i, _Level(self.smooth_ms)).update(wait[i], now_ms)
+        prompt = call.prompt or call.prefix
+        stats = self._stats(prompt)
+        stats.arrivals.add(1.0, now_ms)
+        stats.call_tokens.add(call.prompt_tokens + call.max_tokens)
+        live_set = set(live)
+        if not live_set.intersection(stats.members):
+            stats.members.append(self._place(state, live, live_set, now_ms))
+            stats.adjusted_ms = now_ms
+        else:
+            self._adjust(state, prompt, live, now_ms)
+        members = [m for m in stats.members if m in live_set]
+        choice = min(members, key=lambda i: (state.queued_tokens(i), state.kv_usage(i), i))
+        best = min(live, key=lambda i: (wait[i], i))
+        if min(wait[m] for m in members) > self.spill_ratio * wait[best] + self.spill_slack_s:
+            choice = best
+            self.spills += 1
+        if len(self._inflight) >= self.MAX_INFLIGHT:  # completions that never came
+            del self._inflight[next(iter(self._inflight))]
+        self._inflight[call.call_id] = (
+            choice,
+            call.prompt_tokens + call.max_tokens,
+            prompt,
+            now_ms,
+        )
+        return choice
+
+    def on_completion(self, state: ClusterState, done: Completion) -> None:
+        began_ms = done.at_ms - round((done.queue_s + done.service_s) * 1000)
+        _, tokens, prompt, decided_ms = self._inflight.pop(
+            done.call_id,
+            (done.instance, done.prompt_tokens + done.output_tokens, done.prompt, began_ms),
+        )
+        self._capacity.setdefault(done.instance, _Capacity()).add(tokens, decided_ms, done.at_ms)
+        stats = self.prompts.get(prompt)
+        if stats is None:
+            return
+        stats.prefill_tokens.add(max(0, done.prompt_tokens - done.cached_tokens))
+        stats.output_tokens.add(done.output_tokens)
+        stats.service_s.add(done.service_s)
+        stats.queue_s.add(done.queue_s)
+        stats.completions += 1
+
+    def on_instance_removed(self, state: ClusterState, instance: int) -> None:
+        for stats in self.prompts.values():
+            if instance in stats.members:
+                stats.members.remove(instance)
+        self._capacity.pop(instance, None)
+        self._wait.pop(instance, None)
+        self._left_ms.pop(instance, None)
+        self._inflight = {c: v for c, v in self._inflight.items() if v[0] != instance}
+
+    def table(self) -> dict[str, tuple[int, ...]]:
+        return {p: tuple(s.members) for p, s in self.prompts.items() if s.members}
+
+    def load_table(self, table: dict[str, tuple[int, ...]]) -> None:
+        for prompt, instances in table.items():
+            self._stats(prompt).members = list(dict.fromkeys(instances))
+
+
+_POLICIES: tuple[type[SchedulingPolicy], ...] = (
+    RoundRobin,
+    LeastLoaded,
+    PrefixHash,
+    CacheAware,
+    PromptAware,
+)
+
+
+def make_policy(name: str) -> SchedulingPolicy:
+    policies: dict[str, type[SchedulingPolicy]] = {cls.name: cls for cls in _POLICIES}
+    try:
+        return policies[name]()
+    except KeyError:
+        known = ", ".join(POLICY_NAMES)
+        raise ValueError(f"unknown scheduling policy {name!r} (known: {known})") from None

@@ -287,10 +287,48 @@ class LMStatus(_AvroMessage):
     tokens_per_s: float
     at_ms: int
     in_flight: tuple[str, ...] = ()
+    completed: tuple[LMCompletion, ...] = ()
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LMStatus:
-        return cls(**{**record, "in_flight": tuple(record["in_flight"])})
+        return cls(
+            **{
+                **record,
+                "in_flight": tuple(record["in_flight"]),
+                "completed": tuple(LMCompletion(**c) for c in record.get("completed", ())),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LMCompletion:
+    """A finished LM call and what it cost (inside `LMStatus.completed`)."""
+
+    lm_request_id: str
+    prompt_name: str
+    prompt_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    queue_s: float
+    service_s: float
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LMAssignment(_AvroMessage):
+    """One prompt's LM instances in the scheduler's shared table (`schemas/lm_assignment.avsc`)."""
+
+    schema_name: ClassVar[str] = "lm_assignment"
+
+    prompt_name: str
+    instances: tuple[int, ...]
+    policy: str
+    scheduler: str
+    at_ms: int
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LMAssignment:
+        return cls(**{**record, "instances": tuple(record["instances"])})
 
 
 MESSAGE_TYPES: tuple[type[_AvroMessage], ...] = (
@@ -300,6 +338,7 @@ MESSAGE_TYPES: tuple[type[_AvroMessage], ...] = (
     Quantum,
     LMRequest,
     LMStatus,
+    LMAssignment,
 )
 
 

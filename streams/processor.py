@@ -36,6 +36,9 @@ from streams.operators import Item
 from streams.pipeline import REQUEST, StageKind, Topology
 
 StateStore = MutableMapping[str, Any]
+
+# The error prefix of a FAILED quantum that the sink reports as an OVERLOADED result.
+OVERLOADED = "overloaded"
 """Where aggregator state lives: node key -> JSON value."""
 
 
@@ -519,7 +522,10 @@ class Sink:
         ):
             status, output, error = ResultStatus.OK, q.payload, None
         elif q.kind is QuantumKind.FAILED:
-            status, output, error = ResultStatus.FAILED, None, q.error or "failed"
+            error = q.error or "failed"
+            overloaded = error.startswith(f"{OVERLOADED}:")
+            status = ResultStatus.OVERLOADED if overloaded else ResultStatus.FAILED
+            output = None
         else:
             return None  # not a final output (nothing else is routed here)
         done = now_ms()

@@ -19,6 +19,8 @@ from schemas.messages import (
     MESSAGE_TYPES,
     ChatMessage,
     DeadLetter,
+    LMAssignment,
+    LMCompletion,
     LMRequest,
     LMStatus,
     Mode,
@@ -100,6 +102,22 @@ SAMPLES = [
         attempt=1,
     ),
     LMStatus(0, "lm-0", "sim", True, 3, 1, 100, 400, 0.25, 0.5, 123.4, 99, ("a", "b")),
+    LMStatus(
+        1,
+        "lm-1",
+        "vllm",
+        False,
+        0,
+        0,
+        0,
+        0,
+        0.0,
+        0.0,
+        0.0,
+        5,
+        completed=(LMCompletion("c1", "claims", 120, 96, 40, 0.01, 1.5, 4),),
+    ),
+    LMAssignment("claims", (0, 2), "prompt_aware", "w1", 7),
 ]
 
 _AVRO_TO_PY: dict[str, set[type]] = {

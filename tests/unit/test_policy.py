@@ -518,7 +518,9 @@ def test_prompt_aware_learns_a_prompts_cost_from_completions() -> None:
     state.report(Load(0))
     call = Call("c0", "summarize", "S" * 100, 1000, 500)
     assert policy.decide(state, call, 0) == 0
-    assert policy.prompts["summarize"].cost_tokens() == 1500  # before any completion
+    # Before any completion: its prompt less its prefix (100 chars = 25 tokens, cached once
+    # placed), plus max_tokens.
+    assert policy.prompts["summarize"].cost_tokens() == 1475
     for k in range(30):
         done = Completion(f"c{k}", 0, "summarize", 1000, 900, 20, 0.0, 0.1, 100 * k)
         state.completed(done)
@@ -544,3 +546,87 @@ def test_prompt_aware_table_round_trip() -> None:
     other = make_policy("prompt_aware")
     other.load_table({"p5": (9, 1)})
     assert {other.decide(state, _call(100 + k, 5), 0) for k in range(5)} == {1}
+
+
+def _two_instances(policy: PromptAware, call: Call) -> tuple[ClusterState, int, int]:
+    state = ClusterState()
+    for i in range(2):
+        state.report(Load(i, at_ms=0))
+    home = policy.decide(state, call, 0)
+    assert home is not None
+    return state, home, 1 - home
+
+
+def test_prompt_aware_spills_only_when_the_miss_still_wins() -> None:
+    """A spill to an instance without the prefix pays its prefill: with 1,000 of the
+    call's 1,100 prompt tokens cached at home, a queue of 1.5 s there is not worth a miss
+    elsewhere (the old rule spilled beyond 1 s); a queue of 3 s is."""
+    policy = PromptAware()
+    big = Call("c0", "rag", "R" * 4000, 1100, 50)
+    state, home, other = _two_instances(policy, big)
+    assert not policy.holds(other, "rag")
+    state.report(Load(home, queued_prefill_tokens=3000, at_ms=10))
+    assert policy.decide(state, Call("c1", "rag", "R" * 4000, 1100, 50), 10) == home
+    assert policy.spills == 0
+    state.report(Load(home, queued_prefill_tokens=6000, at_ms=20))
+    assert policy.decide(state, Call("c2", "rag", "R" * 4000, 1100, 50), 20) == other
+    assert policy.spills == 1
+    assert policy.table() == {"rag": (home,)}  # a spill does not change the set
+    assert policy.holds(other, "rag")  # but the other instance now holds the prefix
+
+
+def test_prompt_aware_counts_expected_uncached_work_not_whole_prompts() -> None:
+    policy = PromptAware()
+    call = Call("c0", "rag", "R" * 4000, 1100, 50)
+    state, home, other = _two_instances(policy, call)
+    state.assigned(home, call)
+    assert state.queued_tokens(home) == 1150  # the engine-agnostic count: whole prompt
+    # The first call misses (nothing holds its prefix yet); the next ones hit at home.
+    assert policy.queued_work(state, home) == 1150
+    second = Call("c1", "rag", "R" * 4000, 1100, 50)
+    assert policy.work_tokens(home, "rag", second) == 150  # 100 uncached + 50 output
+    assert policy.work_tokens(other, "rag", second) == 1150  # a miss there
+    state.assigned(home, second)
+    policy._inflight[second.call_id] = (home, 150, "rag", 0)
+    assert policy.queued_work(state, home) == 1300
+
+
+def _completions(policy: PromptAware, state: ClusterState, prompt: str, tokens: int) -> None:
+    for k in range(3):  # queue_s 1.2 s: what vLLM reports, submission to first token
+        done = Completion(f"{prompt}-done{k}", 0, prompt, tokens, 0, 10, 1.2, 0.3, 500 + k)
+        policy.on_completion(state, done)
+
+
+def test_prompt_aware_hotness_is_relative_to_the_prompts_own_calls() -> None:
+    """1.2 s of queueing is two of a cheap prompt's calls but under one of an expensive
+    prompt's: only the cheap one is hot and grows onto the idle instance."""
+    for tokens, grows in ((100, True), (2800, False)):
+        policy = PromptAware()
+        state = ClusterState()
+        for i in range(2):
+            state.report(Load(i, at_ms=0))
+        prompt = f"p{tokens}"
+        assert policy.decide(state, Call("c0", prompt, "", tokens, 10), 0) == 0
+        _completions(policy, state, prompt, tokens)
+        assert policy.hot_threshold_s(prompt, 0) == pytest.approx(
+            max(0.5, 2 * (tokens + 10) / 2000.0)
+        )
+        state.report(Load(0, queued_prefill_tokens=200, at_ms=1500))
+        state.report(Load(1, at_ms=1500))
+        policy.decide(state, Call("c1", prompt, "", tokens, 10), 2000)
+        assert len(policy.table()[prompt]) == (2 if grows else 1), (tokens, policy.table())
+
+
+def test_prompt_aware_places_a_new_set_member_where_the_prefix_already_is() -> None:
+    policy = PromptAware()
+    state = ClusterState()
+    for i in range(3):
+        state.report(Load(i, at_ms=0))
+    call = Call("c0", "rag", "R" * 4000, 1100, 50)
+    home = policy.decide(state, call, 0)
+    assert home is not None
+    holder = (home + 2) % 3
+    policy._sent(holder, "rag", call)  # e.g. it served a spill of this prompt lately
+    live = {0, 1, 2}
+    others = [i for i in range(3) if i != home]
+    assert policy._place(state, "rag", call, others, live, 10) == holder

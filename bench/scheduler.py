@@ -31,13 +31,14 @@ every policy the same templates and the same arrival sequence at each load):
   (uniform). Mean output per template 20..100 tokens (evenly spaced, shuffled independently
   of the prefix), each call 0.75..1.25x its template's mean; max_tokens = 1.25x the mean.
   Prompt + max_tokens stays within the 2048-token context of `SimParams`.
-  Cost spread (seed 1, worst-case suffix and output, alone on an instance): 0.8..3.3 s per
-  call with the prefix cached (4x), 3.1..6.5 s uncached (2x), 8x between the cheapest
-  cached call and the dearest uncached one.
+  Cost spread (seed 1, worst-case suffix and output, alone on an instance, default
+  `SimParams` as of 2026-11-24: 1.12 ms prefill per token): 0.9..4.0 s per call with the
+  prefix cached (4.6x), 2.1..5.2 s uncached (2.5x), 6x between the cheapest cached call and
+  the dearest uncached one.
 - Distinct prefix tokens: 6 x 200 + 24 x 1000 = 25,200 = 1.54x one instance's prefix cache
   (16,384, `SimParams.prefix_cache_tokens`) and 0.38x the cluster's: one instance cannot
   hold every prefix, the cluster can hold each one once with room to replicate hot ones.
-  So where a call goes decides whether its prefix is a hit, and prefill (2.4 ms per
+  So where a call goes decides whether its prefix is a hit, and prefill (1.12 ms per
   uncached token in the default `SimParams`) is most of a cold call's cost: policies differ.
 - Popularity: Zipf with s = 1.1 over the templates in a seeded random order (independent of
   cost); the most popular template gets 30% of calls, the top four 60%.
@@ -52,7 +53,8 @@ Metrics (per policy; the first `WARMUP_FRACTION` of calls, cold caches, are not 
 - a load passes when p99 <= SLO and achieved >= 80% of offered (the paper's rule).
   SLO = 2x the unloaded latency of the most expensive template (cold cache, alone on an
   instance: prefill of its whole longest prompt, then its max_tokens of decode at batch 1),
-  decided before running anything: `slo_s()`; 13.0 s here.
+  decided before running anything: `slo_s()`; 10.4 s with the default `SimParams` above
+  (it follows the cost model: 13.0 s and 11.2 s under earlier defaults).
 - `throughput_at_slo_rps`: the load sweep `LOADS` runs in ascending order; between the last
   passing point and the first failing one the load is bisected (`BISECT_STEPS` times), and
   the figure is the highest load that was run and passed. (Passing is not guaranteed to be
@@ -60,14 +62,16 @@ Metrics (per policy; the first `WARMUP_FRACTION` of calls, cold caches, are not 
 - `p99_latency_s` and `prefix_hit_rate` (cached prompt tokens / prompt tokens, measured calls)
   at the fixed load `FIXED_LOAD_RPS` = 2 calls/s (0.5 per instance), chosen from
   round_robin's curve before any other policy existed: round_robin keeps up there
-  (achieved = offered, p50 1.6 s, near the unloaded latency) and its p99 sits at the SLO.
+  (achieved = offered, p50 1.6 s, near the unloaded latency) and, under the cost model of
+  the time, its p99 sat at the SLO (with the current defaults: p99 5.8 s, SLO 10.4 s).
 
-Durations on the 2-core development machine (all five policies, measured): `--quick`
-(5,000 calls per point, 9 loads, 3 bisection steps) 89 s; the full run (12,000 calls per
-point, 12 loads, 5 bisection steps) 454 s, of which ~125 s is the real-vLLM check. Most of
-either is cache_aware's decisions (~1.2 ms each: its prefix trees compare ~5,000-character
-prefixes character by character): 72 s of the quick run, 263 s of the full one. Every run
-prints its own wall time at the end.
+Durations on the 2-core development machine (all five policies, measured 2026-11-24, under
+`nice -n 19`): `--quick` (5,000 calls per point, 9 loads, 3 bisection steps) 20 s; the full
+run (12,000 calls per point, 12 loads, 5 bisection steps) 203 s, of which ~120 s is the
+real-vLLM check (the simulated part: 10..22 s per policy). cache_aware's prefix trees
+compare prefixes by slices in C now (they took 72 s of the quick run and 263 s of the full
+one when they compared character by character). Every run prints its own wall time at the
+end.
 
 `--json PATH` writes `{policy: {throughput_at_slo_rps, p99_latency_s, prefix_hit_rate}}`;
 everything else (the workload, every sweep point) goes to `bench-out/scheduler_detail.json`;

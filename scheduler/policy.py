@@ -28,8 +28,9 @@ instance, None when there is none, and is deterministic given the same events:
 - `prompt_aware`: ALTO's prompt-aware scheduling (section 6.2, proposed there, built
   here). Each prompt is sticky to a small set of instances (prefix-cache reuse); sets
   grow, move and shrink with the prompt's demand (arrival rate x cost, both measured
-  online) and its queueing delay, with hysteresis, and a call spills outside its set
-  only when the set is swamped.
+  online) and its queueing delay relative to its own calls' cost, with hysteresis,
+  preferring instances that hold its prefix; a call spills outside its set only when
+  that still wins after paying the cache miss (the prefill of its prefix).
 """
 
 from __future__ import annotations
@@ -560,7 +561,8 @@ class PromptAware(SchedulingPolicy):
       (its prompt less its prefix where the instance holds the prefix, the whole prompt
       where it does not) plus its expected output (learned, at most `max_tokens`).
     - per instance, its throughput while busy (work tokens/s, from completions: uncached
-      prompt + output tokens; until measured, `default_tokens_per_s`), its queued work (the
+      prompt + output tokens, an output token weighted `decode_weight`; until measured,
+      its measured peers' mean, or `default_tokens_per_s`), its queued work (the
       larger of its report and the expected work of the calls this scheduler assigned it
       that have not completed), and its wait = queued work / throughput, smoothed over
       `smooth_s`.
@@ -578,6 +580,10 @@ class PromptAware(SchedulingPolicy):
       (cost / throughput), and at least `queue_target_s`. So a prompt is hot when the
       work queued ahead of it is several of its own calls, on any cluster speed (and on
       engines whose `queue_s` includes the prefill, as vLLM's does).
+    - Whether hot or not (every instance may be busy), when its delay exceeds the
+      threshold and its demand alone needs more instances than it has (demand over
+      `max_utilization` x its members' mean throughput), it gains the least-pressure
+      non-member; its set never contracts below that number.
     - Hot, below its fair share or itself the larger part of the demand on its most
       loaded member: it gains the least-pressure non-member (replication).
     - Hot otherwise (others' demand is the problem): it moves off its most loaded member

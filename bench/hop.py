@@ -83,8 +83,9 @@ def _count(reader: TopicReader, want: int, timeout_s: float) -> list[int]:
 
 def _latency(
     producer: Producer, reader: TopicReader, topic: str, rate: float, seconds: float, start_i: int
-) -> tuple[list[float], int]:
-    """Paced quanta onto `topic`, read back by `reader`: sorted latencies (ms) and losses."""
+) -> tuple[list[tuple[float, float]], int]:
+    """Paced quanta onto `topic`, read back by `reader`: (seconds since the first send,
+    latency ms) in send order, and how many were lost."""
     result: dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: result.update(n=_paced_producer(producer, topic, rate, seconds, start_i))
@@ -92,7 +93,10 @@ def _latency(
     thread.start()
     got = _read(reader, int(rate * seconds), seconds + 60)
     thread.join()
-    return sorted((recv - sent) / 1e6 for _, sent, recv in got), result["n"] - len(got)
+    got.sort(key=lambda g: g[1])
+    t0 = got[0][1] if got else 0
+    series = [((sent - t0) / 1e9, (recv - sent) / 1e6) for _, sent, recv in got]
+    return series, result["n"] - len(got)
 
 
 def main(*, quick: bool, json_path: Path | None) -> int:
@@ -116,10 +120,12 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             _paced_producer(producer, relay_topic, 500, 1.0, 0)
             _read(reader, 500, 30)
             progress(f"latency through the relay: {rate:.0f} quanta/s for {latency_s:.0f} s")
-            lat_ms, lost_latency = _latency(producer, reader, relay_topic, rate, latency_s, 10_000)
+            series, lost_latency = _latency(producer, reader, relay_topic, rate, latency_s, 10_000)
+            lat_ms = sorted(ms for _, ms in series)
             progress(f"broker alone (no worker): {rate:.0f} quanta/s for {latency_s:.0f} s")
             direct_reader = TopicReader(config, direct_topic, from_beginning=False)
-            direct_ms, _ = _latency(producer, direct_reader, direct_topic, rate, latency_s, 500_000)
+            direct, _ = _latency(producer, direct_reader, direct_topic, rate, latency_s, 500_000)
+            direct_ms = sorted(ms for _, ms in direct)
             direct_reader.close()
 
             progress(f"throughput: backlog of {backlog} quanta")
@@ -185,12 +191,12 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         f"{figures['quanta_per_worker_cpu_s']} | |"
     )
     print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(recv)} of {backlog} | |")
-    _plot(lat_ms)
+    _plot(lat_ms, series)
     write_json(json_path, figures)
     return 0
 
 
-def _plot(lat_ms: list[float]) -> None:
+def _plot(lat_ms: list[float], series: list[tuple[float, float]]) -> None:
     try:
         import matplotlib
 
@@ -200,7 +206,12 @@ def _plot(lat_ms: list[float]) -> None:
         progress("matplotlib not installed; no plot")
         return
     OUT_DIR.mkdir(exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, over_time) = plt.subplots(1, 2, figsize=(11, 3.5))
+    over_time.plot([t for t, _ in series], [ms for _, ms in series], ",", alpha=0.5)
+    over_time.set_yscale("log")
+    over_time.set_xlabel("seconds since the first quantum was sent")
+    over_time.set_ylabel("hop latency (ms)")
+    over_time.set_title("latency over the run (a growing backlog shows as a ramp)")
     ys = [i / max(1, len(lat_ms) - 1) for i in range(len(lat_ms))]
     ax.plot(lat_ms, ys)
     ax.set_xscale("log")

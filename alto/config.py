@@ -68,6 +68,8 @@ class AltoConfig(BaseModel):
     ] = "prompt_aware"
     scheduler_saturation: int = Field(default=128, ge=1)  # calls per instance = saturated
     scheduler_queue: int = Field(default=256, ge=0)  # calls waiting at the scheduler, at most
+    # Retrieval corpus: a JSONL file (id, title, text); None: WordNet (Debian's wordnet-base).
+    corpus: Path | None = None
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
@@ -168,6 +170,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MODEL_CACHE_DIR": "model_cache_dir",
     "SIM_TIME_SCALE": "sim_time_scale",
     "SIM_PARAMS": "sim_params",
+    "CORPUS": "corpus",
     "SCHEDULER_POLICY": "scheduler_policy",
     "SCHEDULER_SATURATION": "scheduler_saturation",
     "SCHEDULER_QUEUE": "scheduler_queue",

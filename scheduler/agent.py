@@ -89,7 +89,6 @@ class SchedulerCore:
         self.decisions = 0
         self.reassigned = 0
         self._changed = asyncio.Event()
-        self._known: set[int] = set()
         self._assigned_at: dict[str, tuple[int, int]] = {}  # call id -> (instance, at_ms)
         self._shared: dict[str, tuple[int, ...]] = {}  # the table as last read or written
 
@@ -188,14 +187,15 @@ class SchedulerCore:
     async def _liveness(self) -> None:
         while True:
             await asyncio.sleep(self.config.lm_status_interval_s)
+            # Every instance with a report on file that is no longer live: also one that a
+            # late report revived for a moment after an earlier removal.
             live = set(self.state.live(_now_ms()))
-            for instance in sorted(self._known - live):
+            for instance in sorted(set(self.state.loads) - live):
                 log.warning("LM instance %d stopped reporting: removed", instance)
                 self.state.forget(instance)
                 self.policy.on_instance_removed(self.state, instance)
                 if self.is_leader():
                     await self.drain(instance)
-            self._known = live
 
     def _expire_pending(self, now: int) -> None:
         stale = [c for c, (_, at) in self._assigned_at.items() if now - at > PENDING_TTL_MS]
@@ -278,6 +278,7 @@ class SchedulerCore:
         )
         await consumer.start()
         moved = 0
+        targets: dict[int, int] = {}
         try:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
@@ -298,9 +299,15 @@ class SchedulerCore:
                     target = await self._decide(Call.of(request))
                     await self.assign(replace(request, attempt=request.attempt + 1), target)
                     moved += 1
+                    targets[target] = targets.get(target, 0) + 1
             await consumer.commit({tp: end})
         finally:
             await consumer.stop()
         self.reassigned += moved
-        log.warning("reassigned %d unfinished LM calls of instance %d", moved, instance)
+        log.warning(
+            "reassigned %d unfinished LM calls of instance %d (to instance: calls %s)",
+            moved,
+            instance,
+            targets,
+        )
         return moved

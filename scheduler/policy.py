@@ -122,8 +122,13 @@ class ClusterState:
     heartbeat_timeout_ms: int = 5_000
     loads: dict[int, Load] = field(default_factory=dict)
     pending: dict[int, dict[str, Call]] = field(default_factory=dict)
+    # Last report time of each removed instance: a report from before its removal, read
+    # late, must not bring it back (a restarted instance reports anew, with a later time).
+    removed: dict[int, int] = field(default_factory=dict)
 
     def report(self, load: Load) -> None:
+        if load.at_ms <= self.removed.get(load.instance, -1):
+            return
         previous = self.loads.get(load.instance)
         if previous is None or load.at_ms >= previous.at_ms:
             self.loads[load.instance] = load
@@ -136,7 +141,9 @@ class ClusterState:
 
     def forget(self, instance: int) -> dict[str, Call]:
         """Drop a dead instance; returns its pending calls (to be reassigned)."""
-        self.loads.pop(instance, None)
+        last = self.loads.pop(instance, None)
+        if last is not None:
+            self.removed[instance] = max(last.at_ms, self.removed.get(instance, -1))
         return self.pending.pop(instance, {})
 
     def assigned(self, instance: int, call: Call) -> None:

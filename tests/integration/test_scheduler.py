@@ -47,6 +47,11 @@ def _work(config: AltoConfig) -> list[tuple[int, LMRequest]]:
     return out
 
 
+def _assert_all(got: dict[str, object], wanted: list[str], scheduler: WorkerProcess) -> None:
+    missing = [r for r in wanted if r not in got]
+    assert not missing, f"{len(missing)} without a result; scheduler:\n{scheduler.log_tail()}"
+
+
 def _submit(config: AltoConfig, texts: list[str], pause_s: float = 0.0) -> list[str]:
     submitter = Submitter(config)
     requests = [new_request("claims", t, mode=Mode.STREAMING) for t in texts]
@@ -80,6 +85,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
         # Phase 1, low load: one call at a time, all for the same prompt.
         first = _submit(config, [f"subject {i}" for i in range(6)], pause_s=1.0)
         got, dupes = collect_results(config, first, timeout_s=180)
+        _assert_all(got, first, faust_worker)
         assert not dupes and all(got[r].status is ResultStatus.OK for r in first)
         placed = collections.Counter(i for i, call in _work(config) if call.request_id in first)
         assert len(placed) == 1, f"same-prompt calls spread while idle: {placed}"
@@ -95,6 +101,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
         time.sleep(1.5)
         lms[home].kill()
         got, dupes = collect_results(config, burst, timeout_s=300)
+        _assert_all(got, burst, faust_worker)
         assert not dupes, f"results twice: {dupes}"
         failed = {r: got[r].error for r in burst if got[r].status is not ResultStatus.OK}
         assert not failed, failed

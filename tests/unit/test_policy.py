@@ -630,3 +630,15 @@ def test_prompt_aware_places_a_new_set_member_where_the_prefix_already_is() -> N
     live = {0, 1, 2}
     others = [i for i in range(3) if i != home]
     assert policy._place(state, "rag", call, others, live, 10) == holder
+
+
+def test_a_late_report_from_before_a_removal_does_not_revive_the_instance() -> None:
+    state = ClusterState(heartbeat_timeout_ms=1000)
+    state.report(Load(0, at_ms=10_000))
+    state.report(Load(1, at_ms=10_000))
+    state.report(Load(0, at_ms=10_400))
+    state.forget(0)  # instance 0 went silent and was removed
+    state.report(Load(0, at_ms=10_300))  # an older report, read late
+    assert state.live(10_500) == [1]
+    state.report(Load(0, at_ms=12_000))  # restarted: reports anew
+    assert state.live(12_100) == [0]

@@ -19,4 +19,8 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
         from bench.scheduler import main as scheduler_main
 
         return scheduler_main(quick=quick, json_path=json_path)
+    if name == "bm25":
+        from bench.bm25 import main as bm25_main
+
+        return bm25_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

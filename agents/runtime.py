@@ -36,7 +36,7 @@ from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
 from scheduler.agent import Overloaded, SchedulerCore
 from schemas import faust_codecs
-from schemas.messages import DeadLetter, LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
+from schemas.messages import LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
 from streams.ancestry import request_id_of_key
 from streams.pipeline import REQUEST, StageKind, Topology
 from streams.processor import (
@@ -181,18 +181,13 @@ class AltoApp:
             out.reason,
             out.error,
         )
-        letter = DeadLetter(
-            reason=out.reason,
-            error=out.error,
-            source_topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            worker=self.worker_id,
-            at_ms=now_ms(),
-            key=_as_bytes(msg.key),
-            value=_as_bytes(msg.value),
-            request_id=out.request_id,
-            stage=out.stage,
+        letter = out.letter(
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            _as_bytes(msg.key),
+            _as_bytes(msg.value),
+            self.worker_id,
         )
         await self._topic(self.config.dlq_topic).send(key=_as_bytes(msg.key), value=letter.encode())
 

@@ -25,7 +25,6 @@ from alto.errors import BadInputError
 from lm_service.engine import Engine
 from lm_service.serving import serve_call
 from schemas.messages import (
-    DeadLetter,
     LMCompletion,
     LMRequest,
     LMStatus,
@@ -211,18 +210,8 @@ class LMWorker:
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], out: DeadLetterOut) -> None:
         log.warning("dead letter from %s@%d: %s: %s", self.tp, record.offset, out.reason, out.error)
-        letter = DeadLetter(
-            reason=out.reason,
-            error=out.error,
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            worker=self.worker_id,
-            at_ms=now_ms(),
-            key=record.key,
-            value=record.value,
-            request_id=out.request_id,
-            stage=out.stage,
+        letter = out.letter(
+            record.topic, record.partition, record.offset, record.key, record.value, self.worker_id
         )
         await self._send(self.config.dlq_topic, record.key, letter.encode())
 

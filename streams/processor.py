@@ -19,6 +19,7 @@ from typing import Any
 from alto.errors import BadInputError
 from schemas.messages import (
     ChatMessage,
+    DeadLetter,
     LMRequest,
     Mode,
     PathEntry,
@@ -63,6 +64,30 @@ class DeadLetterOut:
     error: str
     request_id: str | None = None
     stage: str | None = None
+
+    def letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        worker: str,
+    ) -> DeadLetter:
+        """The dead letter for the input at `topic`[`partition`]@`offset`, bytes as read."""
+        return DeadLetter(
+            reason=self.reason,
+            error=self.error,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            worker=worker,
+            at_ms=now_ms(),
+            key=key,
+            value=value,
+            request_id=self.request_id,
+            stage=self.stage,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class SchedulerCore:
         self.decisions = 0
         self.reassigned = 0
         self._changed = asyncio.Event()
+        self.engines: dict[int, str] = {}  # instance -> its engine, as it last reported
         self._assigned_at: dict[str, tuple[int, int]] = {}  # call id -> (instance, at_ms)
         self._shared: dict[str, tuple[int, ...]] = {}  # the table as last read or written
 
@@ -155,6 +156,7 @@ class SchedulerCore:
             log.warning("undecodable LM status ignored: %s", exc)
             return
         self.state.report(Load.of(status))
+        self.engines[status.instance] = status.engine
         for c in status.completed:
             done = Completion(
                 c.lm_request_id,
@@ -228,10 +230,16 @@ class SchedulerCore:
                 self.waiting -= 1
         return await self._decide(Call.of(request))
 
-    async def _decide(self, call: Call) -> int:
+    async def _decide(self, call: Call, engine: str | None = None) -> int:
+        """Place `call`; with `engine`, only on an instance running that engine when one
+        is live (a replayed call must reproduce the output its first attempt
+        streamed in part: downstream deduplication keeps the first copy of each quantum)."""
         while (instance := self.policy.decide(self.state, call, _now_ms())) is None:
             await self._wait_for_change()
-        if self._full(instance):
+        same = [i for i in self.state.live(_now_ms()) if self.engines.get(i) == engine]
+        if engine is not None and same and instance not in same:
+            instance = min(same, key=lambda i: (self.state.queued_tokens(i), i))
+        elif self._full(instance):
             # The policy's choice is saturated while another instance has room: spill there
             # (stickiness must never queue calls behind a full instance).
             room = [i for i in self.state.live(_now_ms()) if not self._full(i)]
@@ -296,7 +304,7 @@ class SchedulerCore:
                         request = LMRequest.decode(record.value)
                     except BadInputError:
                         continue  # the LM worker dead-letters these; nothing to place
-                    target = await self._decide(Call.of(request))
+                    target = await self._decide(Call.of(request), self.engines.get(instance))
                     await self.assign(replace(request, attempt=request.attempt + 1), target)
                     moved += 1
                     targets[target] = targets.get(target, 0) + 1

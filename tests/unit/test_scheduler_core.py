@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from alto.config import AltoConfig
 from scheduler.agent import Overloaded, SchedulerCore, _now_ms
+from scheduler.policy import Call
 from schemas.messages import (
     ChatMessage,
     LMAssignment,
@@ -97,5 +99,22 @@ def test_another_replicas_table_is_loaded() -> None:
         entry = LMAssignment("claims", (2,), "prompt_aware", "s1", _now_ms())
         await core._on_assignment(entry.encode())
         assert await core.place(_call(0)) == 2  # resumes the shared placement
+
+    asyncio.run(run())
+
+
+def test_a_replayed_call_stays_on_its_engine() -> None:
+    async def run() -> None:
+        core = SchedulerCore(AltoConfig(scheduler_policy="least_loaded"), _Sent(), name="s1")
+        for i, engine in ((0, "sim"), (1, "sim"), (2, "vllm")):
+            status = LMStatus.decode(_status(i))
+            busy = 500 * (i < 2)
+            await core._on_status(
+                replace(status, engine=engine, queued_decode_tokens=busy).encode()
+            )
+        call = Call.of(_call(0))
+        assert await core._decide(call) == 2  # least loaded
+        assert await core._decide(call, engine="sim") in (0, 1)  # a sim call's replay
+        assert await core._decide(call, engine="gone") == 2  # no such engine live: any
 
     asyncio.run(run())

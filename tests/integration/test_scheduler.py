@@ -114,7 +114,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
         assert all(i != home for i, _ in moved)
         assert all(p.alive() for i, p in lms.items() if i != home) and faust_worker.alive()
         if missing:
-            # KNOWN BUG, open: in about 1 run of 3 here one request of the burst never
+            # KNOWN BUG, open: in 3 of 8 runs here one request of the burst never
             # completes after its instance is killed and its calls are drained (seen with
             # replays on the same sim engine too). Everything else above still must hold.
             pytest.xfail(f"{len(missing)} of {len(burst)} lost after the kill (open bug)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agents import claims, example, hop
+from agents.factool import pipeline as factool
 from streams import Topology
 
 BUILDERS: dict[str, Callable[[], Topology]] = {
     example.NAME: example.build,
     hop.NAME: hop.build,
     claims.NAME: claims.build,
+    factool.NAME: factool.build,
 }
 
 

@@ -103,7 +103,7 @@ class AltoApp:
             self._define_ingest()
         if "stages" in config.roles:
             for name in self.served:
-                for stage in self.topologies[name].order:
+                for stage in self.topologies[name].topic_stages:
                     self._define_stage(self.routings[name], stage)
         if "sink" in config.roles:
             self._define_sink()

@@ -99,6 +99,66 @@ class Splitter:
         return quanta
 
 
+class LineWords:
+    """The words of each line of a stream, the moment each is complete, for rule ``line`` or
+    ``item`` (see `Pipeline.lm_words`).
+
+    `feed` returns events in stream order: ``(line, word)`` for a word of line number `line`
+    (counting only the lines the `Splitter` of the same rule emits) and ``(line, None)`` when
+    that line is complete. The words of a line are exactly ``quantum.split()`` of the
+    quantum `Splitter` makes of it: a word is complete once whitespace follows it, and under
+    ``item`` a leading bullet is held back until a second word shows it is one.
+    """
+
+    def __init__(self, rule: QuantumRule) -> None:
+        if rule not in ("line", "item"):
+            raise ValueError(f"words of lines need rule 'line' or 'item', not {rule!r}")
+        self.rule = rule
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._line = ""  # the current line so far
+        self._sent = 0  # words of the current line already returned
+        self.lines = 0  # complete (non-blank) lines so far
+
+    def feed(self, piece: str | bytes) -> list[tuple[int, str | None]]:
+        text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+        out: list[tuple[int, str | None]] = []
+        while "\n" in text:
+            head, _, text = text.partition("\n")
+            self._line += head
+            out += self._end_line()
+        self._line += text
+        words = self._line.split()
+        if words and not self._line[-1].isspace():
+            words = words[:-1]  # the last word may go on
+        out += self._send(self._strip_bullet(words, final=False))
+        return out
+
+    def finish(self) -> list[tuple[int, str | None]]:
+        self._line += self._decoder.decode(b"", final=True)
+        return self._end_line()
+
+    def _end_line(self) -> list[tuple[int, str | None]]:
+        words = self._strip_bullet(self._line.split(), final=True)
+        out = self._send(words)
+        if words:
+            out.append((self.lines, None))
+            self.lines += 1
+        self._line, self._sent = "", 0
+        return out
+
+    def _strip_bullet(self, words: list[str], *, final: bool) -> list[str]:
+        if self.rule != "item" or not words or not _BULLET.fullmatch(words[0] + " "):
+            return words
+        if len(self._line.split()) > 1:
+            return words[1:]  # a second word follows: the first is a bullet
+        return words if final else []  # alone on its line it is the item itself
+
+    def _send(self, words: list[str]) -> list[tuple[int, str | None]]:
+        new = words[self._sent :]
+        self._sent = len(words)
+        return [(self.lines, w) for w in new]
+
+
 def split_all(pieces: list[str | bytes], rule: QuantumRule) -> list[str]:
     """Split a whole stream (a convenience for tests and offline use)."""
     splitter = Splitter(rule)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from alto.errors import BadInputError, EngineError
 from lm_service.engine import Engine, GenerationParams, Prompt
-from lm_service.quanta import Splitter
+from lm_service.quanta import LineWords, Splitter
 from schemas.messages import LMRequest, Quantum
 from streams.processor import Children, DeadLetterOut, Routing, Send
 
@@ -46,12 +46,28 @@ async def serve_call(
     children = Children(
         routing, request.stage, worker, parent, stream=stage.streams, simulated=engine.simulated
     )
-    splitter = Splitter(request.quantum_rule.value.lower())  # type: ignore[arg-type]
+    rule = request.quantum_rule.value.lower()
+    splitter = Splitter(rule)  # type: ignore[arg-type]
+    nested = [
+        _Words(routing, name, worker, children, LineWords(rule))  # type: ignore[arg-type]
+        for name in routing.topology.word_stages(request.stage)
+    ]
+    held: list[Send] = []  # nested words in baseline mode: released with the call's END
+
+    def out(sends: list[Send]) -> list[Send]:
+        if children.stream:
+            return sends
+        held.extend(sends)
+        return []
+
     params = GenerationParams(
         max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed
     )
     try:
         async for delta in engine.generate(request.lm_request_id, prompt_of(request), params):
+            for words in nested:
+                for send in out(words.feed(delta)):
+                    yield send
             for quantum in splitter.feed(delta):
                 for send in children.add(quantum):
                     yield send
@@ -60,8 +76,50 @@ async def serve_call(
         yield DeadLetterOut(exc.reason, text, request.request_id, request.stage)
         yield routing.failed(parent, request.stage, f"{exc.reason}: {text}")
         return
+    for words in nested:
+        for send in out(words.finish()):
+            yield send
     for quantum in splitter.finish():
         for send in children.add(quantum):
             yield send
-    for send in children.end():
+    for send in [*children.end(), *held]:
         yield send
+
+
+class _Words:
+    """One `lm_words` stage under an LM call: a `Children` per line of the output, whose
+    parent is that line's quantum-to-be (same path as the line `children` will emit)."""
+
+    def __init__(
+        self, routing: Routing, stage: str, worker: str, lines: Children, words: LineWords
+    ) -> None:
+        self.routing = routing
+        self.stage = stage
+        self.worker = worker
+        self.lines = lines
+        self.words = words
+        self.current: Children | None = None
+
+    def feed(self, delta: str | bytes) -> list[Send]:
+        return self._sends(self.words.feed(delta))
+
+    def finish(self) -> list[Send]:
+        return self._sends(self.words.finish())
+
+    def _sends(self, events: list[tuple[int, str | None]]) -> list[Send]:
+        sends: list[Send] = []
+        for line, word in events:
+            if self.current is None:
+                self.current = Children(
+                    self.routing,
+                    self.stage,
+                    self.worker,
+                    self.lines.child(line, None),
+                    simulated=self.lines.simulated,
+                )
+            if word is None:
+                sends += self.current.end()
+                self.current = None
+            else:
+                sends += self.current.add(word)
+        return sends

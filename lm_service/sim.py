@@ -146,14 +146,18 @@ def sim_text(
     `fill` continues with more sentences up to exactly `max_tokens` (ignore_eos)."""
     rng = _rng(f"{prompt_name}|{request_id}")
     lines: list[str] = []
-    if prompt_name == "claims":
+    kind = prompt_name.rsplit(".", 1)[-1]  # "factool.claims" has the shape of "claims"
+    if kind == "claims":
         for i in range(_count(rng, 3.3, 1.8)):
             lines.append(
                 f"{i + 1}. " + " ".join(_words(rng, _count(rng, 9, 3, 4))).capitalize() + "."
             )
-    elif prompt_name == "queries":
+    elif kind == "queries":
         for _ in range(_count(rng, 2.5, 1.3)):
             lines.append(" ".join(_words(rng, _count(rng, 5.5, 3.1))))
+    elif kind == "verify":
+        lines.append(rng.choice(("SUPPORTED", "REFUTED", "NOT ENOUGH INFO")))
+        lines.append(" ".join(_words(rng, _count(rng, 12, 4, 3))).capitalize() + ".")
     else:
         for _ in range(_count(rng, 4, 1.5)):
             lines.append(" ".join(_words(rng, _count(rng, 12, 4, 3))).capitalize() + ".")

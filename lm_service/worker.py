@@ -75,6 +75,7 @@ class LMWorker:
         }
         self.tp = TopicPartition(config.lm_work_topic, instance)
         self.offsets = _Offsets()
+        self._committed: int | None = None
         self.in_flight: dict[str, int] = {}
         self.completed: list[LMCompletion] = []  # since the last status report
         self._slots = asyncio.Semaphore(config.lm_max_inflight)
@@ -124,6 +125,7 @@ class LMWorker:
             await self.engine.stop()
 
     async def _serve(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        cancelled = False
         try:
             try:
                 request = LMRequest.decode(record.value)
@@ -146,6 +148,7 @@ class LMWorker:
                     await self._send(self.config.sink_topic, rid.encode(), failed.encode())
                 return
             self.in_flight[request.lm_request_id] = record.offset
+            log.info("call %s at offset %d started", request.lm_request_id, record.offset)
             try:
                 async for out in serve_call(request, self.engine, self.routings, self.worker_id):
                     if isinstance(out, Send):
@@ -158,8 +161,13 @@ class LMWorker:
                 await self._fail(record, request, f"engine failure: {type(exc).__name__}: {exc}")
             finally:
                 self.in_flight.pop(request.lm_request_id, None)
+        except asyncio.CancelledError:
+            # Stopped mid-call: the offset stays uncommitted, so the call is served again.
+            cancelled = True
+            raise
         finally:
-            self.offsets.finished(record.offset)
+            if not cancelled:
+                self.offsets.finished(record.offset)
             self._slots.release()
 
     def _record_usage(self, request: LMRequest) -> None:
@@ -216,18 +224,25 @@ class LMWorker:
         await self._send(self.config.dlq_topic, record.key, letter.encode())
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        # Which offsets are finished is read BEFORE the flush: a call that finishes during
+        # the flush may still have its last quanta in the producer's buffer, and committing
+        # past it then would lose them if the worker died before they were delivered.
         offset = self.offsets.committable()
+        assert self._producer is not None
+        await self._producer.flush()  # outputs before offsets: at-least-once
         if offset is not None:
             try:
                 await consumer.commit({self.tp: offset})
+                if offset != self._committed:
+                    log.info("committed %s@%d (in flight: %s)", self.tp, offset,
+                              sorted(self.offsets.in_flight))
+                    self._committed = offset
             except Exception as exc:  # a failed commit only means more replays
                 log.warning("commit of %s@%d failed: %r", self.tp, offset, exc)
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             await asyncio.sleep(0.5)
-            assert self._producer is not None
-            await self._producer.flush()  # outputs before offsets: at-least-once
             await self._commit(consumer)
 
     def status(self, tokens_per_s: float) -> LMStatus:

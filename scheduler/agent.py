@@ -291,6 +291,7 @@ class SchedulerCore:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
             start = await consumer.committed(tp)
+            log.warning("draining %s from committed offset %s to %d", tp, start, end)
             if start is None:
                 await consumer.seek_to_beginning(tp)
             else:
@@ -305,6 +306,7 @@ class SchedulerCore:
                     except BadInputError:
                         continue  # the LM worker dead-letters these; nothing to place
                     target = await self._decide(Call.of(request), self.engines.get(instance))
+                    log.warning("moving %s (offset %d) to instance %d", request.lm_request_id, record.offset, target)
                     await self.assign(replace(request, attempt=request.attempt + 1), target)
                     moved += 1
                     targets[target] = targets.get(target, 0) + 1

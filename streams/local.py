@@ -61,7 +61,7 @@ class LocalRunner:
         self.routings = {t.pipeline: Routing(t, PREFIX, SINK, LM_TOPIC) for t in topologies}
         self.processors: dict[str, StageProcessor] = {}
         for routing in self.routings.values():
-            for stage in routing.topology.order:
+            for stage in routing.topology.topic_stages:
                 topic = routing.topology.stage_topic(PREFIX, stage)
                 self.processors[topic] = StageProcessor(routing, stage, worker)
         self.ingest = Ingest(self.routings, worker, default_mode, max_input_chars, SINK)

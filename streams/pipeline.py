@@ -30,6 +30,7 @@ class StageKind(enum.StrEnum):
     FAN_OUT = "fan_out"
     AGGREGATE = "aggregate"
     LM = "lm"  # a fan-out whose children an LM worker produces
+    LM_WORDS = "lm_words"  # the words of each quantum of an LM stage, streamed by the worker
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,20 @@ class Topology:
         """The input topic of `stage`."""
         return f"{prefix}{self.pipeline}.{stage}"
 
+    @property
+    def topic_stages(self) -> tuple[str, ...]:
+        """Stages with an input topic, in topological order (an LM_WORDS stage has none:
+        the LM worker serving its upstream LM stage emits its children)."""
+        return tuple(s for s in self.order if self.stages[s].kind is not StageKind.LM_WORDS)
+
     def topics(self, prefix: str) -> list[str]:
-        return [self.stage_topic(prefix, s) for s in self.order]
+        return [self.stage_topic(prefix, s) for s in self.topic_stages]
+
+    def word_stages(self, lm_stage: str) -> tuple[str, ...]:
+        """The LM_WORDS stages that split `lm_stage`'s quanta into streamed words."""
+        return tuple(
+            c for c in self.consumers[lm_stage] if self.stages[c].kind is StageKind.LM_WORDS
+        )
 
     def roots(self) -> tuple[str, ...]:
         """Stages fed directly by the request."""
@@ -183,6 +196,15 @@ class Pipeline:
         )
         return self._add(stage)
 
+    def lm_words(self, name: str, *, after: str, description: str = "") -> Pipeline:
+        """The words of each quantum of LM stage `after` (rule `line` or `item`), one
+        ancestry level below it, each emitted by the LM worker the moment the model has
+        written it, with an END per quantum once its line is complete. Consumers of `after`
+        get the whole line; consumers of this stage get its words while it is being
+        written (e.g. search-query words streaming into BM25 while the query is generated).
+        A quantum's words are exactly `line.split()` of that quantum."""
+        return self._add(Stage(name, StageKind.LM_WORDS, (after,), description=description))
+
     def aggregate(
         self,
         name: str,
@@ -269,7 +291,22 @@ class Pipeline:
                 if len(stage.after) != 1:
                     raise PipelineError(f"{self.name}: {name!r} must consume exactly one stage")
                 (up,) = stage.after
-                if stage.kind in (StageKind.FAN_OUT, StageKind.LM):
+                if stage.kind is StageKind.LM_WORDS:
+                    upstream = stages.get(up)
+                    if (
+                        upstream is None
+                        or upstream.lm is None
+                        or upstream.lm.rule
+                        not in (
+                            "line",
+                            "item",
+                        )
+                    ):
+                        raise PipelineError(
+                            f"{self.name}: {name!r} splits words of {up!r}, which must be an "
+                            "LM stage with rule 'line' or 'item'"
+                        )
+                if stage.kind in (StageKind.FAN_OUT, StageKind.LM, StageKind.LM_WORDS):
                     depth[name] = depth[up] + 1
                     levels[name] = (*levels[up], name)
                 else:

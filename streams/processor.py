@@ -116,14 +116,17 @@ class Routing:
         consumers = self.topology.consumers[producer]
         if not consumers:
             return [Send(self.sink_topic, quantum.request_id, quantum)]
-        return [
-            Send(
-                self.topology.stage_topic(self.prefix, c),
-                key_at_level(quantum.request_id, quantum.path, self.topology.key_level(c)),
-                quantum,
-            )
-            for c in consumers
-        ]
+        sends = []
+        for c in consumers:
+            if self.topology.stages[c].kind is StageKind.LM_WORDS:
+                # No topic: the LM worker emits its children itself. It forwards ENDs as
+                # any stateless stage would, so they go straight on to its consumers.
+                if quantum.kind is QuantumKind.END:
+                    sends += self.sends(c, replace(quantum, stage=c))
+                continue
+            key = key_at_level(quantum.request_id, quantum.path, self.topology.key_level(c))
+            sends.append(Send(self.topology.stage_topic(self.prefix, c), key, quantum))
+        return sends
 
     def failed(self, quantum_like: Quantum, stage: str, error: str) -> Send:
         """A FAILED marker for the request, addressed to the sink."""
@@ -181,6 +184,17 @@ class Children:
         self._held: list[Send] = []
 
     def add(self, value: Any) -> list[Send]:
+        child = self.child(self.count, value)
+        self.count += 1
+        sends = self.routing.sends(self.stage, child)
+        if self.stream:
+            return sends
+        self._held.extend(sends)
+        return []
+
+    def child(self, index: int, value: Any) -> Quantum:
+        """Child number `index` with `value` (also the parent of a nested level's children
+        before the child itself is complete, as in `Pipeline.lm_words`)."""
         q = self.parent
         end = now_ms()
         span = TraceSpan(
@@ -192,23 +206,17 @@ class Children:
             (self.worker,),
             self.simulated,
         )
-        child = replace(
+        return replace(
             q,
             stage=self.stage,
-            path=(*q.path, PathEntry(self.stage, self.count)),
-            seq=self.count,
+            path=(*q.path, PathEntry(self.stage, index)),
+            seq=index,
             kind=QuantumKind.DATA,
             count=None,
             payload=_dumps(value),
             created_at_ms=end,
             trace=(*q.trace, span),
         )
-        self.count += 1
-        sends = self.routing.sends(self.stage, child)
-        if self.stream:
-            return sends
-        self._held.extend(sends)
-        return []
 
     def end(self) -> list[Send]:
         """Held children (baseline) and the END carrying the child count."""

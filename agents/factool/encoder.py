@@ -48,6 +48,9 @@ class Encoder:
     def __init__(self, folder: Path | None = None, max_tokens: int = 128) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar (and tqdm's monitor thread) per worker start
 
         folder = folder or model_dir()
         self.max_tokens = max_tokens

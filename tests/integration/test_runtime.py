@@ -36,7 +36,7 @@ def two_workers(
     alto_config: AltoConfig, tmp_path: Path
 ) -> Iterator[tuple[list[WorkerProcess], dict]]:
     topology = example.build()
-    topics = [topology.stage_topic(alto_config.topic_prefix, s) for s in topology.order]
+    topics = [topology.stage_topic(alto_config.topic_prefix, s) for s in topology.topic_stages]
     topics.append(alto_config.sink_topic)
     workers = [WorkerProcess(alto_config, f"w{i}", tmp_path) for i in (1, 2)]
     try:

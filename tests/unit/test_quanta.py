@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lm_service.quanta import RULES, Splitter, split_all
+from lm_service.quanta import RULES, LineWords, Splitter, split_all
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +91,44 @@ def test_blank_output_yields_nothing() -> None:
 def test_unknown_rule_is_refused() -> None:
     with pytest.raises(ValueError):
         Splitter("paragraph")  # type: ignore[arg-type]
+
+
+_LIST_TEXT = st.lists(
+    st.sampled_from(
+        ["1.", "2)", "-", "*", "a)", "(3)", "Paris", "is", "big.", " ", "  ", "\n", "é"]
+    ),
+    max_size=40,
+).map(" ".join)
+
+
+def _line_words(pieces: list[str | bytes], rule: str) -> list[list[str]]:
+    words = LineWords(rule)  # type: ignore[arg-type]
+    events = [e for p in pieces for e in words.feed(p)] + words.finish()
+    lines: list[list[str]] = [[]]
+    for line, word in events:
+        assert line == len(lines) - 1, "words arrive line by line"
+        if word is None:
+            lines.append([])
+        else:
+            lines[-1].append(word)
+    assert lines[-1] == [], "every line's words end with its END"
+    return lines[:-1]
+
+
+@given(_LIST_TEXT, st.lists(st.integers(0, 200), max_size=12), st.sampled_from(["line", "item"]))
+def test_line_words_are_exactly_the_words_of_each_quantum(
+    text: str, cuts: list[int], rule: str
+) -> None:
+    data = text.encode()
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    pieces: list[str | bytes] = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    quanta = split_all(pieces, rule)  # type: ignore[arg-type]
+    assert _line_words(pieces, rule) == [q.split() for q in quanta]
+
+
+def test_line_words_stream_before_their_line_is_complete() -> None:
+    words = LineWords("item")
+    assert words.feed("1. ") == []  # may be a bullet
+    assert words.feed("Paris is") == [(0, "Paris")]  # "is" may go on
+    assert words.feed(" big\n- x") == [(0, "is"), (0, "big"), (0, None)]
+    assert words.finish() == [(1, "x"), (1, None)]

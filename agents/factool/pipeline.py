@@ -1,0 +1,277 @@
+"""The FacTool chatbot-verification pipeline (the product's main job).
+
+    request (a question)
+      -> answer       LM, one quantum per sentence of the answer
+      -> claims       LM per sentence, one quantum per claim (numbered list items)
+      -> queries      LM per claim, one quantum per search query (line)
+         -> query_words   the words of each query, streamed by the LM worker as written
+            -> bm25       per query: Okapi scores summed word by word, top-k documents
+         -> encode        per whole query: MiniLM token embeddings
+      -> join         per query: BM25 candidates + query embeddings
+      -> rerank       MaxSim of the query's tokens against each candidate's tokens
+      -> evidence     per claim: the claim and its best passages over all its queries
+      -> backfill     a claim none of whose queries found anything is searched by its text
+      -> verify       LM per claim: verdict and reason (parsed defensively)
+      -> judged       per claim: claim, evidence, verdict
+      -> report       per request: answer, claims, factuality score -> alto.results
+
+In streaming mode every arrow carries a quantum the moment it exists: the first claim's
+queries are written, and their words scored by BM25, while the model is still listing later
+claims and writing later sentences. In baseline mode each LM stage releases its outputs only
+when its call has finished (the paper's baseline).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
+from agents.factool.encoder import maxsim
+from agents.factool.resources import pack, resources, unpack
+from agents.factool.verdict import SUPPORTED, parse_verdict
+from streams import REQUEST, Item, Pipeline, Topology, by_source, collect, combine
+from streams.ancestry import node_key
+from streams.operators import Operator
+from streams.pipeline import LMCall
+
+NAME = "factool"
+BM25_K = 10  # candidates per query from BM25
+EVIDENCE_K = 3  # passages kept per query after reranking, and per claim
+
+ANSWER_SYSTEM = "You are a knowledgeable assistant. Answer in three short factual sentences."
+CLAIMS_SYSTEM = (
+    "Extract the factual claims made in the text. Answer with a numbered list, "
+    "one short self-contained claim per line."
+)
+QUERIES_SYSTEM = (
+    "Write two short search queries that would find evidence about the claim. "
+    "One query per line, nothing else."
+)
+VERIFY_SYSTEM = (
+    "Decide whether the evidence supports the claim. On the first line write SUPPORTED, "
+    "REFUTED or NOT ENOUGH INFO. On the second line give a one-sentence reason."
+)
+
+
+def _render_answer(item: Item) -> list[tuple[str, str]]:
+    return [("system", ANSWER_SYSTEM), ("user", str(item.value))]
+
+
+def _render_claims(item: Item) -> list[tuple[str, str]]:
+    return [("system", CLAIMS_SYSTEM), ("user", f"Text: {item.value}")]
+
+
+def _render_queries(item: Item) -> list[tuple[str, str]]:
+    return [("system", QUERIES_SYSTEM), ("user", f"Claim: {item.value}")]
+
+
+def _render_verify(item: Item) -> list[tuple[str, str]]:
+    claim = item.value
+    lines = [f"{n}. {p['title']}: {p['text']}" for n, p in enumerate(claim["evidence"], 1)]
+    evidence = "\n".join(lines) or "(no evidence found)"
+    return [("system", VERIFY_SYSTEM), ("user", f"Claim: {claim['claim']}\nEvidence:\n{evidence}")]
+
+
+ANSWER = LMCall("factool.answer", _render_answer, "sentence", 96, prefix_chars=len(ANSWER_SYSTEM))
+CLAIMS = LMCall("factool.claims", _render_claims, "item", 64, prefix_chars=len(CLAIMS_SYSTEM))
+QUERIES = LMCall("factool.queries", _render_queries, "line", 32, prefix_chars=len(QUERIES_SYSTEM))
+VERIFY = LMCall("factool.verify", _render_verify, "whole", 48, prefix_chars=len(VERIFY_SYSTEM))
+
+
+class StreamingBM25(Operator):
+    """Stage 4: one query's words in, its top-k documents out; scored as the words arrive.
+
+    The table state (JSON, changelogged) is the query's words by index. The scores live in
+    this process, one `ScoreAccumulator` per open query, fed each word's tokens in word
+    order the moment the word arrives (a word that overtakes an earlier one waits for it).
+    If the process did not see every word (a replacement worker resumed the query from the
+    table), the result rebuilds the scores from the words: the same bits either way.
+    """
+
+    def __init__(
+        self,
+        k: int = BM25_K,
+        max_open: int = 10_000,
+        index: Callable[[], BM25Index] = lambda: resources().index,
+    ) -> None:
+        self.k = k
+        self.index = index
+        self.max_open = max_open
+        self._open: OrderedDict[str, tuple[ScoreAccumulator, int, dict[int, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def init(self) -> dict[str, Any]:
+        return {"node": None, "words": {}}
+
+    def add(self, acc: dict[str, Any], item: Item) -> dict[str, Any]:
+        node = node_key(item.request_id, item.path[:-1])
+        index = item.indices[-1]
+        acc["node"] = node
+        acc["words"][str(index)] = str(item.value)
+        with self._lock:
+            entry = self._open.pop(node, None)
+            if entry is None:
+                entry = (ScoreAccumulator(self.index()), 0, {})
+            scores, upto, early = entry
+            early[index] = str(item.value)
+            while upto in early:
+                scores.extend(tokenize(early.pop(upto)))
+                upto += 1
+            self._open[node] = (scores, upto, early)
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        return acc
+
+    def result(self, acc: dict[str, Any]) -> dict[str, Any]:
+        words = [w for _, w in sorted((int(i), w) for i, w in acc["words"].items())]
+        tokens = [t for w in words for t in tokenize(w)]
+        with self._lock:
+            entry = self._open.pop(acc["node"], None) if acc["node"] else None
+        if entry is not None and entry[1] == len(words) and entry[0].tokens == tokens:
+            scores = entry[0]
+        else:  # resumed elsewhere: rebuild from the words (same sums, same order)
+            scores = ScoreAccumulator(self.index())
+            scores.extend(tokens)
+        top = scores.top_k(self.k) if tokens else []
+        return {"query": " ".join(words), "tokens": tokens, "candidates": top}
+
+
+def _encode(item: Item) -> dict[str, Any]:
+    """Stage 5: the whole query's token embeddings."""
+    (emb,) = resources().encoder.token_embeddings([str(item.value)])
+    return {"query": str(item.value), "emb": pack(emb)}
+
+
+def _joined(parts: dict[str, Any]) -> dict[str, Any]:
+    (bm25,), (encoded,) = parts["bm25"], parts["encode"]
+    return {"query": encoded["query"], "candidates": bm25["candidates"], "emb": encoded["emb"]}
+
+
+def _rerank(item: Item) -> dict[str, Any]:
+    """Stage 6: MaxSim of the query's token vectors against each candidate's, per query
+    token (so scores of queries of different lengths compare)."""
+    query = unpack(item.value["emb"])
+    candidates = {int(doc): float(score) for doc, score in item.value["candidates"]}
+    res = resources()
+    passages = res.passage_embeddings(sorted(candidates))
+    scored = []
+    for doc, emb in passages.items():
+        score = maxsim(query, emb) / max(1, query.shape[0])
+        p = res.passage(doc)
+        scored.append(
+            {
+                "doc_id": p.doc_id,
+                "title": p.title,
+                "text": p.text,
+                "bm25": candidates[doc],
+                "score": round(score, 6),
+            }
+        )
+    scored.sort(key=lambda e: (-e["score"], e["doc_id"]))
+    return {"query": item.value["query"], "evidence": scored[:EVIDENCE_K]}
+
+
+def _evidence(parts: dict[str, Any]) -> dict[str, Any]:
+    (claim,) = parts["claims"]
+    best: dict[str, dict[str, Any]] = {}
+    for reranked in parts["rerank"]:
+        for passage in reranked["evidence"]:
+            seen = best.get(passage["doc_id"])
+            if seen is None or passage["score"] > seen["score"]:
+                best[passage["doc_id"]] = passage
+    ranked = sorted(best.values(), key=lambda e: (-e["score"], e["doc_id"]))
+    return {
+        "claim": claim,
+        "queries": [r["query"] for r in parts["rerank"]],
+        "evidence": ranked[:EVIDENCE_K],
+    }
+
+
+def _backfill(item: Item) -> dict[str, Any]:
+    """A claim whose queries found nothing (the model wrote no usable query) is searched by
+    its own text, so every claim reaches verification with evidence when the corpus has any."""
+    claim = item.value
+    if claim["evidence"]:
+        return dict(claim)
+    res = resources()
+    scores = ScoreAccumulator(res.index)
+    scores.extend(tokenize(claim["claim"]))
+    (emb,) = res.encoder.token_embeddings([claim["claim"]])
+    found = _rerank(
+        Item(
+            {"query": claim["claim"], "candidates": scores.top_k(BM25_K), "emb": pack(emb)},
+            item.request_id,
+            item.path,
+            item.source,
+        )
+    )
+    return {**claim, "evidence": found["evidence"], "searched_by_claim": True}
+
+
+def _judged(parts: dict[str, Any]) -> dict[str, Any]:
+    (claim,) = parts["backfill"]
+    texts = parts["verify"]
+    verdict = parse_verdict(texts[0] if texts else None)
+    return {**claim, **verdict.to_json()}
+
+
+def _report(parts: dict[str, Any]) -> dict[str, Any]:
+    claims = parts["judged"]
+    supported = sum(1 for c in claims if c["verdict"] == SUPPORTED)
+    return {
+        "answer": " ".join(parts["answer"]),
+        "claims": claims,
+        "factuality": round(supported / len(claims), 4) if claims else None,
+        "verdicts": {
+            v: sum(1 for c in claims if c["verdict"] == v)
+            for v in ("supported", "refuted", "unverifiable")
+        },
+    }
+
+
+def _join(finish: Any, **sources: Operator) -> Operator:
+    """A join whose inputs are collected per source, then turned into one output."""
+    return combine(lambda parts: finish(parts["by"]), by=by_source(**sources))
+
+
+def build() -> Topology:
+    return (
+        Pipeline(NAME, "FacTool: answer, extract claims, retrieve and rerank evidence, verify")
+        .lm("answer", ANSWER, after=REQUEST)
+        .lm("claims", CLAIMS, after="answer")
+        .lm("queries", QUERIES, after="claims")
+        .lm_words("query_words", after="queries")
+        .aggregate("bm25", StreamingBM25(), after="query_words", per="queries")
+        .map("encode", _encode, after="queries", blocking=True, concurrency=4)
+        .aggregate(
+            "join",
+            _join(_joined, bm25=collect(), encode=collect()),
+            after=["bm25", "encode"],
+            per="queries",
+        )
+        .map("rerank", _rerank, after="join", blocking=True, concurrency=4)
+        .aggregate(
+            "evidence",
+            _join(_evidence, claims=collect(), rerank=collect()),
+            after=["claims", "rerank"],
+            per="claims",
+        )
+        .map("backfill", _backfill, after="evidence", blocking=True, concurrency=4)
+        .lm("verify", VERIFY, after="backfill")
+        .aggregate(
+            "judged",
+            _join(_judged, backfill=collect(), verify=collect()),
+            after=["backfill", "verify"],
+            per="claims",
+        )
+        .aggregate(
+            "report",
+            _join(_report, answer=collect(), judged=collect()),
+            after=["answer", "judged"],
+            per=REQUEST,
+        )
+        .build()
+    )

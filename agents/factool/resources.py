@@ -1,0 +1,118 @@
+"""What the FacTool stages read: the corpus, its BM25 index (built once, cached on disk) and
+the MiniLM encoder, loaded once per process on first use.
+
+A worker process serves many requests; loading these per call would cost seconds each. They
+are immutable after loading, so the stage threads (`blocking=True` stages) share them. The
+index cache is named after the corpus (WordNet, or a JSONL file's path, size and mtime) and
+written atomically, so two workers starting together never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from agents.factool.bm25 import BM25Index, tokenize
+from agents.factool.corpus import Document, load_corpus
+from agents.factool.encoder import Encoder, Matrix
+from alto.config import AltoConfig, load_config
+
+_lock = threading.Lock()
+_loaded: Resources | None = None
+
+
+def resources(config: AltoConfig | None = None) -> Resources:
+    """This process's resources (the first call's config wins)."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = Resources(config or load_config())
+        return _loaded
+
+
+def _corpus_id(path: Path | None) -> str:
+    if path is None:
+        return "wordnet"
+    st = Path(path).stat()
+    key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return "jsonl-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    index: int  # position in the corpus (the BM25 document number)
+    doc_id: str
+    title: str
+    text: str
+
+
+class Resources:
+    def __init__(self, config: AltoConfig, passage_cache: int = 4096) -> None:
+        self.config = config
+        self._load_lock = threading.Lock()
+        self._embeddings: OrderedDict[int, Matrix] = OrderedDict()
+        self._cache_size = passage_cache
+        self._cache_lock = threading.Lock()
+
+    @cached_property
+    def docs(self) -> list[Document]:
+        return load_corpus(self.config.corpus)
+
+    @cached_property
+    def index(self) -> BM25Index:
+        with self._load_lock:
+            path = self.config.data_dir / f"bm25-{_corpus_id(self.config.corpus)}.npz"
+            if path.is_file():
+                return BM25Index.load(path)
+            index = BM25Index([tokenize(d.contents) for d in self.docs])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+            index.save(tmp)
+            os.replace(tmp, path)
+            return index
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        return Encoder()
+
+    def passage(self, index: int) -> Passage:
+        doc = self.docs[index]
+        return Passage(index, doc.doc_id, doc.title, doc.text)
+
+    def passage_embeddings(self, indices: list[int]) -> dict[int, Matrix]:
+        """Token embeddings of corpus documents, from a per-process LRU cache."""
+        out: dict[int, Matrix] = {}
+        with self._cache_lock:
+            for i in indices:
+                if i in self._embeddings:
+                    self._embeddings.move_to_end(i)
+                    out[i] = self._embeddings[i]
+        missing = [i for i in indices if i not in out]
+        if missing:
+            fresh = self.encoder.token_embeddings([self.docs[i].contents for i in missing])
+            with self._cache_lock:
+                for i, emb in zip(missing, fresh, strict=True):
+                    out[i] = self._embeddings[i] = emb
+                while len(self._embeddings) > self._cache_size:
+                    self._embeddings.popitem(last=False)
+        return out
+
+
+def pack(matrix: Matrix) -> dict[str, object]:
+    """A token-embedding matrix as JSON: float16, base64 (a query's is a few KB)."""
+    data = np.ascontiguousarray(matrix, dtype=np.float16)
+    return {"shape": list(data.shape), "f16": base64.b64encode(data.tobytes()).decode()}
+
+
+def unpack(packed: dict[str, object]) -> Matrix:
+    shape = tuple(int(n) for n in packed["shape"])  # type: ignore[attr-defined]
+    raw = base64.b64decode(str(packed["f16"]))
+    return np.frombuffer(raw, dtype=np.float16).reshape(shape).astype(np.float32)

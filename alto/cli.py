@@ -132,6 +132,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(requests=args.requests, workers=args.workers, mode=args.mode)
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from alto.stack import DEFAULT_LISTEN, run_up
+
+    config = load_config()
+    # A broker named in the environment (ALTO_BOOTSTRAP_SERVERS) is used as it is.
+    external = "bootstrap_servers" in config.model_fields_set
+    if external and args.listen:
+        log.warning(
+            "ALTO_BOOTSTRAP_SERVERS is set: using %s, ignoring --listen", config.bootstrap_servers
+        )
+    return run_up(
+        config,
+        workers=args.workers,
+        lm_instances=args.lm_instances,
+        engine=args.engine,
+        listen=None if external else (args.listen or DEFAULT_LISTEN),
+        workdir=config.data_dir / "up",
+        ready_timeout_s=args.timeout,
+    )
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench import run_bench
 
@@ -184,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mode", choices=["streaming", "baseline", "both"], default="both")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "up", help="run the whole stack in the foreground: broker, Faust and LM workers"
+    )
+    p.add_argument("--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_ENGINE")
+    p.add_argument("--workers", type=int, default=2, help="Faust workers (default 2)")
+    p.add_argument("--lm-instances", type=int, default=1, help="LM workers (default 1)")
+    p.add_argument(
+        "--listen",
+        default=None,
+        help="HOST:PORT of the embedded broker (default 127.0.0.1:9092); "
+        "none starts when ALTO_BOOTSTRAP_SERVERS is set",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for readiness (default 600)"
+    )
+    p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
     p.add_argument("name", choices=["hop", "lm", "scheduler", "bm25"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -18,7 +18,7 @@ from confluent_kafka import (
 from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
 from infra.topics import client_settings
-from schemas.messages import Mode, PipelineRequest, PipelineResult
+from schemas.messages import LMStatus, Mode, PipelineRequest, PipelineResult
 
 
 def new_request(
@@ -140,3 +140,36 @@ def collect_results(
             else:
                 got[result.request_id] = result
     return got, dupes
+
+
+def wait_lm_reporting(
+    config: AltoConfig,
+    instances: Iterable[int],
+    timeout_s: float,
+    *,
+    check: Callable[[], object] | None = None,
+) -> None:
+    """Wait until each LM instance in `instances` has published a status report on
+    `config.lm_status_topic` after this call began (older reports may come from a previous
+    run). `check` runs between polls, e.g. to fail fast when a process died.
+    Raises TimeoutError."""
+    wanted = set(instances)
+    seen: set[int] = set()
+    reader = TopicReader(config, config.lm_status_topic, from_beginning=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= seen:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"LM instances reporting after {timeout_s:.0f} s: {sorted(seen)} "
+                    f"of {sorted(wanted)}"
+                )
+            if check is not None:
+                check()
+            for _, value in reader.poll(0.5):
+                try:
+                    seen.add(LMStatus.decode(value).instance)
+                except BadInputError:
+                    continue
+    finally:
+        reader.close()

@@ -1,6 +1,7 @@
-"""Launching our own processes (Faust workers) and waiting until they own their partitions.
+"""Launching our own processes (Faust workers, LM workers, the broker) and waiting until
+they own their partitions.
 
-Used by `alto demo`, the benchmarks and the integration tests.
+Used by `alto up` (alto/stack.py), `alto demo`, the benchmarks and the integration tests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    """One of our processes (by default `alto worker`) with its own id, status file and log."""
+    """One of our processes (by default `alto worker`) with its own id, status file and log.
+
+    `own_group` starts it in a new session (its own process group): a terminal's Ctrl-C then
+    reaches only our process, which decides the order of shutdown, and `stop`/`kill` also end
+    whatever the child left behind in its group (vLLM's engine core process, for one).
+    `env` adds variables to the child's environment.
+    """
 
     def __init__(
         self,
@@ -31,25 +39,30 @@ class WorkerProcess:
         *,
         loglevel: str = "warning",
         command: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        own_group: bool = False,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.worker_id = worker_id
+        self.own_group = own_group
         self.status_file = workdir / f"{worker_id}.status.json"
         self.log_file = workdir / f"{worker_id}.log"
-        env = {
+        child_env = {
             **os.environ,
             **config_env(config),
             "ALTO_WORKER_ID": worker_id,
             "ALTO_STATUS_FILE": str(self.status_file),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(
             command or [sys.executable, "-m", "alto", "worker", "--loglevel", loglevel],
             cwd=REPO,
-            env=env,
+            env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=own_group,
         )
 
     @property
@@ -67,10 +80,18 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit (a crash)."""
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         with contextlib.suppress(OSError):
             self.status_file.unlink()
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: `stop` then waits (several processes stop in parallel)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
@@ -81,11 +102,50 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.own_group:
+            self._end_group()
         self._log.close()
+
+    def _end_group(self, grace_s: float = 5.0) -> None:
+        """End what the child left in its process group: SIGTERM, then SIGKILL."""
+        pgid = self.proc.pid
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + grace_s
+            while _group_running(pgid):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            else:
+                return
 
     def log_tail(self, n: int = 40) -> str:
         lines = self.log_file.read_text(errors="replace").splitlines()
         return "\n".join(lines[-n:])
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether process group `pgid` has a member that is not a zombie. Zombies count as gone:
+    an orphan's zombie waits for PID 1 to reap it, which some containers' PID 1 does late."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs: cannot tell zombies apart
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+            state, _ppid, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def wait_assigned(

@@ -9,7 +9,7 @@ output need not end with a newline). Rules:
 - ``word``: whitespace-delimited words (what streaming BM25 consumes);
 - ``line``: non-blank lines, stripped;
 - ``item``: list items: non-blank lines with their bullet or number ("1.", "2)", "-", "*") removed;
-- ``sentence``: sentences ending in . ! ? (or at a line break);
+- ``sentence``: sentences ending in . ! ? (or at a line break), list bullets dropped;
 - ``whole``: the entire output, once, at the end.
 """
 
@@ -92,6 +92,8 @@ class Splitter:
                     out.append(line)
             return out
         text = " ".join(text.split())
+        if self.rule == "sentence" and _BULLET.fullmatch(text + " "):
+            return []  # a list's "1." is not a sentence
         return [text] if text else []
 
     def _out(self, quanta: list[str]) -> list[str]:

@@ -148,7 +148,7 @@ class LMWorker:
                     await self._send(self.config.sink_topic, rid.encode(), failed.encode())
                 return
             self.in_flight[request.lm_request_id] = record.offset
-            log.info("call %s at offset %d started", request.lm_request_id, record.offset)
+            log.debug("call %s at offset %d started", request.lm_request_id, record.offset)
             try:
                 async for out in serve_call(request, self.engine, self.routings, self.worker_id):
                     if isinstance(out, Send):
@@ -234,8 +234,12 @@ class LMWorker:
             try:
                 await consumer.commit({self.tp: offset})
                 if offset != self._committed:
-                    log.info("committed %s@%d (in flight: %s)", self.tp, offset,
-                              sorted(self.offsets.in_flight))
+                    log.debug(
+                        "committed %s@%d (in flight: %s)",
+                        self.tp,
+                        offset,
+                        sorted(self.offsets.in_flight),
+                    )
                     self._committed = offset
             except Exception as exc:  # a failed commit only means more replays
                 log.warning("commit of %s@%d failed: %r", self.tp, offset, exc)

@@ -49,6 +49,11 @@ WATCH_FETCH_WAIT_MS = 250
 # (its completion was lost with a killed worker, or another replica's report raced it).
 PENDING_TTL_MS = 300_000
 
+HEARTBEAT_FLOOR_MS = 5_000
+
+# A drain polls the dead instance's partition this long per round until two rounds are quiet.
+DRAIN_POLL_MS = 500
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -83,7 +88,10 @@ class SchedulerCore:
         self.name = name
         self.send = send
         self.is_leader = is_leader
-        self.state = ClusterState(heartbeat_timeout_ms=int(config.lm_status_interval_s * 5000))
+        # Five report intervals, and never under HEARTBEAT_FLOOR_MS: a removal moves every
+        # unfinished call, so a busy machine's late report must not look like a death.
+        timeout_ms = max(int(config.lm_status_interval_s * 5000), HEARTBEAT_FLOOR_MS)
+        self.state = ClusterState(heartbeat_timeout_ms=timeout_ms)
         self.policy = make_policy(config.scheduler_policy)
         self.waiting = 0
         self.decisions = 0
@@ -92,6 +100,7 @@ class SchedulerCore:
         self.engines: dict[int, str] = {}  # instance -> its engine, as it last reported
         self._assigned_at: dict[str, tuple[int, int]] = {}  # call id -> (instance, at_ms)
         self._shared: dict[str, tuple[int, ...]] = {}  # the table as last read or written
+        self._draining: dict[int, asyncio.Lock] = {}  # one drain of an instance at a time
 
     # -- background tasks ------------------------------------------------------------
 
@@ -271,11 +280,24 @@ class SchedulerCore:
         await self.send(
             self.config.lm_work_topic, request.request_id.encode(), assigned.encode(), instance
         )
+        if instance not in self.state.loads and self.is_leader():
+            # Removed (and drained) while this call was decided and produced: drain again,
+            # or nothing would ever serve it.
+            await self.drain(instance)
 
     # -- reassignment ----------------------------------------------------------------
 
     async def drain(self, instance: int) -> int:
-        """Place every call `instance` had not finished on live instances; returns how many."""
+        """Place every call `instance` had not finished on live instances; returns how many.
+
+        Reads the instance's partition from its committed offset until it is quiet (nothing
+        more after the end offset, twice in a row), not just up to the end offset read at the
+        start: that one has been seen to miss the newest record, and a call this replica
+        decided for the instance just before removing it may still be on its way."""
+        async with self._draining.setdefault(instance, asyncio.Lock()):
+            return await self._drain(instance)
+
+    async def _drain(self, instance: int) -> int:
         tp = TopicPartition(self.config.lm_work_topic, instance)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
@@ -289,35 +311,45 @@ class SchedulerCore:
         targets: dict[int, int] = {}
         try:
             consumer.assign([tp])
-            end = (await consumer.end_offsets([tp]))[tp]
             start = await consumer.committed(tp)
-            log.warning("draining %s from committed offset %s to %d", tp, start, end)
             if start is None:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, start)
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for record in batch.get(tp, []):
-                    if record.offset >= end:
-                        break
+            quiet = 0
+            position: int | None = None  # set when the instance is back: it serves the rest
+            while quiet < 2 and position is None:
+                batch = await consumer.getmany(tp, timeout_ms=DRAIN_POLL_MS)
+                records = batch.get(tp, [])
+                for record in records:
                     try:
                         request = LMRequest.decode(record.value)
                     except BadInputError:
                         continue  # the LM worker dead-letters these; nothing to place
                     target = await self._decide(Call.of(request), self.engines.get(instance))
-                    log.warning("moving %s (offset %d) to instance %d", request.lm_request_id, record.offset, target)
+                    if target == instance:  # it reported again while we waited for a place
+                        position = record.offset
+                        break
                     await self.assign(replace(request, attempt=request.attempt + 1), target)
+                    log.debug("moved %s to instance %d", request.lm_request_id, target)
                     moved += 1
                     targets[target] = targets.get(target, 0) + 1
-            await consumer.commit({tp: end})
+                end = (await consumer.end_offsets([tp]))[tp]
+                caught_up = not records and await consumer.position(tp) >= end
+                quiet = quiet + 1 if caught_up else 0
+            if position is None:
+                position = await consumer.position(tp)
+            await consumer.commit({tp: position})
         finally:
             await consumer.stop()
         self.reassigned += moved
         log.warning(
-            "reassigned %d unfinished LM calls of instance %d (to instance: calls %s)",
+            "reassigned %d unfinished LM calls of instance %d from offset %s to %d "
+            "(to instance: calls %s)",
             moved,
             instance,
+            start,
+            position,
             targets,
         )
         return moved

@@ -1,8 +1,8 @@
 """The FacTool chatbot-verification pipeline (the product's main job).
 
     request (a question)
-      -> answer       LM, one quantum per sentence of the answer
-      -> claims       LM per sentence, one quantum per claim (numbered list items)
+      -> answer       LM, the whole answer (claims are extracted from all of it, as in FacTool)
+      -> claims       LM, one quantum per claim (a sentence of its output) as each is written
       -> queries      LM per claim, one quantum per search query (line)
          -> query_words   the words of each query, streamed by the LM worker as written
             -> bm25       per query: Okapi scores summed word by word, top-k documents
@@ -17,7 +17,7 @@
 
 In streaming mode every arrow carries a quantum the moment it exists: the first claim's
 queries are written, and their words scored by BM25, while the model is still listing later
-claims and writing later sentences. In baseline mode each LM stage releases its outputs only
+claims. In baseline mode each LM stage releases its outputs only
 when its call has finished (the paper's baseline).
 """
 
@@ -41,18 +41,19 @@ NAME = "factool"
 BM25_K = 10  # candidates per query from BM25
 EVIDENCE_K = 3  # passages kept per query after reranking, and per claim
 
+# Prompts are written for the packaged SmolLM2-135M-Instruct, which mostly restates its
+# input: asked for facts it rewrites the answer sentence by sentence (so claims are sentences),
+# asked for queries it writes the fact back (a fine BM25 query), and "True or False, then
+# explain" is the verification format it follows most reliably (checked by hand on WordNet
+# questions; its verdicts are often wrong, which is the model's limit, not the pipeline's).
 ANSWER_SYSTEM = "You are a knowledgeable assistant. Answer in three short factual sentences."
-CLAIMS_SYSTEM = (
-    "Extract the factual claims made in the text. Answer with a numbered list, "
-    "one short self-contained claim per line."
-)
+CLAIMS_SYSTEM = "Rewrite the text as short sentences, one fact per sentence."
 QUERIES_SYSTEM = (
-    "Write two short search queries that would find evidence about the claim. "
-    "One query per line, nothing else."
+    "Write two short search queries that would find evidence about the fact, one per line."
 )
 VERIFY_SYSTEM = (
-    "Decide whether the evidence supports the claim. On the first line write SUPPORTED, "
-    "REFUTED or NOT ENOUGH INFO. On the second line give a one-sentence reason."
+    "Decide if the claim is true given the evidence. Start your reply with True or False, "
+    "then explain in one sentence."
 )
 
 
@@ -61,22 +62,22 @@ def _render_answer(item: Item) -> list[tuple[str, str]]:
 
 
 def _render_claims(item: Item) -> list[tuple[str, str]]:
-    return [("system", CLAIMS_SYSTEM), ("user", f"Text: {item.value}")]
+    return [("system", CLAIMS_SYSTEM), ("user", str(item.value))]
 
 
 def _render_queries(item: Item) -> list[tuple[str, str]]:
-    return [("system", QUERIES_SYSTEM), ("user", f"Claim: {item.value}")]
+    return [("system", QUERIES_SYSTEM), ("user", f"Fact: {item.value}\nQueries:")]
 
 
 def _render_verify(item: Item) -> list[tuple[str, str]]:
     claim = item.value
-    lines = [f"{n}. {p['title']}: {p['text']}" for n, p in enumerate(claim["evidence"], 1)]
-    evidence = "\n".join(lines) or "(no evidence found)"
-    return [("system", VERIFY_SYSTEM), ("user", f"Claim: {claim['claim']}\nEvidence:\n{evidence}")]
+    lines = [f"{p['title']}: {p['text']}" for p in claim["evidence"]]
+    evidence = "\n".join(lines) or "(none found)"
+    return [("system", VERIFY_SYSTEM), ("user", f"Evidence: {evidence}\nClaim: {claim['claim']}")]
 
 
-ANSWER = LMCall("factool.answer", _render_answer, "sentence", 96, prefix_chars=len(ANSWER_SYSTEM))
-CLAIMS = LMCall("factool.claims", _render_claims, "item", 64, prefix_chars=len(CLAIMS_SYSTEM))
+ANSWER = LMCall("factool.answer", _render_answer, "whole", 96, prefix_chars=len(ANSWER_SYSTEM))
+CLAIMS = LMCall("factool.claims", _render_claims, "sentence", 128, prefix_chars=len(CLAIMS_SYSTEM))
 QUERIES = LMCall("factool.queries", _render_queries, "line", 32, prefix_chars=len(QUERIES_SYSTEM))
 VERIFY = LMCall("factool.verify", _render_verify, "whole", 48, prefix_chars=len(VERIFY_SYSTEM))
 

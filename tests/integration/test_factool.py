@@ -35,6 +35,11 @@ def _claims_ends(config: AltoConfig) -> dict[str, int]:
     return ends
 
 
+def _claim_of(path: str) -> tuple[int, ...]:
+    """(answer, claim) indices of a trace path such as answer:0/claims:2/queries:1."""
+    return tuple(int(level.split(":")[1]) for level in path.split("/")[:2])
+
+
 def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) -> None:
     config = alto_config.with_overrides(lm_status_interval_s=0.5)
     faust_worker = WorkerProcess(config, "w1", tmp_path)
@@ -60,6 +65,10 @@ def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) 
             assert result.status is ResultStatus.OK, result.error
             assert not result.simulated
             report = json.loads(result.output or "")
+            print(f"\n[{req.mode}] {req.input}\n  answer: {report['answer']}")
+            for c in report["claims"]:
+                top = c["evidence"][0]["title"] if c["evidence"] else None
+                print(f"  - {c['claim']} | queries {c['queries']} | {top} | {c['verdict']}")
             assert report["answer"].strip()
             for claim in report["claims"]:
                 assert claim["claim"].strip()
@@ -68,8 +77,8 @@ def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) 
                 assert claim["verdict"] in (SUPPORTED, REFUTED, UNVERIFIABLE)
             if report["claims"] and req.mode is Mode.STREAMING:
                 bm25 = [s for s in result.trace if s.stage == "bm25"]
-                first = min(s.path.split("/")[:2] for s in bm25)  # answer:i/claims:j
-                first_bm25 = min(s.start_ms for s in bm25 if s.path.split("/")[:2] == first)
+                first = min(_claim_of(s.path) for s in bm25)
+                first_bm25 = min(s.start_ms for s in bm25 if _claim_of(s.path) == first)
                 assert first_bm25 < ends[req.request_id], "BM25 waited for claim extraction"
         assert any(json.loads(got[r.request_id].output or "")["claims"] for r in requests)
     finally:

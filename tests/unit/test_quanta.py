@@ -42,8 +42,7 @@ def test_rules_on_a_numbered_list_with_blank_lines_and_no_trailing_newline() -> 
     ]
     assert split_all([TEXT], "sentence") == [
         "Claims:",
-        "1.",
-        "The Moon orbits Earth.",
+        "The Moon orbits Earth.",  # "1." alone is a bullet, not a sentence
         "2) It is 384,400 km away!",
         "- Tides follow it.",
         "Really?",

@@ -1,0 +1,415 @@
+"""`alto up`: the whole stack (broker, Faust workers, LM workers) as child processes.
+
+`Stack` starts the embedded broker (unless the configuration names a broker), creates the
+topics, starts the Faust workers (which also run the scheduler) and the LM workers, waits
+until they serve, and stops them all again: workers first, the broker last. `run_up` is the
+foreground command around it.
+
+Supervision: a Faust or LM worker that exits on its own is logged with the tail of its log
+and **restarted** (same id, same LM instance), at most `max_restarts` times each; after that
+it stays down and the rest keep running. The embedded broker keeps everything in memory, so
+when it exits the data is gone: the stack stops and `alto up` exits 1.
+
+Every child runs in its own process group: a terminal's Ctrl-C reaches only `alto up`, which
+then stops the children in order, and whatever a child leaves behind in its group (vLLM's
+engine core) is ended with it. Only a SIGKILL of `alto up` itself can leave children running.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Literal
+
+from alto.config import AltoConfig
+from alto.errors import AltoError, BrokerError, ConfigError
+from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+
+log = logging.getLogger(__name__)
+
+EngineName = Literal["vllm", "sim"]
+
+DEFAULT_LISTEN = "127.0.0.1:9092"
+BROKER = "broker"
+STATE_FILE = "stack.json"
+
+
+class Stack:
+    """One deployment's processes, children of this one.
+
+    `listen` (HOST:PORT) starts the embedded broker there; None uses
+    `config.bootstrap_servers` and starts no broker. Logs, status files and `stack.json`
+    (the children's pids) go to `workdir` (default: a new temporary directory).
+    """
+
+    def __init__(
+        self,
+        config: AltoConfig,
+        *,
+        workers: int = 2,
+        lm_instances: int = 1,
+        engine: EngineName | None = None,
+        listen: str | None = DEFAULT_LISTEN,
+        workdir: Path | None = None,
+        max_restarts: int = 3,
+    ) -> None:
+        if workers < 1:
+            raise ConfigError(f"at least one Faust worker is needed, got {workers}")
+        if not 0 <= lm_instances <= config.lm_max_instances:
+            raise ConfigError(
+                f"LM instances must be between 0 and {config.lm_max_instances} "
+                f"(ALTO_LM_MAX_INSTANCES), got {lm_instances}"
+            )
+        self.workers = workers
+        self.lm_instances = lm_instances
+        self.engine: EngineName = engine or config.engine
+        self.listen = listen
+        self.max_restarts = max_restarts
+        self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="alto-up-"))).resolve()
+        # Children run in the repository root: relative paths would change meaning there.
+        paths = {name: value.resolve() for name, value in config if isinstance(value, Path)}
+        self.config = config.with_overrides(engine=self.engine, **paths)
+        self.owners: dict[tuple[str, int], str] = {}
+        self.topics: dict[str, int] = {}
+        self._assigned_topics: list[str] = []
+        self._procs: dict[str, WorkerProcess] = {}
+        self._spawners: dict[str, Callable[[], WorkerProcess]] = {}
+        self._restarts: collections.Counter[str] = collections.Counter()
+        self._given_up: set[str] = set()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.config.bootstrap_servers
+
+    def pids(self) -> dict[str, int]:
+        """Name -> pid of each child (its latest process, after restarts)."""
+        return {name: p.pid for name, p in self._procs.items()}
+
+    def faust_workers(self) -> list[WorkerProcess]:
+        return [p for name, p in self._procs.items() if name.startswith("worker-")]
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        """Start the broker (if embedded), create the topics, start every worker.
+        On any failure, everything started so far is stopped before the error propagates."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from agents.pipelines import all_topologies
+        from agents.runtime import create_app
+        from infra.topics import ensure_topics
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.listen is not None:
+            self._start_broker(self.listen)
+        app = create_app(self.config, all_topologies())
+        self.topics = ensure_topics(self.config, app.topic_partitions())
+        prefix = self.config.topic_prefix
+        self._assigned_topics = [
+            *(t for name in app.served for t in app.topologies[name].topics(prefix)),
+            self.config.sink_topic,
+            self.config.requests_topic,
+            self.config.lm_requests_topic,
+        ]
+        loglevel = self.config.log_level.lower()
+        for i in range(self.workers):
+            name = f"worker-{i + 1}"
+            self._spawn(
+                name,
+                functools.partial(
+                    WorkerProcess,
+                    self.config,
+                    name,
+                    self.workdir,
+                    loglevel=loglevel,
+                    own_group=True,
+                ),
+            )
+        for i in range(self.lm_instances):
+            self._spawn(
+                f"lm-{i}",
+                functools.partial(
+                    WorkerProcess,
+                    self.config,
+                    f"lm-{i}",
+                    self.workdir,
+                    command=lm_worker_command(i, self.engine),
+                    own_group=True,
+                ),
+            )
+        self._write_state()
+
+    def _start_broker(self, listen: str) -> None:
+        # EmbeddedBroker gives the command line and the address; the process itself runs as
+        # a WorkerProcess, for its log file and its own process group (EmbeddedBroker.start
+        # would leave it in ours, where a terminal's Ctrl-C would stop it before the workers).
+        from infra.broker import EmbeddedBroker, parse_listen, wait_for_port
+
+        host, port = parse_listen(listen)
+        connect = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise BrokerError(
+                    f"cannot listen on {listen} ({exc.strerror}); to use the broker already "
+                    "there, set ALTO_BOOTSTRAP_SERVERS"
+                ) from exc
+        broker = EmbeddedBroker(host, port)
+        self.config = self.config.with_overrides(bootstrap_servers=f"{connect}:{port}")
+        rust_log = {"RUST_LOG": os.environ.get("RUST_LOG", "warn")}  # as EmbeddedBroker does
+        self._spawn(
+            BROKER,
+            functools.partial(
+                WorkerProcess,
+                self.config,
+                BROKER,
+                self.workdir,
+                command=broker.command(),
+                env=rust_log,
+                own_group=True,
+            ),
+        )
+        wait_for_port(connect, port, 20.0, self._procs[BROKER].proc)
+
+    def _spawn(self, name: str, spawner: Callable[[], WorkerProcess]) -> None:
+        for old in self.workdir.glob(f"{name}.log.*"):  # restart logs of an earlier run
+            old.unlink()
+        self._spawners[name] = spawner
+        self._procs[name] = spawner()
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "bootstrap_servers": self.bootstrap_servers,
+            "engine": self.engine,
+            "children": self.pids(),
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    # -- ready -------------------------------------------------------------------------
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Wait until the Faust workers own every partition of the pipelines' topics (and the
+        sink, requests and LM requests topics) and every LM instance reports its status.
+        A child that exits meanwhile fails this at once (with the tail of its log)."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._check_alive()
+            self.owners = wait_assigned(
+                self.faust_workers(), self._assigned_topics, self.config.partitions, timeout_s
+            )
+            if self.lm_instances:
+                from alto.client import wait_lm_reporting
+
+                wait_lm_reporting(
+                    self.config,
+                    range(self.lm_instances),
+                    max(1.0, deadline - time.monotonic()),
+                    check=self._check_alive,
+                )
+        except (TimeoutError, RuntimeError) as exc:
+            raise AltoError(f"the stack did not become ready: {exc}") from exc
+
+    def _check_alive(self) -> None:
+        for name, proc in self._procs.items():
+            if not proc.alive():
+                raise AltoError(
+                    f"{name} exited with code {proc.proc.returncode} during startup; "
+                    f"the end of {proc.log_file}:\n{proc.log_tail(20)}"
+                )
+
+    def ready_line(self) -> str:
+        """The one machine-readable line `alto up` prints once ready (workdir last: a path)."""
+        return (
+            f"alto up: ready bootstrap={self.bootstrap_servers} workers={self.workers} "
+            f"lm_instances={self.lm_instances} engine={self.engine} workdir={self.workdir}"
+        )
+
+    def summary(self) -> str:
+        """A few lines for people: what runs where."""
+        per_worker = collections.Counter(self.owners.values())
+        broker = (
+            f"embedded Tansu on {self.bootstrap_servers}, pid {self._procs[BROKER].pid} "
+            "(memory storage: its data is gone when it stops)"
+            if BROKER in self._procs
+            else f"external, {self.bootstrap_servers}"
+        )
+        lines = [
+            f"  broker: {broker}",
+            f"  topics: {len(self.topics)} (prefix {self.config.topic_prefix!r})",
+            "  Faust workers (stages and scheduler): "
+            + ", ".join(
+                f"{w.worker_id} (pid {w.pid}, {per_worker[w.worker_id]} partitions)"
+                for w in self.faust_workers()
+            ),
+        ]
+        if self.lm_instances:
+            lms = [self._procs[f"lm-{i}"] for i in range(self.lm_instances)]
+            lines.append(
+                f"  LM workers ({self.engine}): "
+                + ", ".join(f"{p.worker_id} (pid {p.pid})" for p in lms)
+            )
+        lines.append(f"  logs and {STATE_FILE}: {self.workdir}")
+        env = (
+            f"ALTO_BOOTSTRAP_SERVERS={self.bootstrap_servers} "
+            if self.bootstrap_servers != DEFAULT_LISTEN
+            else ""
+        )
+        lines.append(
+            f'  try: {env}alto submit --pipeline claims "the Moon"; '
+            f"{env}alto results --follow   (Ctrl-C here stops everything)"
+        )
+        return "\n".join(lines)
+
+    # -- supervise ---------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """Check the children once. A worker that exited is logged and restarted (at most
+        `max_restarts` times); raises BrokerError when the embedded broker exited."""
+        for name, proc in list(self._procs.items()):
+            if proc.alive() or name in self._given_up:
+                continue
+            log.warning(
+                "%s (pid %d) exited with code %s; the end of %s:\n%s",
+                name,
+                proc.pid,
+                proc.proc.returncode,
+                proc.log_file,
+                proc.log_tail(20),
+            )
+            proc.stop()  # closes its log, ends what it left in its process group
+            if name == BROKER:
+                raise BrokerError("the embedded broker exited; its data is gone")
+            if self._restarts[name] >= self.max_restarts:
+                log.error("%s exited %d times: not restarting it", name, self.max_restarts + 1)
+                self._given_up.add(name)
+                continue
+            self._restarts[name] += 1
+            proc.log_file.replace(proc.log_file.with_name(f"{name}.log.{self._restarts[name]}"))
+            self._procs[name] = self._spawners[name]()
+            log.warning(
+                "restarted %s as pid %d (restart %d of at most %d)",
+                name,
+                self._procs[name].pid,
+                self._restarts[name],
+                self.max_restarts,
+            )
+            self._write_state()
+
+    # -- stop --------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop every child: the workers together (SIGTERM; SIGKILL for any still running
+        after `timeout_s`), then the broker. Idempotent; one child's failure to stop does
+        not keep the others running."""
+        workers = [name for name in self._procs if name != BROKER]
+        for name in workers:
+            self._procs[name].terminate()
+        deadline = time.monotonic() + timeout_s
+        for name in [*workers, BROKER]:
+            proc = self._procs.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.stop(max(0.1, deadline - time.monotonic()) if name != BROKER else 10.0)
+            except Exception:
+                log.exception("could not stop %s (pid %d)", name, proc.pid)
+            del self._procs[name]
+        with contextlib.suppress(OSError):
+            (self.workdir / STATE_FILE).unlink()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # Raised where the main thread is (a wait, a sleep), so startup stops at once too.
+    raise _Interrupted(signum)
+
+
+def run_up(
+    config: AltoConfig,
+    *,
+    workers: int,
+    lm_instances: int,
+    engine: EngineName | None,
+    listen: str | None,
+    workdir: Path | None,
+    ready_timeout_s: float,
+) -> int:
+    """`alto up` in the foreground until SIGINT, SIGTERM or SIGHUP; returns the exit code
+    (0 after a signal, 1 when the stack failed)."""
+    stack = Stack(
+        config,
+        workers=workers,
+        lm_instances=lm_instances,
+        engine=engine,
+        listen=listen,
+        workdir=workdir,
+    )
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, _interrupt) for s in handled}
+    code = 0
+    try:
+        where = f"embedded broker on {listen}" if listen else f"broker {stack.bootstrap_servers}"
+        print(
+            f"alto up: starting ({where}; Faust workers: {workers}; LM workers: {lm_instances}, "
+            f"engine {stack.engine}); logs in {stack.workdir}",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        stack.start()
+        stack.wait_ready(ready_timeout_s)
+        print(stack.ready_line(), flush=True)
+        print(f"  ready in {time.monotonic() - t0:.1f} s\n{stack.summary()}", flush=True)
+        while True:
+            time.sleep(1.0)
+            stack.supervise()
+    except _Interrupted as exc:
+        log.info("%s received: stopping", exc)
+    except AltoError as exc:
+        log.error("alto up: %s", exc)
+        code = 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short (and leave children behind).
+        for s in handled:
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        print("alto up: stopped", flush=True)
+    return code

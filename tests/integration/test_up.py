@@ -1,0 +1,301 @@
+"""`alto up` as a user runs it: the whole stack in one foreground process, used by an
+external client that knows only Kafka, Avro and the two `.avsc` contract files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import psutil
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from infra.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+REQUESTS_TOPIC = "alto.requests"  # the contract's default names (prefix `alto.`)
+RESULTS_TOPIC = "alto.results"
+
+
+# -- an external client: confluent-kafka, fastavro and the .avsc files, nothing of ours ----
+
+
+class SingleObjectCodec:
+    """Avro single-object encoding by hand: C3 01, the writer schema's CRC-64-AVRO
+    fingerprint (8 bytes, little-endian), then the schemaless Avro body."""
+
+    def __init__(self, avsc: Path) -> None:
+        raw = json.loads(avsc.read_text())
+        self.schema = fastavro.parse_schema(raw)
+        self.header = b"\xc3\x01" + bytes.fromhex(
+            fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO")
+        )
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, self.schema, record)
+        return self.header + body.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any] | None:
+        """The record, or None for a message not written with this schema."""
+        if not data.startswith(self.header):
+            return None
+        record = fastavro.schemaless_reader(io.BytesIO(data[len(self.header) :]), self.schema)
+        assert isinstance(record, dict)
+        return record
+
+
+def submit_and_wait(
+    bootstrap: str, pipeline: str, text: str, timeout_s: float
+) -> tuple[str, dict[str, Any]]:
+    """Produce one PipelineRequest, then read the results topic until its result arrives."""
+    requests = SingleObjectCodec(REPO / "schemas" / "pipeline_request.avsc")
+    results = SingleObjectCodec(REPO / "schemas" / "pipeline_result.avsc")
+    request_id = uuid.uuid4().hex
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        REQUESTS_TOPIC,
+        key=request_id.encode(),
+        value=requests.encode(
+            {
+                "request_id": request_id,
+                "pipeline": pipeline,
+                "input": text,
+                "submitted_at_ms": int(time.time() * 1000),
+                "mode": None,
+            }
+        ),
+    )
+    assert producer.flush(30) == 0, "request not delivered"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"external-{request_id}",  # required; manual assignment never joins it
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = consumer.list_topics(RESULTS_TOPIC, timeout=10).topics[RESULTS_TOPIC].partitions
+        consumer.assign([TopicPartition(RESULTS_TOPIC, p, OFFSET_BEGINNING) for p in parts])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None or msg.key() != request_id.encode():
+                continue
+            record = results.decode(msg.value())
+            if record is not None and record["request_id"] == request_id:
+                return request_id, record
+        raise AssertionError(f"no result for {request_id} within {timeout_s:.0f} s")
+    finally:
+        consumer.close()
+
+
+# -- `alto up` in a subprocess ---------------------------------------------------------------
+
+
+class UpProcess:
+    """`alto up ...` with stdout read line by line (in a thread) and stderr in a file."""
+
+    def __init__(self, args: list[str], tmp: Path) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("ALTO_BOOTSTRAP_SERVERS", "ALTO_TOPIC_PREFIX", "ALTO_APP_ID")
+        }
+        env["ALTO_DATA_DIR"] = str(tmp / "data")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.stderr_path = tmp / "up.stderr"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "alto", "up", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="up-stdout", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_line(self, prefix: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"alto up exited ({self.proc.wait()}):\n{self.output()}")
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no {prefix!r} line within {timeout_s:.0f} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return "\n".join(self.lines) + "\n--- stderr ---\n" + self.stderr_path.read_text()[-6000:]
+
+    def close(self) -> None:
+        """Whatever happened: stop `alto up` if it still runs, and the reader thread."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._stderr.close()
+
+
+def _ready_fields(line: str) -> dict[str, str]:
+    head, _, workdir = line.partition(" workdir=")
+    fields = dict(kv.split("=", 1) for kv in head.removeprefix("alto up: ready ").split())
+    fields["workdir"] = workdir
+    return fields
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def run_up_and_submit(
+    tmp: Path,
+    *,
+    engine: str,
+    workers: int,
+    lm_instances: int,
+    pipeline: str = "claims",
+    text: str = "the Moon",
+    ready_timeout_s: float,
+    result_timeout_s: float,
+) -> dict[str, Any]:
+    """Start `alto up`, wait for its ready line, serve one request of `pipeline` through an
+    external client, then SIGINT it: it must exit 0 and leave no process behind.
+    Returns the decoded PipelineResult."""
+    port = free_port()
+    t0 = time.monotonic()
+    up = UpProcess(
+        [
+            "--engine",
+            engine,
+            "--workers",
+            str(workers),
+            "--lm-instances",
+            str(lm_instances),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            str(ready_timeout_s),
+        ],
+        tmp,
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        ready = up.wait_line("alto up: ready", ready_timeout_s + 30)
+        fields = _ready_fields(ready)
+        assert fields == {
+            "bootstrap": f"127.0.0.1:{port}",
+            "workers": str(workers),
+            "lm_instances": str(lm_instances),
+            "engine": engine,
+            "workdir": str(tmp / "data" / "up"),
+        }
+        print(f"ready after {time.monotonic() - t0:.1f} s")
+        descendants = psutil.Process(up.proc.pid).children(recursive=True)
+        state = json.loads((Path(fields["workdir"]) / "stack.json").read_text())
+        children = state["children"]
+        assert state["pid"] == up.proc.pid
+        assert set(children) == {
+            "broker",
+            *(f"worker-{i + 1}" for i in range(workers)),
+            *(f"lm-{i}" for i in range(lm_instances)),
+        }
+        assert set(children.values()) <= {p.pid for p in descendants}
+
+        t1 = time.monotonic()
+        request_id, result = submit_and_wait(fields["bootstrap"], pipeline, text, result_timeout_s)
+        print(f"result after {time.monotonic() - t1:.1f} s: {result['status']}")
+        assert result["request_id"] == request_id and result["pipeline"] == pipeline
+        assert result["status"] == "OK", result["error"]
+        assert result["simulated"] is (engine == "sim")
+
+        t2 = time.monotonic()
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(120) == 0, up.output()
+        up.wait_line("alto up: stopped", 10)
+        print(f"stopped in {time.monotonic() - t2:.1f} s")
+        # Every process started under `alto up` (vLLM's engine core included) is gone.
+        deadline = time.monotonic() + 10
+        while _alive(descendants) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _alive(descendants)
+        assert not left, f"left running: {[p.cmdline() for p in left]}"
+        return result
+    finally:
+        up.close()
+        for p in _alive(descendants):  # only after a failure above
+            p.kill()
+
+
+def _assert_claims(result: dict[str, Any]) -> None:
+    output = json.loads(result["output"])
+    assert output["n"] == len(output["claims"]) >= 1
+    assert all(c["claim"] and c["words"] >= 1 for c in output["claims"])
+
+
+def test_up_serves_an_external_client_on_the_sim_engine(tmp_path: Path) -> None:
+    result = run_up_and_submit(
+        tmp_path,
+        engine="sim",
+        workers=1,
+        lm_instances=2,
+        ready_timeout_s=180,
+        result_timeout_s=120,
+    )
+    _assert_claims(result)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_up_serves_an_external_client_on_vllm(tmp_path: Path) -> None:
+    result = run_up_and_submit(
+        tmp_path,
+        engine="vllm",
+        workers=1,
+        lm_instances=1,
+        ready_timeout_s=480,
+        result_timeout_s=240,
+    )
+    _assert_claims(result)

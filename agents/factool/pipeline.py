@@ -78,7 +78,7 @@ def _render_verify(item: Item) -> list[tuple[str, str]]:
 
 ANSWER = LMCall("factool.answer", _render_answer, "whole", 96, prefix_chars=len(ANSWER_SYSTEM))
 CLAIMS = LMCall("factool.claims", _render_claims, "sentence", 128, prefix_chars=len(CLAIMS_SYSTEM))
-QUERIES = LMCall("factool.queries", _render_queries, "line", 32, prefix_chars=len(QUERIES_SYSTEM))
+QUERIES = LMCall("factool.queries", _render_queries, "item", 32, prefix_chars=len(QUERIES_SYSTEM))
 VERIFY = LMCall("factool.verify", _render_verify, "whole", 48, prefix_chars=len(VERIFY_SYSTEM))
 
 

@@ -105,6 +105,7 @@ class AltoApp:
             for name in self.served:
                 for stage in self.topologies[name].topic_stages:
                     self._define_stage(self.routings[name], stage)
+            self._define_warmup()
         if "sink" in config.roles:
             self._define_sink()
         if "scheduler" in config.roles:
@@ -322,6 +323,22 @@ class AltoApp:
                     )
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
+
+    def _define_warmup(self) -> None:
+        warmups = [(n, w) for n in self.served if (w := self.topologies[n].warmup) is not None]
+        if not self.config.warmup or not warmups:
+            return
+
+        @self.app.task
+        async def warm_up() -> None:
+            for name, warmup in warmups:
+                started = time.monotonic()
+                try:
+                    await asyncio.to_thread(warmup)
+                except Exception:  # a stage that needs it fails its requests with the reason
+                    log.exception("warm-up of pipeline %s failed", name)
+                else:
+                    log.info("pipeline %s warmed up in %.1f s", name, time.monotonic() - started)
 
     def _define_scheduler(self) -> None:
         """Assign LM calls to LM instances (`scheduler/agent.py`; policy: `scheduler.policy`)."""

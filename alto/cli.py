@@ -127,9 +127,19 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from alto.demo import run_demo
+    if args.pipeline == "example":
+        from alto.demo import run_demo
 
-    return run_demo(requests=args.requests, workers=args.workers, mode=args.mode)
+        return run_demo(requests=args.requests, workers=args.workers, mode=args.mode)
+    from alto.demo_factool import run_factool_demo
+
+    return run_factool_demo(
+        n_questions=args.questions,
+        engine=args.engine,
+        mode=args.mode,
+        workers=args.workers,
+        timeout_s=args.timeout,
+    )
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -181,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("text", nargs="*")
     p.add_argument("--file")
-    p.add_argument("--pipeline", default="example")
+    p.add_argument("--pipeline", default="factool")
     p.add_argument("--mode", choices=["streaming", "baseline"])
     p.set_defaults(func=_cmd_submit)
 
@@ -201,7 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
-    p.add_argument("--requests", type=int, default=20)
+    p.add_argument(
+        "--pipeline",
+        choices=["factool", "example"],
+        default="factool",
+        help="factool (the main job) or the runtime's example pipeline",
+    )
+    p.add_argument("--questions", type=int, default=3, help="factool: questions to ask")
+    p.add_argument("--engine", choices=["vllm", "sim"], default="vllm", help="factool: LM engine")
+    p.add_argument("--timeout", type=float, default=900.0, help="factool: seconds to wait")
+    p.add_argument("--requests", type=int, default=20, help="example: requests per mode")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mode", choices=["streaming", "baseline", "both"], default="both")
     p.set_defaults(func=_cmd_demo)

@@ -61,9 +61,11 @@ class Submitter:
 
 
 class TopicReader:
-    """Reads every partition of one topic by manual assignment (no consumer group)."""
+    """Reads every partition of one topic (or several) by manual assignment (no group)."""
 
-    def __init__(self, config: AltoConfig, topic: str, *, from_beginning: bool = True) -> None:
+    def __init__(
+        self, config: AltoConfig, topic: str | list[str], *, from_beginning: bool = True
+    ) -> None:
         settings = {
             **client_settings(config),
             "group.id": f"alto-reader-{uuid.uuid4().hex}",  # required, never joined
@@ -72,13 +74,16 @@ class TopicReader:
             "fetch.error.backoff.ms": 10,
         }
         self.consumer = Consumer(settings)
-        try:
-            meta = self.consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot read topic {topic}: {exc}") from exc
-        parts = meta.topics[topic].partitions
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        self.consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        assignment = []
+        for name in [topic] if isinstance(topic, str) else topic:
+            try:
+                meta = self.consumer.list_topics(name, timeout=10)
+            except KafkaException as exc:
+                raise BrokerError(f"cannot read topic {name}: {exc}") from exc
+            parts = meta.topics[name].partitions
+            assignment += [TopicPartition(name, p, start) for p in parts]
+        self.consumer.assign(assignment)
 
     def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Yield what arrives within the next `timeout_s` seconds."""
@@ -93,6 +98,14 @@ class TopicReader:
             for msg in msgs:
                 if msg.error() is None:
                     yield msg.key(), msg.value()
+
+    def poll_topics(self, timeout_s: float) -> Iterator[tuple[str, bytes | None]]:
+        """Like `poll`, as (topic, value) (for a reader of several topics)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.consumer.poll(min(left, 0.2))
+            if msg is not None and msg.error() is None:
+                yield msg.topic() or "", msg.value()
 
     def poll_records(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None, int]]:
         """Like `poll`, with each record's timestamp (ms; producer create time)."""

@@ -70,6 +70,9 @@ class AltoConfig(BaseModel):
     scheduler_queue: int = Field(default=256, ge=0)  # calls waiting at the scheduler, at most
     # Retrieval corpus: a JSONL file (id, title, text); None: WordNet (Debian's wordnet-base).
     corpus: Path | None = None
+    # Load what the pipelines' stages need (index, encoder) when a worker starts, not on its
+    # first request (off in most tests: every test worker would load them).
+    warmup: bool = True
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
@@ -171,6 +174,7 @@ _ENV_FIELDS: dict[str, str] = {
     "SIM_TIME_SCALE": "sim_time_scale",
     "SIM_PARAMS": "sim_params",
     "CORPUS": "corpus",
+    "WARMUP": "warmup",
     "SCHEDULER_POLICY": "scheduler_policy",
     "SCHEDULER_SATURATION": "scheduler_saturation",
     "SCHEDULER_QUEUE": "scheduler_queue",

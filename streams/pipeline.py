@@ -83,6 +83,7 @@ class Topology:
     level: dict[str, int]  # aggregates only: the depth they reduce to
     consumers: dict[str, tuple[str, ...]]
     terminal: str
+    warmup: Callable[[], None] | None = None  # loads what the stages need, before traffic
 
     def stage_topic(self, prefix: str, stage: str) -> str:
         """The input topic of `stage`."""
@@ -121,6 +122,9 @@ class Pipeline:
 
     name: str
     description: str = ""
+    warmup: Callable[[], None] | None = None
+    """Run once per worker at start, in a thread (e.g. load an index or a model), so the
+    first request does not pay for it."""
     _stages: dict[str, Stage] = field(default_factory=dict)
 
     def map(
@@ -332,6 +336,7 @@ class Pipeline:
             level=level,
             consumers={k: tuple(v) for k, v in consumers.items()},
             terminal=terminal,
+            warmup=self.warmup,
         )
 
 

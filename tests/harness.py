@@ -52,6 +52,7 @@ def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:
         "partitions": 4,
         "data_dir": tmp / "data",
         "session_timeout_s": 6.0,
+        "warmup": False,
     }
     values.update(overrides)
     return load_config(environ={}, **values)

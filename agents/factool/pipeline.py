@@ -238,9 +238,21 @@ def _join(finish: Any, **sources: Operator) -> Operator:
     return combine(lambda parts: finish(parts["by"]), by=by_source(**sources))
 
 
+def warm_up() -> None:
+    """Load the corpus, the BM25 index and the encoder (a worker's first request would
+    otherwise wait seconds for them)."""
+    res = resources()
+    res.index  # noqa: B018 (cached properties: touching them loads them)
+    res.encoder.token_embeddings([res.docs[0].contents])
+
+
 def build() -> Topology:
     return (
-        Pipeline(NAME, "FacTool: answer, extract claims, retrieve and rerank evidence, verify")
+        Pipeline(
+            NAME,
+            "FacTool: answer, extract claims, retrieve and rerank evidence, verify",
+            warmup=warm_up,
+        )
         .lm("answer", ANSWER, after=REQUEST)
         .lm("claims", CLAIMS, after="answer")
         .lm("queries", QUERIES, after="claims")

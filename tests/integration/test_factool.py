@@ -41,7 +41,7 @@ def _claim_of(path: str) -> tuple[int, ...]:
 
 
 def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) -> None:
-    config = alto_config.with_overrides(lm_status_interval_s=0.5)
+    config = alto_config.with_overrides(lm_status_interval_s=0.5, warmup=True)
     faust_worker = WorkerProcess(config, "w1", tmp_path)
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "vllm"))
     try:

@@ -195,8 +195,8 @@ def run_up_and_submit(
     engine: str,
     workers: int,
     lm_instances: int,
-    pipeline: str = "claims",
-    text: str = "the Moon",
+    pipeline: str = "factool",
+    text: str = "Who was Marie Curie?",
     ready_timeout_s: float,
     result_timeout_s: float,
 ) -> dict[str, Any]:
@@ -269,9 +269,13 @@ def run_up_and_submit(
 
 
 def _assert_claims(result: dict[str, Any]) -> None:
+    """A FacTool report: an answer, and every claim with evidence and a verdict."""
+    assert result["status"] == "OK", result["error"]
     output = json.loads(result["output"])
-    assert output["n"] == len(output["claims"]) >= 1
-    assert all(c["claim"] and c["words"] >= 1 for c in output["claims"])
+    assert output["answer"] and output["claims"]
+    for claim in output["claims"]:
+        assert claim["claim"] and claim["evidence"]
+        assert claim["verdict"] in ("supported", "refuted", "unverifiable")
 
 
 def test_up_serves_an_external_client_on_the_sim_engine(tmp_path: Path) -> None:

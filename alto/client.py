@@ -130,6 +130,16 @@ def read_results(config: AltoConfig, *, from_beginning: bool = True) -> Iterator
         reader.close()
 
 
+def stage_windows(result: PipelineResult) -> dict[str, float]:
+    """Per stage: the wall-clock window (ms) its trace spans for this request cover, first
+    start to last end (where a request's time goes, stage by stage)."""
+    windows: dict[str, list[int]] = {}
+    for span in result.trace:
+        lo_hi = windows.setdefault(span.stage, [span.start_ms, span.end_ms])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], span.start_ms), max(lo_hi[1], span.end_ms)
+    return {stage: hi - lo for stage, (lo, hi) in windows.items()}
+
+
 def collect_results(
     config: AltoConfig,
     request_ids: Iterable[str],

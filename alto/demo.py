@@ -17,21 +17,12 @@ from pathlib import Path
 
 from agents import example
 from agents.runtime import create_app
-from alto.client import Submitter, TopicReader, new_request
+from alto.client import Submitter, TopicReader, new_request, stage_windows
 from alto.config import load_config
 from infra.broker import EmbeddedBroker
 from infra.processes import WorkerProcess, wait_assigned
 from infra.topics import ensure_topics
 from schemas.messages import Mode, PipelineResult, ResultStatus
-
-
-def _stage_times(result: PipelineResult) -> dict[str, float]:
-    """Per stage: the wall-clock window (ms) its spans for this request cover."""
-    windows: dict[str, list[int]] = {}
-    for span in result.trace:
-        lo_hi = windows.setdefault(span.stage, [span.start_ms, span.end_ms])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], span.start_ms), max(lo_hi[1], span.end_ms)
-    return {stage: hi - lo for stage, (lo, hi) in windows.items()}
 
 
 def run_demo(*, requests: int, workers: int, mode: str) -> int:
@@ -132,7 +123,7 @@ def _summary(reqs: list, results: dict[str, PipelineResult]) -> bool:  # type: i
         )
         all_ok &= correct == len(mine)
         for g in got:
-            for stage, ms in _stage_times(g).items():
+            for stage, ms in stage_windows(g).items():
                 stage_ms[(mode.value.lower(), stage)].append(ms)
     print("\n## median time per stage and request (ms, from the traces)\n")
     stages = list(dict.fromkeys(stage for _, stage in stage_ms))

@@ -21,7 +21,7 @@ from typing import Any
 
 from agents.factool import pipeline as factool
 from agents.factool.corpus import load_corpus, questions
-from alto.client import Submitter, TopicReader, new_request
+from alto.client import Submitter, TopicReader, new_request, stage_windows
 from alto.config import AltoConfig, load_config
 from alto.stack import Stack
 from infra.broker import free_port
@@ -157,14 +157,6 @@ def _watch(
     return results
 
 
-def _stage_windows(result: PipelineResult) -> dict[str, float]:
-    windows: dict[str, list[int]] = {}
-    for span in result.trace:
-        lo_hi = windows.setdefault(span.stage, [span.start_ms, span.end_ms])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], span.start_ms), max(lo_hi[1], span.end_ms)
-    return {stage: hi - lo for stage, (lo, hi) in windows.items()}
-
-
 def _report(
     requests: list[PipelineRequest],
     progress: dict[str, _Progress],
@@ -200,7 +192,7 @@ def _report(
         ok = sum(g.status.value == "OK" for g in got)
         print(f"| {m.value.lower()} | {sum(r.mode is m for r in requests)} | {ok} | {med} |")
         for g in got:
-            for stage, ms in _stage_windows(g).items():
+            for stage, ms in stage_windows(g).items():
                 stage_ms[(m.value.lower(), stage)].append(ms)
     names = [m.value.lower() for m in modes]
     print("\n## median time per stage and request (s, first to last span, from the traces)\n")

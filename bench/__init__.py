@@ -23,4 +23,8 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
         from bench.bm25 import main as bm25_main
 
         return bm25_main(quick=quick, json_path=json_path)
+    if name == "factool":
+        from bench.factool import main as factool_main
+
+        return factool_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

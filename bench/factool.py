@@ -1,0 +1,447 @@
+"""`alto bench factool`: streaming vs baseline (vs LangGraph) on the FacTool pipeline.
+
+Open-loop load: Poisson arrivals at a sweep of offered loads; at each load every system gets
+the same questions (drawn from WordNet, seeded) at the same arrival times, one system after
+the other (the order alternates from load to load, so drift on a shared machine does not
+favour one side). Per point: median and P99 end-to-end latency, and the achieved load. A
+point passes when the median is within the target (`TARGET_MEDIAN_S`, the paper's 4 s) and
+the achieved load is at least 80% of the offered one (the paper's rule). Reported per
+system: the highest passing load (sustained load) and the P99 at the lowest load.
+
+Achieved load is the completion rate, (completed - 1) / (last completion - first
+completion): a system that keeps up completes requests as fast as they arrive; an
+overloaded one at its capacity. (The paper ran 12-minute points and counted completions in
+the arrival window; with points of a minute or two that count is biased low by the
+latency itself.)
+
+Tiers:
+- `sim`: SIMULATED LM engines (`ALTO_SIM_TIME_SCALE` = `SIM_TIME_SCALE`: our CPU-calibrated
+  SmolLM2 model run 4x faster, so one unloaded request takes seconds, as in the paper),
+  7 LM instances (the paper's 2 answering + 2 claim + 3 query instances; our verification
+  calls share them), 2 Faust workers for the other stages (the paper's 4 BM25, 1 encoding
+  and 4 reranking instances do not fit 2 CPU cores; ours run as partitions of the two
+  workers), everything else real: broker, Faust, BM25 on the whole corpus, MiniLM.
+- `vllm`: one real vLLM LM worker (SmolLM2-135M, CPU) at the loads it can carry.
+- `langgraph`, in both tiers: the same pipeline as a LangGraph graph
+  (`bench/langgraph_factool.py`) calling the same engines in-process: a pool of as many
+  SIMULATED engines with the same parameters, or one vLLM engine; same BM25 and MiniLM code.
+  It waits for each LM call to finish, as LangGraph nodes do.
+
+JSON (`--json`): `{TIER: {SYSTEM: {"sustained_load_rps", "p99_low_load_s", ...}}}` with
+SYSTEM in streaming, baseline, langgraph, plus every point under `points`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import random
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agents.factool import pipeline as factool
+from agents.factool.corpus import load_corpus, questions
+from alto.client import Submitter, TopicReader, new_request, stage_windows
+from alto.config import AltoConfig, load_config
+from alto.stack import Stack
+from bench.common import OUT_DIR, percentile, progress, write_json
+from infra.broker import free_port
+from schemas.messages import Mode, PipelineResult
+
+TARGET_MEDIAN_S = 4.0
+PASS_ACHIEVED = 0.8
+SIM_TIME_SCALE = 0.25
+SIM_LM_INSTANCES = 7
+FAUST_WORKERS = 2
+SEED = 11
+
+# (loads in req/s, requests per point) per tier and size
+SIM_LOADS = {"quick": ((0.25, 0.5, 1.0), 8), "full": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 30)}
+VLLM_LOADS = {"quick": ((0.05,), 3), "full": ((0.03, 0.06, 0.1), 8)}
+DRAIN_S = 120.0  # how long a point waits for its last results after its last arrival
+
+
+@dataclass
+class Point:
+    tier: str
+    system: str
+    offered_rps: float
+    sent: int
+    completed: int
+    p50_s: float
+    p99_s: float
+    achieved_rps: float
+    passed: bool = False
+    stages_s: dict[str, float] = field(default_factory=dict)  # median window per stage
+
+
+def _arrivals(n: int, rate: float, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+def _point(
+    tier: str, system: str, rate: float, sent: int, latencies: list[float], done: list[float]
+) -> Point:
+    lat = sorted(latencies)
+    done = sorted(done)
+    achieved = (
+        (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
+    )
+    point = Point(
+        tier,
+        system,
+        rate,
+        sent,
+        len(lat),
+        percentile(lat, 50),
+        percentile(lat, 99),
+        achieved,
+    )
+    point.passed = (
+        len(lat) == sent and point.p50_s <= TARGET_MEDIAN_S and achieved >= PASS_ACHIEVED * rate
+    )
+    return point
+
+
+# -- our system, through the broker --------------------------------------------------------
+
+
+def _run_kafka(
+    config: AltoConfig,
+    tier: str,
+    mode: Mode,
+    asked: list[str],
+    arrivals: list[float],
+    tag: str,
+    rate: float,
+) -> Point:
+    requests = [
+        new_request(factool.NAME, q, mode=mode, request_id=f"{tag}-{mode.value.lower()}-{i}")
+        for i, q in enumerate(asked)
+    ]
+    wanted = {r.request_id for r in requests}
+    reader = TopicReader(config, config.results_topic, from_beginning=False)
+    submitter = Submitter(config)
+    t0 = time.monotonic() + 0.5
+
+    def submit() -> None:
+        for request, at in zip(requests, arrivals, strict=True):
+            delay = t0 + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            submitter.submit(
+                new_request(
+                    request.pipeline, request.input, mode=mode, request_id=request.request_id
+                )
+            )
+            submitter.flush()
+
+    thread = threading.Thread(target=submit, daemon=True)
+    thread.start()
+    got: dict[str, PipelineResult] = {}
+    deadline = t0 + arrivals[-1] + DRAIN_S
+    with tqdm(
+        total=len(requests), desc=f"{tier} {mode.value.lower():9} @{rate:g}/s", leave=False
+    ) as bar:
+        while len(got) < len(requests) and time.monotonic() < deadline:
+            for _, value in reader.poll(0.5):
+                result = PipelineResult.decode(value)
+                if result.request_id in wanted and result.request_id not in got:
+                    got[result.request_id] = result
+                    bar.update(1)
+    thread.join()
+    reader.close()
+    ok = [g for g in got.values() if g.status.value == "OK"]
+    point = _point(
+        tier,
+        mode.value.lower(),
+        rate,
+        len(requests),
+        [g.latency_ms / 1000 for g in ok],
+        [g.completed_at_ms / 1000 for g in ok],
+    )
+    per_stage: dict[str, list[float]] = collections.defaultdict(list)
+    for g in ok:
+        for stage, ms in stage_windows(g).items():
+            per_stage[stage].append(ms / 1000)
+    point.stages_s = {s: round(statistics.median(v), 3) for s, v in per_stage.items()}
+    return point
+
+
+# -- LangGraph -----------------------------------------------------------------------------
+
+
+class _Pool:
+    """Several engines behind one: each generation goes to the next one (round robin), as a
+    LangGraph deployment behind a load balancer would spread its calls."""
+
+    def __init__(self, engines: list[Any]) -> None:
+        self.engines = engines
+        self.name = engines[0].name
+        self.simulated = engines[0].simulated
+        self.usage: dict[str, Any] = {}
+        self._next = 0
+
+    def generate(self, request_id: str, prompt: Any, params: Any) -> Any:
+        engine = self.engines[self._next % len(self.engines)]
+        self._next += 1
+        return engine.generate(request_id, prompt, params)
+
+    def count_tokens(self, prompt: Any) -> int:
+        return int(self.engines[0].count_tokens(prompt))
+
+    def stats(self) -> Any:
+        return self.engines[0].stats()
+
+    def take_usage(self, request_id: str) -> Any:
+        return None
+
+
+def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
+    if tier == "sim":
+        from lm_service.sim import SimEngine, SimParams
+
+        return [SimEngine(SimParams(time_scale=SIM_TIME_SCALE)) for _ in range(n)]
+    from lm_service.vllm_engine import VLLMEngine
+
+    return [VLLMEngine.from_config(config)]
+
+
+# -- a tier ----------------------------------------------------------------------------
+
+
+def _tier(tier: str, quick: bool) -> list[Point]:
+    loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
+    base = load_config(
+        sim_time_scale=SIM_TIME_SCALE, data_dir=OUT_DIR / "data" / f"factool-{tier}", warmup=True
+    )
+    docs = load_corpus(base.corpus)
+    lm_instances = SIM_LM_INSTANCES if tier == "sim" else 1
+    stack = Stack(
+        base,
+        workers=FAUST_WORKERS,
+        lm_instances=lm_instances,
+        engine="sim" if tier == "sim" else "vllm",
+        listen=f"127.0.0.1:{free_port()}",
+        workdir=OUT_DIR / "logs" / f"factool-{tier}",
+    )
+    points: list[Point] = []
+    progress(
+        f"{tier}: starting the stack ({lm_instances} LM workers, {FAUST_WORKERS} Faust workers)"
+    )
+    try:
+        stack.start()
+        stack.wait_ready(600)
+        config = stack.config
+        # A few requests first: warm caches (and vLLM's compiled paths) for every system.
+        _run_kafka(
+            config, tier, Mode.STREAMING, questions(docs, 2, seed=1), [0.0, 0.5], "warm", 1.0
+        )
+        for k, rate in enumerate(loads):
+            asked = questions(docs, n, seed=SEED + k)
+            arrivals = _arrivals(n, rate, SEED + k)
+            systems = [Mode.STREAMING, Mode.BASELINE]
+            for mode in systems if k % 2 == 0 else systems[::-1]:
+                point = _run_kafka(config, tier, mode, asked, arrivals, f"p{k}", rate)
+                points.append(point)
+                progress(_describe(point))
+    finally:
+        stack.stop()
+    progress(f"{tier}: LangGraph at the same loads")
+    engines = _engines(tier, base, lm_instances)
+
+    async def start_all() -> None:
+        for e in engines:
+            await e.start()
+
+    async def stop_all() -> None:
+        for e in engines:
+            await e.stop()
+
+    # The engines live on one event loop per run (asyncio.run): started inside each run.
+    for k, rate in enumerate(loads):
+        asked = questions(docs, n, seed=SEED + k)
+        arrivals = _arrivals(n, rate, SEED + k)
+
+        async def one(
+            asked: list[str] = asked, arrivals: list[float] = arrivals, k: int = k
+        ) -> list[Any]:
+            await start_all()
+            try:
+                from bench.langgraph_factool import run_open_loop
+
+                ids = [f"p{k}-langgraph-{i}" for i in range(len(asked))]
+                return await run_open_loop(_Pool(engines), asked, arrivals, ids)
+            finally:
+                await stop_all()
+
+        try:
+            started = time.time()
+            runs = asyncio.run(one())
+        except ImportError as exc:
+            progress(f"LangGraph not available ({exc}); skipped")
+            break
+        lat = [r["latency_s"] for r in runs if r.get("output") is not None]
+        done = [
+            started + a + r["latency_s"]
+            for a, r in zip(arrivals, runs, strict=True)
+            if r.get("output") is not None
+        ]
+        point = _point(tier, "langgraph", rate, n, lat, done)
+        points.append(point)
+        progress(_describe(point))
+    return points
+
+
+def _describe(p: Point) -> str:
+    return (
+        f"{p.tier} {p.system:9} offered {p.offered_rps:g}/s: {p.completed}/{p.sent} done, "
+        f"p50 {p.p50_s:.1f} s, p99 {p.p99_s:.1f} s, achieved {p.achieved_rps:.2f}/s "
+        f"{'PASS' if p.passed else 'fail'}"
+    )
+
+
+def _summary(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (tier, system), pts in _group(points).items():
+        pts.sort(key=lambda p: p.offered_rps)
+        passing = [p.offered_rps for p in pts if p.passed]
+        out.setdefault(tier, {})[system] = {
+            "sustained_load_rps": max(passing) if passing else 0.0,
+            "p99_low_load_s": pts[0].p99_s,
+            "p50_low_load_s": pts[0].p50_s,
+            "low_load_rps": pts[0].offered_rps,
+        }
+    return out
+
+
+def _group(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
+    groups: dict[tuple[str, str], list[Point]] = collections.defaultdict(list)
+    for p in points:
+        groups[(p.tier, p.system)].append(p)
+    return groups
+
+
+def _print(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -> None:
+    print("## alto bench factool: streaming vs baseline vs LangGraph\n")
+    print(
+        f"Target: median <= {TARGET_MEDIAN_S:g} s and achieved >= {PASS_ACHIEVED:.0%} of offered. "
+        f"Tier `sim`: SIMULATED LM engines ({SIM_LM_INSTANCES} instances, time scale "
+        f"{SIM_TIME_SCALE:g}); tier `vllm`: one real vLLM worker (SmolLM2-135M, CPU).\n"
+    )
+    print(
+        "| tier | system | sustained load (req/s) | P99 at low load (s) | median at low load (s) |"
+    )
+    print("|---|---|---|---|---|")
+    for tier, systems in summary.items():
+        for system, s in systems.items():
+            print(
+                f"| {tier} | {system} | {s['sustained_load_rps']:g} | {s['p99_low_load_s']:.1f} "
+                f"| {s['p50_low_load_s']:.1f} |"
+            )
+    for tier, systems in summary.items():
+        st, bl = systems.get("streaming"), systems.get("baseline")
+        if st and bl:
+            load_ratio = (
+                st["sustained_load_rps"] / bl["sustained_load_rps"]
+                if bl["sustained_load_rps"]
+                else math.nan
+            )
+            p99_ratio = (
+                bl["p99_low_load_s"] / st["p99_low_load_s"] if st["p99_low_load_s"] else math.nan
+            )
+            print(
+                f"\n{tier}: streaming / baseline sustained load {load_ratio:.2f}x (goal 3x); "
+                f"baseline / streaming P99 at low load {p99_ratio:.2f}x (goal 1.8x)"
+            )
+    print("\n### every point\n")
+    print("| tier | system | offered | done | p50 s | p99 s | achieved | pass |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in points:
+        print(
+            f"| {p.tier} | {p.system} | {p.offered_rps:g} | {p.completed}/{p.sent} | {p.p50_s:.1f} "
+            f"| {p.p99_s:.1f} | {p.achieved_rps:.2f} | {'yes' if p.passed else 'no'} |"
+        )
+    print("\n### median time per stage at the lowest load (s, first to last span)\n")
+    for tier in summary:
+        low = [p for p in points if p.tier == tier and p.stages_s]
+        if not low:
+            continue
+        first = min(p.offered_rps for p in low)
+        rows = {p.system: p.stages_s for p in low if p.offered_rps == first}
+        names = list(rows)
+        print(f"{tier} at {first:g} req/s:\n")
+        print("| stage | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for stage in dict.fromkeys(s for r in rows.values() for s in r):
+            print(
+                f"| {stage} | "
+                + " | ".join(f"{rows[s].get(stage, math.nan):.2f}" for s in names)
+                + " |"
+            )
+        print()
+
+
+def _plot(points: list[Point]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tiers = sorted({p.tier for p in points})
+    fig, axes = plt.subplots(1, len(tiers), figsize=(6 * len(tiers), 4.5), squeeze=False)
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        for (t, system), pts in sorted(_group(points).items()):
+            if t != tier:
+                continue
+            pts.sort(key=lambda p: p.offered_rps)
+            xs = [p.offered_rps for p in pts]
+            (line,) = ax.plot(xs, [p.p50_s for p in pts], marker="o", label=f"{system} median")
+            ax.plot(
+                xs,
+                [p.p99_s for p in pts],
+                marker="x",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{system} P99",
+            )
+        ax.axhline(TARGET_MEDIAN_S, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"FacTool, {tier}{' (SIMULATED LM engines)' if tier == 'sim' else ''}")
+        ax.set_xlabel("offered load (req/s)")
+        ax.set_ylabel("latency (s)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    path = OUT_DIR / "factool_latency.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(*, quick: bool, json_path: Path | None, tiers: tuple[str, ...] = ("sim", "vllm")) -> int:
+    started = time.perf_counter()
+    points: list[Point] = []
+    for tier in tiers:
+        points += _tier(tier, quick)
+    summary = _summary(points)
+    _print(points, summary)
+    plot = _plot(points)
+    elapsed = time.perf_counter() - started
+    print(f"\n(plot: {plot}; bench took {elapsed / 60:.1f} min{' with --quick' if quick else ''})")
+    raw: dict[str, Any] = {**summary, "points": [asdict(p) for p in points]}
+    write_json(json_path, {**raw, "quick": quick, "elapsed_s": elapsed})
+    return 0

@@ -1,0 +1,354 @@
+"""The FacTool pipeline as a LangGraph graph: the baseline system of `alto bench factool`.
+
+Same work as `agents.factool.pipeline`, step for step: the same prompts (the `LMCall` render
+functions), the same LM request ids (so the SIMULATED engine writes the same text), the same
+quantum rules, BM25 index, MiniLM encoder, rerank, evidence, backfill, verdict parsing and
+report code. What differs is only how the steps are run, as a LangGraph user would run them:
+
+    request graph:  answer -> claims -> Send(check_claim) per claim -> report
+    claim graph:    queries -> Send(retrieve) per query -> evidence -> backfill -> verify -> judge
+    retrieve:       BM25 top-k || MiniLM encoding (threads), then rerank (thread)
+
+Each claim runs as its own subgraph, so a claim's retrieval and verification never wait
+for another claim's (LangGraph runs a graph in supersteps, and one flat graph would hold
+every claim's verification until the slowest claim's retrieval is done). Independent
+calls run concurrently (`Send` map-reduce), CPU-bound steps in threads (`asyncio.to_thread`)
+so the event loop keeps serving the LM calls. Unlike our streaming pipeline, a step starts
+only when the LM call before it has finished: that is how LangGraph nodes work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import operator
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Protocol, TypedDict, cast
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Send
+
+from agents.factool import pipeline as factool
+from agents.factool.bm25 import ScoreAccumulator, tokenize
+from agents.factool.resources import pack, resources
+from lm_service.engine import GenerationParams, Prompt
+from lm_service.quanta import QuantumRule, split_all
+from schemas.messages import PathEntry
+from streams import REQUEST
+from streams.ancestry import node_key
+from streams.operators import Item
+from streams.pipeline import LMCall
+
+Path = tuple[PathEntry, ...]
+Span = tuple[str, float, float]  # (step, start, end) in time.monotonic() seconds
+
+
+class Generator(Protocol):
+    """What the graph needs of an LM engine: `lm_service.engine.Engine.generate` (an
+    `Engine`, or a pool that spreads calls over several)."""
+
+    def generate(
+        self, request_id: str, prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[str]: ...
+
+
+class RequestState(TypedDict, total=False):
+    request_id: str
+    question: str
+    answer: list[str]  # the answer's quanta (one: its rule is "whole")
+    claims: list[tuple[Path, str]]  # each claim with its ancestry path
+    judged: Annotated[list[tuple[tuple[int, ...], dict[str, Any]]], operator.add]
+    report: dict[str, Any]
+    spans: Annotated[list[Span], operator.add]
+
+
+class ClaimState(TypedDict, total=False):
+    request_id: str
+    path: Path  # the claim's: (answer i, claims j)
+    claim: str
+    queries: list[str]
+    reranked: Annotated[list[tuple[int, dict[str, Any]]], operator.add]
+    evidence: dict[str, Any]
+    checked: dict[str, Any]  # evidence after backfill
+    verdict: list[str]
+    judged: dict[str, Any]
+    spans: Annotated[list[Span], operator.add]
+
+
+class QueryInput(TypedDict):
+    request_id: str
+    path: Path  # the query's: (answer i, claims j, queries k)
+    query: str
+
+
+async def _lm(engine: Generator, call: LMCall, stage: str, item: Item) -> list[str]:
+    """One LM call, as our LM worker makes it: same prompt, same request id, same split."""
+    prompt = Prompt(call.prompt_name, tuple(call.render(item)), prefix_chars=call.prefix_chars)
+    params = GenerationParams(max_tokens=call.max_tokens, temperature=call.temperature)
+    lm_id = f"{node_key(item.request_id, item.path)}#{stage}"
+    deltas: list[str | bytes] = [d async for d in engine.generate(lm_id, prompt, params)]
+    return split_all(deltas, cast(QuantumRule, call.rule))
+
+
+def _bm25(query: str) -> list[tuple[int, float]]:
+    """`StreamingBM25`'s result for one whole query: its words' tokens, in order."""
+    tokens = [t for word in query.split() for t in tokenize(word)]
+    scores = ScoreAccumulator(resources().index)
+    scores.extend(tokens)
+    return scores.top_k(factool.BM25_K) if tokens else []
+
+
+def _encode(query: str) -> dict[str, object]:
+    (emb,) = resources().encoder.token_embeddings([query])
+    # Packed (float16) as the pipeline's encode stage sends it, so rerank scores agree.
+    return pack(emb)
+
+
+def _span(step: str, start: float) -> list[Span]:
+    return [(step, start, time.monotonic())]
+
+
+def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
+    async def queries(state: ClaimState) -> dict[str, Any]:
+        start = time.monotonic()
+        item = Item(state["claim"], state["request_id"], state["path"], "claims")
+        found = await _lm(engine, factool.QUERIES, "queries", item)
+        return {"queries": found, "spans": _span("queries", start)}
+
+    def fan_out(state: ClaimState) -> list[Send] | str:
+        sends = [
+            Send(
+                "retrieve",
+                QueryInput(
+                    request_id=state["request_id"],
+                    path=(*state["path"], PathEntry("queries", k)),
+                    query=query,
+                ),
+            )
+            for k, query in enumerate(state["queries"])
+        ]
+        return sends or "evidence"  # no query: evidence finds nothing, backfill searches
+
+    async def retrieve(state: QueryInput) -> dict[str, Any]:
+        query = state["query"]
+        start = time.monotonic()
+        candidates, emb = await asyncio.gather(
+            asyncio.to_thread(_bm25, query), asyncio.to_thread(_encode, query)
+        )
+        searched = time.monotonic()
+        joined = {"query": query, "candidates": candidates, "emb": emb}
+        item = Item(joined, state["request_id"], state["path"], "join")
+        reranked = await asyncio.to_thread(factool._rerank, item)
+        return {
+            "reranked": [(state["path"][-1].index, reranked)],
+            "spans": [("search", start, searched), *_span("rerank", searched)],
+        }
+
+    def evidence(state: ClaimState) -> dict[str, Any]:
+        start = time.monotonic()
+        ranked = [r for _, r in sorted(state.get("reranked", []), key=lambda e: e[0])]
+        found = factool._evidence({"claims": [state["claim"]], "rerank": ranked})
+        return {"evidence": found, "spans": _span("evidence", start)}
+
+    async def backfill(state: ClaimState) -> dict[str, Any]:
+        start = time.monotonic()
+        item = Item(state["evidence"], state["request_id"], state["path"], "evidence")
+        checked = await asyncio.to_thread(factool._backfill, item)
+        return {"checked": checked, "spans": _span("backfill", start)}
+
+    async def verify(state: ClaimState) -> dict[str, Any]:
+        start = time.monotonic()
+        item = Item(state["checked"], state["request_id"], state["path"], "backfill")
+        texts = await _lm(engine, factool.VERIFY, "verify", item)
+        return {"verdict": texts, "spans": _span("verify", start)}
+
+    def judge(state: ClaimState) -> dict[str, Any]:
+        return {
+            "judged": factool._judged({"backfill": [state["checked"]], "verify": state["verdict"]})
+        }
+
+    graph = StateGraph(ClaimState)
+    graph.add_node("queries", queries)
+    graph.add_node("retrieve", retrieve)
+    graph.add_node("evidence", evidence)
+    graph.add_node("backfill", backfill)
+    graph.add_node("verify", verify)
+    graph.add_node("judge", judge)
+    graph.add_edge(START, "queries")
+    graph.add_conditional_edges("queries", fan_out, ["retrieve", "evidence"])
+    graph.add_edge("retrieve", "evidence")
+    graph.add_edge("evidence", "backfill")
+    graph.add_edge("backfill", "verify")
+    graph.add_edge("verify", "judge")
+    graph.add_edge("judge", END)
+    return graph.compile(name="factool-claim")
+
+
+def build_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """One request's graph: input ``{"request_id", "question"}``, output state with ``report``
+    (the dict our pipeline's report stage writes) and ``spans`` (per-step timings)."""
+    claim_graph = _claim_graph(engine)
+
+    async def answer(state: RequestState) -> dict[str, Any]:
+        start = time.monotonic()
+        item = Item(state["question"], state["request_id"], (), REQUEST)
+        text = await _lm(engine, factool.ANSWER, "answer", item)
+        return {"answer": text, "spans": _span("answer", start)}
+
+    async def claims(state: RequestState) -> dict[str, Any]:
+        start = time.monotonic()
+
+        async def of(i: int, text: str) -> list[tuple[Path, str]]:
+            at = (PathEntry("answer", i),)
+            item = Item(text, state["request_id"], at, "answer")
+            found = await _lm(engine, factool.CLAIMS, "claims", item)
+            return [((*at, PathEntry("claims", j)), c) for j, c in enumerate(found)]
+
+        per_answer = await asyncio.gather(*(of(i, a) for i, a in enumerate(state["answer"])))
+        found = [c for cs in per_answer for c in cs]
+        return {"claims": found, "spans": _span("claims", start)}
+
+    def fan_out(state: RequestState) -> list[Send] | str:
+        sends = [
+            Send("check_claim", ClaimState(request_id=state["request_id"], path=path, claim=claim))
+            for path, claim in state["claims"]
+        ]
+        return sends or "report"
+
+    async def check_claim(state: ClaimState) -> dict[str, Any]:
+        out = await claim_graph.ainvoke(state)
+        key = tuple(p.index for p in state["path"])
+        return {"judged": [(key, out["judged"])], "spans": out["spans"]}
+
+    def report(state: RequestState) -> dict[str, Any]:
+        judged = [j for _, j in sorted(state.get("judged", []), key=lambda e: e[0])]
+        return {"report": factool._report({"answer": state["answer"], "judged": judged})}
+
+    graph = StateGraph(RequestState)
+    graph.add_node("answer", answer)
+    graph.add_node("claims", claims)
+    graph.add_node("check_claim", check_claim)
+    graph.add_node("report", report)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", "claims")
+    graph.add_conditional_edges("claims", fan_out, ["check_claim", "report"])
+    graph.add_edge("check_claim", "report")
+    graph.add_edge("report", END)
+    return graph.compile(name="factool")
+
+
+def _steps(spans: Sequence[Span], origin: float) -> dict[str, dict[str, float]]:
+    """Per step: calls, summed busy time, and its window relative to `origin` (seconds)."""
+    out: dict[str, dict[str, float]] = {}
+    for step, start, end in spans:
+        s = out.setdefault(
+            step, {"calls": 0, "busy_s": 0.0, "first_start_s": start - origin, "last_end_s": 0.0}
+        )
+        s["calls"] += 1
+        s["busy_s"] += end - start
+        s["first_start_s"] = min(s["first_start_s"], start - origin)
+        s["last_end_s"] = max(s["last_end_s"], end - origin)
+    return out
+
+
+async def run_open_loop(
+    engine: Generator, questions: list[str], arrivals_s: list[float], request_ids: list[str]
+) -> list[dict[str, Any]]:
+    """Runs each question at its arrival time (seconds from the start), all concurrently.
+
+    Per request, in input order: ``request_id``, ``latency_s`` (arrival -> report, so a
+    late start counts), ``output`` (the report, None if the request failed), ``error``,
+    ``steps`` (per-step timings, see `_steps`). The corpus, index and encoder are loaded
+    before the clock starts (our Faust workers warm up too).
+    """
+    if not len(questions) == len(arrivals_s) == len(request_ids):
+        raise ValueError("questions, arrivals_s and request_ids differ in length")
+    await asyncio.to_thread(factool.warm_up)
+    graph = build_graph(engine)
+    t0 = time.monotonic()
+
+    async def one(question: str, arrival: float, request_id: str) -> dict[str, Any]:
+        await asyncio.sleep(max(0.0, t0 + arrival - time.monotonic()))
+        due = t0 + arrival
+        try:
+            state = await graph.ainvoke({"request_id": request_id, "question": question})
+        except Exception as exc:  # one request's failure is its result, not the run's
+            return {
+                "request_id": request_id,
+                "latency_s": time.monotonic() - due,
+                "output": None,
+                "error": f"{type(exc).__name__}: {exc}",
+                "steps": {},
+            }
+        return {
+            "request_id": request_id,
+            "latency_s": time.monotonic() - due,
+            "output": state["report"],
+            "error": None,
+            "steps": _steps(state.get("spans", []), due),
+        }
+
+    return list(
+        await asyncio.gather(
+            *(one(q, a, r) for q, a, r in zip(questions, arrivals_s, request_ids, strict=True))
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.langgraph_factool --engine sim --n 5 --rate 0.5`: a manual check."""
+    from agents.factool.corpus import questions as ask
+    from alto.config import load_config
+    from lm_service.worker import make_engine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    parser.add_argument("--n", type=int, default=5, help="requests")
+    parser.add_argument("--rate", type=float, default=0.5, help="Poisson arrivals per second")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--time-scale", type=float, help="SIMULATED engine speed-up (< 1)")
+    args = parser.parse_args(argv)
+    overrides = {} if args.time_scale is None else {"sim_time_scale": args.time_scale}
+    config = load_config(**overrides)
+    asked = ask(resources(config).docs, args.n, seed=args.seed)
+    rng = random.Random(args.seed)
+    arrivals, t = [], 0.0
+    for _ in asked:
+        arrivals.append(t)
+        t += rng.expovariate(args.rate)
+    engine = make_engine(config, args.engine)
+
+    async def run() -> list[dict[str, Any]]:
+        await engine.start()
+        try:
+            ids = [f"lg-{i}" for i in range(len(asked))]
+            return await run_open_loop(engine, asked, arrivals, ids)
+        finally:
+            await engine.stop()
+
+    runs = asyncio.run(run())
+    label = " (SIMULATED engine)" if engine.simulated else ""
+    print(f"LangGraph FacTool{label}: {len(runs)} requests at {args.rate:g}/s")
+    for arrival, r in zip(arrivals, runs, strict=True):
+        out = r["output"]
+        what = (
+            r["error"]
+            if out is None
+            else f"{len(out['claims'])} claims, factuality {out['factuality']}"
+        )
+        steps = " ".join(f"{k}={v['last_end_s']:.2f}" for k, v in r["steps"].items())
+        print(
+            f"  {r['request_id']} at {arrival:6.2f} s: {r['latency_s']:6.2f} s  {what}  [{steps}]"
+        )
+    lat = sorted(r["latency_s"] for r in runs if r["output"] is not None)
+    if lat:
+        print(f"median {statistics.median(lat):.2f} s, max {lat[-1]:.2f} s")
+    return 0 if len(lat) == len(runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The FacTool benchmark's bookkeeping: arrivals, the pass rule, the summary per system."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point, _summary
+
+pytestmark = pytest.mark.unit
+
+
+def test_poisson_arrivals_are_seeded_and_have_the_offered_rate() -> None:
+    a = _arrivals(4000, 2.0, seed=3)
+    assert a == _arrivals(4000, 2.0, seed=3) and a != _arrivals(4000, 2.0, seed=4)
+    assert all(x < y for x, y in zip(a, a[1:], strict=False))
+    assert 1.9 < len(a) / a[-1] < 2.1
+
+
+def test_a_point_passes_only_with_every_result_a_median_on_target_and_the_load_carried() -> None:
+    done = [10.0 + i for i in range(10)]  # one completion a second
+    ok = _point("sim", "streaming", 1.0, 10, [1.0] * 10, done)
+    assert ok.passed and ok.achieved_rps == pytest.approx(1.0)
+    slow = _point("sim", "streaming", 1.0, 10, [TARGET_MEDIAN_S + 1] * 10, done)
+    assert not slow.passed
+    lagging = _point("sim", "streaming", 1.0 / (PASS_ACHIEVED - 0.1), 10, [1.0] * 10, done)
+    assert not lagging.passed
+    lost = _point("sim", "streaming", 1.0, 11, [1.0] * 10, done)
+    assert not lost.passed
+
+
+def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> None:
+    done = [float(i) for i in range(10)]
+    points = [
+        _point("sim", "baseline", 0.5, 10, [2.0] * 9 + [9.0], done),
+        _point("sim", "baseline", 1.0, 10, [3.0] * 10, done),
+        _point("sim", "baseline", 2.0, 10, [8.0] * 10, done),
+    ]
+    s = _summary(points)["sim"]["baseline"]
+    assert s["sustained_load_rps"] == 1.0
+    assert s["p99_low_load_s"] == 9.0

@@ -260,17 +260,9 @@ def _tier(tier: str, quick: bool) -> list[Point]:
     finally:
         stack.stop()
     progress(f"{tier}: LangGraph at the same loads")
-    engines = _engines(tier, base, lm_instances)
 
-    async def start_all() -> None:
-        for e in engines:
-            await e.start()
-
-    async def stop_all() -> None:
-        for e in engines:
-            await e.stop()
-
-    # The engines live on one event loop per run (asyncio.run): started inside each run.
+    # Each run has its own event loop (asyncio.run), so each gets engines of its own: an
+    # engine's internal tasks and events belong to the loop that started it.
     for k, rate in enumerate(loads):
         asked = questions(docs, n, seed=SEED + k)
         arrivals = _arrivals(n, rate, SEED + k)
@@ -278,14 +270,17 @@ def _tier(tier: str, quick: bool) -> list[Point]:
         async def one(
             asked: list[str] = asked, arrivals: list[float] = arrivals, k: int = k
         ) -> list[Any]:
-            await start_all()
-            try:
-                from bench.langgraph_factool import run_open_loop
+            from bench.langgraph_factool import run_open_loop
 
+            engines = _engines(tier, base, lm_instances)
+            for e in engines:
+                await e.start()
+            try:
                 ids = [f"p{k}-langgraph-{i}" for i in range(len(asked))]
                 return await run_open_loop(_Pool(engines), asked, arrivals, ids)
             finally:
-                await stop_all()
+                for e in engines:
+                    await e.stop()
 
         try:
             started = time.time()

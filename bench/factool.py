@@ -3,7 +3,8 @@
 Open-loop load: Poisson arrivals at a sweep of offered loads; at each load every system gets
 the same questions (drawn from WordNet, seeded) at the same arrival times, one system after
 the other (the order alternates from load to load, so drift on a shared machine does not
-favour one side). Per point: median and P99 end-to-end latency, and the achieved load. A
+favour one side). Request ids `p<load>-<i>~<system>` make the SIMULATED engines write the
+same text for a question in every system (`lm_service.sim.sim_text`): equal work. Per point: median and P99 end-to-end latency, and the achieved load. A
 point passes when the median is within the target (`TARGET_MEDIAN_S`, the paper's 4 s) and
 the achieved load is at least 80% of the offered one (the paper's rule). Reported per
 system: the highest passing load (sustained load) and the P99 at the lowest load.
@@ -128,7 +129,7 @@ def _run_kafka(
     rate: float,
 ) -> Point:
     requests = [
-        new_request(factool.NAME, q, mode=mode, request_id=f"{tag}-{mode.value.lower()}-{i}")
+        new_request(factool.NAME, q, mode=mode, request_id=f"{tag}-{i}~{mode.value.lower()}")
         for i, q in enumerate(asked)
     ]
     wanted = {r.request_id for r in requests}
@@ -276,7 +277,7 @@ def _tier(tier: str, quick: bool) -> list[Point]:
             for e in engines:
                 await e.start()
             try:
-                ids = [f"p{k}-langgraph-{i}" for i in range(len(asked))]
+                ids = [f"p{k}-{i}~langgraph" for i in range(len(asked))]
                 return await run_open_loop(_Pool(engines), asked, arrivals, ids)
             finally:
                 for e in engines:

@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -127,6 +128,9 @@ class _Seq:
     scheduled: float = 0.0
 
 
+_TAG = re.compile(r"~[^|#]*")  # "~tag" in the pipeline request id part of an LM call id
+
+
 def _rng(request_id: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big"))
 
@@ -143,8 +147,12 @@ def sim_text(
     request_id: str, prompt_name: str, max_tokens: int, *, fill: bool = False
 ) -> list[str]:
     """The simulated output of one request as token strings (deterministic per request id);
-    `fill` continues with more sentences up to exactly `max_tokens` (ignore_eos)."""
-    rng = _rng(f"{prompt_name}|{request_id}")
+    `fill` continues with more sentences up to exactly `max_tokens` (ignore_eos).
+
+    A pipeline request id of the form ``BASE~TAG`` simulates what ``BASE`` would: the same
+    question can run as distinct requests (streaming, baseline, another system) with the
+    same simulated text, so benchmarks compare equal work."""
+    rng = _rng(f"{prompt_name}|{_TAG.sub('', request_id, count=1)}")
     lines: list[str] = []
     kind = prompt_name.rsplit(".", 1)[-1]  # "factool.claims" has the shape of "claims"
     if kind == "claims":

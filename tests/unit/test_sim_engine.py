@@ -131,3 +131,10 @@ def test_usage_of_a_finished_call() -> None:
         assert 0.3 < first.service_s < 1.0
 
     asyncio.run(run())
+
+
+def test_a_tagged_request_id_simulates_the_same_text_as_its_base() -> None:
+    base = sim_text("r7|answer:0#claims", "claims", 96)
+    assert sim_text("r7~baseline|answer:0#claims", "claims", 96) == base
+    assert sim_text("r7~langgraph|answer:0#claims", "claims", 96) == base
+    assert sim_text("r8|answer:0#claims", "claims", 96) != base

@@ -52,7 +52,7 @@ from agents.factool.corpus import load_corpus, questions
 from alto.client import Submitter, TopicReader, new_request, stage_windows
 from alto.config import AltoConfig, load_config
 from alto.stack import Stack
-from bench.common import OUT_DIR, percentile, progress, write_json
+from bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
 from infra.broker import free_port
 from schemas.messages import Mode, PipelineResult
 
@@ -432,7 +432,8 @@ def main(*, quick: bool, json_path: Path | None, tiers: tuple[str, ...] = ("sim"
     started = time.perf_counter()
     points: list[Point] = []
     for tier in tiers:
-        points += _tier(tier, quick)
+        with stdout_to_stderr():  # vLLM logs to stdout; stdout keeps only the markdown
+            points += _tier(tier, quick)
     summary = _summary(points)
     _print(points, summary)
     plot = _plot(points)

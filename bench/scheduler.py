@@ -91,21 +91,17 @@ Both engines' processes share this machine's 2 cores; it takes about 2 minutes.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
-import os
 import random
-import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, percentile, progress, write_json
+from bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
 from lm_service.sim import PrefixCache, SimParams, iteration_s
 from scheduler.policy import (
     CHARS_PER_TOKEN,
@@ -878,21 +874,6 @@ def real_vllm_hit_rates(
     }
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """File descriptor 1 points at stderr meanwhile (child processes included), so that
-    stdout keeps only the markdown."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def _maybe_real_vllm() -> dict[str, Any] | None:
     """`real_vllm_hit_rates` when vLLM imports and the policies exist; None otherwise."""
     try:
@@ -906,7 +887,7 @@ def _maybe_real_vllm() -> dict[str, Any] | None:
         progress("prompt_aware not in scheduler/policy.py yet; no real-vLLM check")
         return None
     try:
-        with _stdout_to_stderr():  # vLLM logs to stdout, here and in its engine processes
+        with stdout_to_stderr():  # vLLM logs to stdout, here and in its engine processes
             return real_vllm_hit_rates()
     except Exception as exc:  # report it; the simulated figures still print
         progress(f"real-vLLM check failed: {type(exc).__name__}: {exc}")

@@ -73,6 +73,9 @@ class AltoConfig(BaseModel):
     # Load what the pipelines' stages need (index, encoder) when a worker starts, not on its
     # first request (off in most tests: every test worker would load them).
     warmup: bool = True
+    # Corpus passages whose token embeddings a worker keeps for reranking (0: none; the
+    # FacTool benchmark uses 0 so that no system gains from another's run of a question).
+    passage_cache: int = Field(default=4096, ge=0)
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
@@ -175,6 +178,7 @@ _ENV_FIELDS: dict[str, str] = {
     "SIM_PARAMS": "sim_params",
     "CORPUS": "corpus",
     "WARMUP": "warmup",
+    "PASSAGE_CACHE": "passage_cache",
     "SCHEDULER_POLICY": "scheduler_policy",
     "SCHEDULER_SATURATION": "scheduler_saturation",
     "SCHEDULER_QUEUE": "scheduler_queue",

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from agents.factool import pipeline as factool
 from agents.factool.corpus import load_corpus, questions
+from agents.factool.resources import resources
 from alto.client import Submitter, TopicReader, new_request, stage_windows
 from alto.config import AltoConfig, load_config
 from alto.stack import Stack
@@ -226,8 +227,12 @@ def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
 def _tier(tier: str, quick: bool) -> list[Point]:
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
     base = load_config(
-        sim_time_scale=SIM_TIME_SCALE, data_dir=OUT_DIR / "data" / f"factool-{tier}", warmup=True
+        sim_time_scale=SIM_TIME_SCALE,
+        data_dir=OUT_DIR / "data" / f"factool-{tier}",
+        warmup=True,
+        passage_cache=0,  # no system may rerank with embeddings another system's run left
     )
+    resources(base)  # LangGraph runs in this process: the same settings
     docs = load_corpus(base.corpus)
     lm_instances = SIM_LM_INSTANCES if tier == "sim" else 1
     stack = Stack(

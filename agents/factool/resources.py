@@ -55,11 +55,11 @@ class Passage:
 
 
 class Resources:
-    def __init__(self, config: AltoConfig, passage_cache: int = 4096) -> None:
+    def __init__(self, config: AltoConfig) -> None:
         self.config = config
         self._load_lock = threading.Lock()
         self._embeddings: OrderedDict[int, Matrix] = OrderedDict()
-        self._cache_size = passage_cache
+        self._cache_size = config.passage_cache
         self._cache_lock = threading.Lock()
 
     @cached_property
@@ -101,7 +101,7 @@ class Resources:
             with self._cache_lock:
                 for i, emb in zip(missing, fresh, strict=True):
                     out[i] = self._embeddings[i] = emb
-                while len(self._embeddings) > self._cache_size:
+                while self._embeddings and len(self._embeddings) > self._cache_size:
                     self._embeddings.popitem(last=False)
         return out
 

@@ -435,6 +435,19 @@ class AltoApp:
             tmp.replace(path)
 
 
+def _defines_every_table(config: AltoConfig) -> bool:
+    """Whether this worker holds every table of the app (all pipelines' stages, the sink).
+
+    Standby replicas are only safe from such workers. Faust's group leader filters the standby
+    partitions it hands out by the changelogs *it* knows, while each member checks what it got
+    against the changelogs *it* knows: a leader without the tables (say, a scheduler-only
+    worker) sends assignments that a stage worker rejects (an AssertionError in Faust's
+    assignor, then no partitions at all). A worker with fewer tables asks for no standbys;
+    since the leader's setting decides, a group with such a leader runs without them.
+    """
+    return {"stages", "sink"} <= set(config.roles) and not config.pipelines
+
+
 def _faust_settings(config: AltoConfig) -> dict[str, Any]:
     brokers = [f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")]
     worker_dir = re.sub(r"[^\w.-]", "_", config.worker_id)
@@ -453,6 +466,7 @@ def _faust_settings(config: AltoConfig) -> dict[str, Any]:
         "stream_wait_empty": False,
         "producer_max_request_size": config.max_message_bytes,
         "worker_redirect_stdouts": False,
+        "table_standby_replicas": 1 if _defines_every_table(config) else 0,
     }
     sec = config.security
     if sec.protocol.startswith("SASL"):

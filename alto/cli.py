@@ -163,6 +163,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from alto.chaos import run_chaos_command
+
+    return run_chaos_command(
+        load_config(), requests=args.requests, rate=args.rate, seed=args.seed, json_path=args.json
+    )
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench import run_bench
 
@@ -241,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for readiness (default 600)"
     )
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "chaos",
+        help="SIGKILL and restart a Faust worker, an LM worker and the scheduler under load; "
+        "check every request has exactly one correct result (exit 1 if not)",
+    )
+    p.add_argument("--requests", type=int, default=500, help="requests to send (default 500)")
+    p.add_argument("--rate", type=float, default=5.0, help="Poisson arrivals per s (default 5)")
+    p.add_argument("--seed", type=int, default=7, help="seeds the workload and the faults")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.set_defaults(func=_cmd_chaos)
 
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
     p.add_argument("name", choices=["hop", "lm", "scheduler", "bm25", "factool"])

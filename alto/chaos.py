@@ -1,0 +1,428 @@
+"""`alto chaos`: serve a stream of requests while processes are SIGKILLed and restarted, then
+check that every request has exactly one result and that every result is correct.
+
+The deployment: the broker, `faust_workers` Faust workers (ingest, stages, sink), one
+scheduler process (a Faust worker with only the scheduler role) and `lm_workers` LM workers
+on the SIMULATED engine. Requests (the `claims` pipeline, which calls the LM, and the
+`example` pipeline, which only aggregates; both modes) arrive as a Poisson stream. At random
+moments inside the arrival window (seeded), one process of each kind in `faults` is SIGKILLed
+and started again (same id, same LM instance) a few seconds later.
+
+Checking: the simulated engine's text is a function of the call's id, so the correct output
+of every request is known in advance (`expected_output`). After the run the results topic is
+read from the start: a request with no result is *lost*, one with two is *duplicated*, one
+whose output differs from the expected output (or that did not finish OK) is *wrong*.
+
+Recovery, per fault: the requests in flight when the process was killed (submitted, no
+result yet) and the time until the last of them had its result (`cleared_s`); the longest
+pause in the stream of results after the kill (`longest_gap_s`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from agents import claims, example
+from alto.client import Submitter, TopicReader, new_request, wait_lm_reporting
+from alto.config import AltoConfig
+from alto.errors import BadInputError
+from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from lm_service.quanta import split_all
+from lm_service.sim import sim_text
+from schemas.messages import DeadLetter, Mode, PipelineRequest, PipelineResult, ResultStatus
+from streams.ancestry import node_key
+
+log = logging.getLogger(__name__)
+
+Target = Literal["faust", "lm", "scheduler"]
+TARGETS: tuple[Target, ...] = ("faust", "lm", "scheduler")
+
+# Faust workers serve everything but the scheduler, which runs alone so it can be killed alone.
+STAGE_ROLES = "ingest,stages,sink"
+SCHEDULER_ROLES = "scheduler"
+
+
+def expected_output(request: PipelineRequest) -> dict[str, Any]:
+    """The correct output of a chaos request (SIMULATED engine for the LM stage)."""
+    if request.pipeline == claims.NAME:
+        lm_id = f"{node_key(request.request_id, ())}#claims"
+        call = claims.CLAIMS
+        return claims.expected_output(
+            split_all(sim_text(lm_id, call.prompt_name, call.max_tokens), call.rule)  # type: ignore[arg-type]
+        )
+    return example.expected_output(request.input)
+
+
+def workload(n: int, seed: int) -> list[PipelineRequest]:
+    """`n` requests: two in three of the LM pipeline, the rest of the example; modes alternate."""
+    rng = random.Random(seed)
+    texts = example.example_texts(n, seed=seed)
+    out = []
+    for i, text in enumerate(texts):
+        pipeline = claims.NAME if rng.random() < 2 / 3 else example.NAME
+        mode = Mode.STREAMING if i % 2 == 0 else Mode.BASELINE
+        # The claims pipeline takes a topic; the first words of a text make one.
+        value = (" ".join(text.split()[:4]) or f"subject {i}") if pipeline == claims.NAME else text
+        out.append(new_request(pipeline, value, mode=mode, request_id=f"chaos-{seed}-{i}"))
+    return out
+
+
+@dataclass
+class Fault:
+    target: Target
+    process: str
+    at_s: float  # since the first arrival
+    restart_after_s: float
+    killed_at: float = 0.0  # wall clock (time.time())
+    restarted_at: float = 0.0
+    in_flight: list[str] = field(default_factory=list)
+    cleared_s: float | None = None
+    longest_gap_s: float = 0.0
+
+
+@dataclass
+class ChaosReport:
+    seed: int
+    requests: int
+    faults: list[Fault]
+    results_seen: int
+    lost: list[str]
+    duplicated: dict[str, int]
+    wrong: dict[str, str]
+    dead_letters: int
+    duration_s: float
+    latency_p50_s: float
+    latency_max_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.wrong)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for fault in out["faults"]:
+            fault["in_flight"] = len(fault["in_flight"])
+        out["ok"] = self.ok
+        return out
+
+    def markdown(self) -> str:
+        lines = [
+            f"## Chaos run (seed {self.seed}; LM engines SIMULATED)",
+            "",
+            f"- requests sent: {self.requests}; results read: {self.results_seen}; "
+            f"run time {self.duration_s:.0f} s",
+            f"- **lost: {len(self.lost)}, duplicated: {len(self.duplicated)}, "
+            f"wrong: {len(self.wrong)}**, dead letters: {self.dead_letters}",
+            f"- latency: median {self.latency_p50_s:.2f} s, max {self.latency_max_s:.2f} s",
+            "",
+            "| fault | process | killed at (s) | down (s) | in flight | all cleared after (s)"
+            " | longest result gap (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for f in self.faults:
+            cleared = "-" if f.cleared_s is None else f"{f.cleared_s:.1f}"
+            lines.append(
+                f"| SIGKILL {f.target} | {f.process} | {f.at_s:.1f} | {f.restart_after_s:.1f} "
+                f"| {len(f.in_flight)} | {cleared} | {f.longest_gap_s:.1f} |"
+            )
+        if self.lost:
+            lines += ["", f"lost: {self.lost[:20]}"]
+        if self.duplicated:
+            lines += ["", f"duplicated: {dict(list(self.duplicated.items())[:20])}"]
+        if self.wrong:
+            lines += ["", f"wrong: {dict(list(self.wrong.items())[:5])}"]
+        return "\n".join(lines)
+
+
+def plan_faults(
+    seed: int, window_s: float, targets: tuple[Target, ...], *, min_gap_s: float = 8.0
+) -> list[tuple[Target, float, float]]:
+    """(target, at_s, restart_after_s) per target, at random moments of the arrival window,
+    in random order, at least `min_gap_s` apart (so that each recovery can be told apart)."""
+    rng = random.Random(seed)
+    order = list(targets)
+    rng.shuffle(order)
+    lo, hi = 0.1 * window_s, 0.8 * window_s
+    for _ in range(1000):
+        moments = sorted(rng.uniform(lo, hi) for _ in order)
+        if all(b - a >= min_gap_s for a, b in zip(moments, moments[1:], strict=False)):
+            break
+    else:
+        step = (hi - lo) / max(1, len(order))
+        moments = [lo + i * step for i in range(len(order))]
+    return [(t, at, rng.uniform(1.0, 4.0)) for t, at in zip(order, moments, strict=True)]
+
+
+class _Deployment:
+    """The processes of a chaos run, restartable by name."""
+
+    def __init__(
+        self, config: AltoConfig, workdir: Path, faust_workers: int, lm_workers: int
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.incarnation: Counter[str] = Counter()
+        self.specs: dict[str, tuple[list[str] | None, dict[str, str]]] = {}
+        for i in range(faust_workers):
+            self.specs[f"f{i + 1}"] = (None, {"ALTO_ROLES": STAGE_ROLES})
+        self.specs["sched"] = (None, {"ALTO_ROLES": SCHEDULER_ROLES})
+        for i in range(lm_workers):
+            self.specs[f"lm{i}"] = (lm_worker_command(i, "sim"), {})
+        self.procs: dict[str, WorkerProcess] = {}
+        for name in self.specs:
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        command, env = self.specs[name]
+        self.incarnation[name] += 1
+        # Each incarnation logs to its own folder: a restart must not overwrite the log of
+        # the process it replaces.
+        where = self.workdir / f"run{self.incarnation[name]}"
+        self.procs[name] = WorkerProcess(
+            self.config, name, where, command=command, env=env, own_group=True
+        )
+
+    def names(self, target: Target) -> list[str]:
+        prefix = {"faust": "f", "lm": "lm", "scheduler": "sched"}[target]
+        return [n for n in self.specs if n.startswith(prefix)]
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if not p.alive()]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.stop(timeout_s=30)
+
+
+def _results_on_topic(config: AltoConfig, quiet_s: float = 3.0) -> list[PipelineResult]:
+    """Every result on the results topic, read from the start until `quiet_s` pass with none."""
+    reader = TopicReader(config, config.results_topic)
+    out: list[PipelineResult] = []
+    try:
+        while True:
+            batch = list(reader.poll(quiet_s))
+            if not batch:
+                return out
+            for _, value in batch:
+                with contextlib.suppress(BadInputError):
+                    out.append(PipelineResult.decode(value))
+    finally:
+        reader.close()
+
+
+def _count_dead_letters(config: AltoConfig) -> int:
+    reader = TopicReader(config, config.dlq_topic)
+    try:
+        n = 0
+        for _, value in reader.poll(2.0):
+            with contextlib.suppress(BadInputError):
+                DeadLetter.decode(value)
+            n += 1
+        return n
+    finally:
+        reader.close()
+
+
+def run_chaos(
+    config: AltoConfig,
+    workdir: Path,
+    *,
+    requests: int = 500,
+    rate: float = 5.0,
+    seed: int = 7,
+    faults: tuple[Target, ...] = TARGETS,
+    faust_workers: int = 2,
+    lm_workers: int = 3,
+    drain_timeout_s: float = 240.0,
+    ready_timeout_s: float = 180.0,
+) -> ChaosReport:
+    """Run the chaos experiment on the broker `config` names (topics are created by the
+    workers) and return its report. Processes are stopped whatever happens."""
+    started = time.monotonic()
+    work = workload(requests, seed)
+    arrivals_rng = random.Random(seed + 1)
+    offsets, t = [], 0.0
+    for _ in work:
+        offsets.append(t)
+        t += arrivals_rng.expovariate(rate)
+    window_s = offsets[-1]
+    plan = plan_faults(seed, window_s, faults)
+    pick = random.Random(seed + 2)
+    deployment = _Deployment(config, workdir, faust_workers, lm_workers)
+    try:
+        _wait_ready(config, deployment, ready_timeout_s)
+        chosen = [
+            Fault(target, pick.choice(deployment.names(target)), at, down)
+            for target, at, down in plan
+        ]
+        report = _drive(config, deployment, work, offsets, chosen, drain_timeout_s)
+    finally:
+        deployment.stop()
+    report.seed = seed
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _wait_ready(config: AltoConfig, deployment: _Deployment, timeout_s: float) -> None:
+    stage_workers = [deployment.procs[n] for n in deployment.names("faust")]
+    topics = [config.sink_topic, config.requests_topic]
+    for topology in (claims.build(), example.build()):
+        topics += topology.topics(config.topic_prefix)
+    wait_assigned(stage_workers, topics, config.partitions, timeout_s=timeout_s)
+    wait_assigned(
+        [deployment.procs["sched"]], [config.lm_requests_topic], config.partitions, timeout_s
+    )
+    lm_instances = [int(n[2:]) for n in deployment.names("lm")]
+
+    def check() -> None:
+        if dead := deployment.dead():
+            raise RuntimeError(f"processes exited before the run: {dead}")
+
+    wait_lm_reporting(config, lm_instances, timeout_s, check=check)
+
+
+def _drive(
+    config: AltoConfig,
+    deployment: _Deployment,
+    work: list[PipelineRequest],
+    offsets: list[float],
+    faults: list[Fault],
+    drain_timeout_s: float,
+) -> ChaosReport:
+    submitter = Submitter(config)
+    reader = TopicReader(config, config.results_topic, from_beginning=False)
+    submitted: dict[str, float] = {}  # request id -> wall clock of submission
+    done: dict[str, float] = {}  # request id -> wall clock of its first result
+    t0 = time.time()
+    pending_kills = sorted(faults, key=lambda f: f.at_s)
+    pending_restarts: list[Fault] = []
+    next_request = 0
+    deadline = None
+    try:
+        while len(done) < len(work):
+            now = time.time()
+            elapsed = now - t0
+            while next_request < len(work) and offsets[next_request] <= elapsed:
+                request = replace(work[next_request], submitted_at_ms=int(time.time() * 1000))
+                submitter.submit(request)
+                submitted[request.request_id] = time.time()
+                next_request += 1
+            if pending_kills and pending_kills[0].at_s <= elapsed:
+                fault = pending_kills.pop(0)
+                fault.in_flight = [r for r in submitted if r not in done]
+                fault.killed_at = time.time()
+                deployment.procs[fault.process].kill()
+                log.info("chaos: SIGKILL %s at %.1f s", fault.process, elapsed)
+                pending_restarts.append(fault)
+            for fault in [f for f in pending_restarts if now - f.killed_at >= f.restart_after_s]:
+                deployment.start(fault.process)
+                fault.restarted_at = time.time()
+                pending_restarts.remove(fault)
+                log.info("chaos: restarted %s", fault.process)
+            if next_request == len(work) and not pending_kills and not pending_restarts:
+                if deadline is None:
+                    submitter.flush()
+                    deadline = time.monotonic() + drain_timeout_s
+                elif time.monotonic() > deadline:
+                    break
+            for _, value in reader.poll(0.05):
+                try:
+                    result = PipelineResult.decode(value)
+                except BadInputError:
+                    continue
+                done.setdefault(result.request_id, time.time())
+    finally:
+        reader.close()
+    _measure_recovery(faults, done)
+    return _check(config, work, submitted, done, faults)
+
+
+def _measure_recovery(faults: list[Fault], done: dict[str, float]) -> None:
+    times = sorted(done.values())
+    for fault in faults:
+        waits = [done[r] for r in fault.in_flight if r in done]
+        if fault.in_flight and len(waits) == len(fault.in_flight):
+            fault.cleared_s = max(waits) - fault.killed_at
+        after = [fault.killed_at, *(t for t in times if t >= fault.killed_at)]
+        fault.longest_gap_s = max(
+            (b - a for a, b in zip(after, after[1:], strict=False)), default=0.0
+        )
+
+
+def _check(
+    config: AltoConfig,
+    work: list[PipelineRequest],
+    submitted: dict[str, float],
+    done: dict[str, float],
+    faults: list[Fault],
+) -> ChaosReport:
+    results = _results_on_topic(config)
+    by_id: dict[str, list[PipelineResult]] = {}
+    for result in results:
+        by_id.setdefault(result.request_id, []).append(result)
+    wrong: dict[str, str] = {}
+    latencies = []
+    for request in work:
+        got = by_id.get(request.request_id)
+        if not got:
+            continue
+        first = got[0]
+        latencies.append(done.get(request.request_id, 0.0) - submitted[request.request_id])
+        if first.status is not ResultStatus.OK:
+            wrong[request.request_id] = f"{first.status}: {first.error}"
+        elif json.loads(first.output or "null") != expected_output(request):
+            wrong[request.request_id] = f"output differs: {first.output!r:.200}"
+    latencies.sort()
+    return ChaosReport(
+        seed=0,
+        requests=len(work),
+        faults=faults,
+        results_seen=len(results),
+        lost=[r.request_id for r in work if r.request_id not in by_id],
+        duplicated={rid: len(rs) for rid, rs in by_id.items() if len(rs) > 1},
+        wrong=wrong,
+        dead_letters=_count_dead_letters(config),
+        duration_s=0.0,
+        latency_p50_s=latencies[len(latencies) // 2] if latencies else 0.0,
+        latency_max_s=latencies[-1] if latencies else 0.0,
+    )
+
+
+@contextlib.contextmanager
+def _broker(config: AltoConfig) -> Iterator[AltoConfig]:
+    """The embedded broker on a free port unless the configuration names one."""
+    if "bootstrap_servers" in config.model_fields_set:
+        yield config
+        return
+    from infra.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield config.with_overrides(bootstrap_servers=broker.bootstrap_servers)
+
+
+def run_chaos_command(
+    config: AltoConfig, *, requests: int, rate: float, seed: int, json_path: Path | None
+) -> int:
+    """`alto chaos`: the experiment with short group timeouts, its report on stdout."""
+    tuned = config.with_overrides(session_timeout_s=6.0, lm_status_interval_s=0.5, warmup=False)
+    with _broker(config) as brokered:
+        run_config = tuned.with_overrides(bootstrap_servers=brokered.bootstrap_servers)
+        report = run_chaos(
+            run_config, config.data_dir / "chaos", requests=requests, rate=rate, seed=seed
+        )
+    print(report.markdown())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2))
+    return 0 if report.ok else 1

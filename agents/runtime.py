@@ -32,6 +32,7 @@ import faust
 from faust.types import EventT, StreamT
 
 from agents.transport import FaustApp
+from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
 from scheduler.agent import Overloaded, SchedulerCore
@@ -53,6 +54,9 @@ from streams.processor import (
 )
 
 log = logging.getLogger(__name__)
+
+# How often the consumer-lag gauge is refreshed (it reads cached offsets, no broker request).
+LAG_INTERVAL_S = 5.0
 
 
 class _ResultsStore:
@@ -93,6 +97,8 @@ class AltoApp:
         self.sink = Sink(self.topologies)
         self._topics: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
+        self._consumed: set[str] = set()  # topics an agent of ours reads (for consumer lag)
+        self.metrics_port: int | None = None  # bound once the worker starts (metrics on)
         unknown = set(config.pipelines) - set(self.topologies)
         if unknown:
             raise ConfigError(
@@ -110,6 +116,8 @@ class AltoApp:
             self._define_sink()
         if "scheduler" in config.roles:
             self._define_scheduler()
+        if config.metrics_port >= 0:
+            self._define_metrics()
         if config.status_file is not None:
             self._define_status(config.status_file)
 
@@ -156,9 +164,12 @@ class AltoApp:
 
     # -- output --------------------------------------------------------------------
 
-    async def _deliver(self, outs: Iterable[Output], event: EventT) -> None:
+    async def _deliver(
+        self, outs: Iterable[Output], event: EventT, meter: metrics.StageMeter
+    ) -> None:
         for out in outs:
             if isinstance(out, CallLM):
+                meter.out["LM_CALL"].inc()
                 await self.app.producer.send(
                     out.topic, out.key.encode(), out.request.encode(), None, None, None
                 )
@@ -166,10 +177,12 @@ class AltoApp:
                 # Straight to the producer: Faust's channel layer (futures, callbacks per
                 # message) cost more than our whole stage on the hop benchmark. The consumer
                 # still flushes this producer before it commits offsets (at-least-once).
+                meter.out[out.quantum.kind.value].inc()
                 await self.app.producer.send(
                     out.topic, out.key.encode(), out.quantum.encode(), None, None, None
                 )
             else:
+                meter.out["DEAD_LETTER"].inc()
                 await self._dead_letter(event, out)
 
     async def _dead_letter(self, event: EventT, out: DeadLetterOut) -> None:
@@ -182,6 +195,7 @@ class AltoApp:
             out.reason,
             out.error,
         )
+        metrics.DEAD_LETTERS.labels(_REASONS(out.reason), msg.topic).inc()
         letter = out.letter(
             msg.topic,
             msg.partition,
@@ -220,23 +234,34 @@ class AltoApp:
     def _define_ingest(self) -> None:
         async def ingest(stream: StreamT) -> None:
             async for event in stream.events():
+                started = time.perf_counter()
                 try:
                     request = PipelineRequest.decode(event.value)
                 except BadInputError as exc:
+                    metrics.meter(metrics.UNKNOWN, "ingest").inputs.inc()
                     await self._undecodable(event, exc, REQUEST)
                     continue
-                await self._deliver(self.ingest.handle(request), event)
+                meter = metrics.meter(self._pipeline_label(request.pipeline), "ingest")
+                meter.inputs.inc()
+                await self._deliver(self.ingest.handle(request), event, meter)
+                meter.seconds.observe(time.perf_counter() - started)
 
+        self._consumed.add(self.config.requests_topic)
         self.app.agent(self._topic(self.config.requests_topic), name="alto.ingest")(ingest)
 
     def _define_stage(self, routing: Routing, stage: str) -> None:
         topology = routing.topology
         spec = topology.stages[stage]
         processor = StageProcessor(routing, stage, self.worker_id)
-        topic = self._topic(topology.stage_topic(self.config.topic_prefix, stage))
+        topic_name = topology.stage_topic(self.config.topic_prefix, stage)
+        topic = self._topic(topic_name)
         name = f"{topology.pipeline}.{stage}"
+        meter = metrics.meter(topology.pipeline, stage)
+        self._consumed.add(topic_name)
 
         async def handle(event: EventT, store: Any) -> None:
+            started = time.perf_counter()
+            meter.inputs.inc()
             try:
                 quantum = Quantum.decode(event.value)
             except BadInputError as exc:
@@ -244,7 +269,8 @@ class AltoApp:
                 return
             outs = processor.process(quantum, store)
             async for out in outs:
-                await self._deliver((out,), event)
+                await self._deliver((out,), event, meter)
+            meter.seconds.observe(time.perf_counter() - started)
 
         if spec.kind is StageKind.AGGREGATE:
             table = self.app.Table(
@@ -303,9 +329,11 @@ class AltoApp:
         )
         self._tables["results"] = table
         emitted = _ResultsStore(table)
+        self._consumed.add(self.config.sink_topic)
 
         async def sink(stream: StreamT) -> None:
             async for event in stream.events():
+                started = time.perf_counter()
                 try:
                     quantum = Quantum.decode(event.value)
                 except BadInputError as exc:
@@ -316,11 +344,21 @@ class AltoApp:
                         ),
                     )
                     continue
+                meter = metrics.meter(self._pipeline_label(quantum.pipeline), "sink")
+                meter.inputs.inc()
                 result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
                 if result is not None:
                     log.debug(
                         "result %s %s in %d ms", result.request_id, result.status, result.latency_ms
                     )
+                    labels = (
+                        self._pipeline_label(result.pipeline),
+                        result.mode.value,
+                        result.status.value,
+                    )
+                    metrics.RESULTS.labels(*labels).inc()
+                    metrics.REQUEST_SECONDS.labels(*labels).observe(result.latency_ms / 1000)
+                meter.seconds.observe(time.perf_counter() - started)
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
 
@@ -389,6 +427,7 @@ class AltoApp:
                 running.add(task)
                 task.add_done_callback(running.discard)
 
+        self._consumed.add(self.config.lm_requests_topic)
         self.app.agent(self._topic(self.config.lm_requests_topic), name="alto.scheduler")(assign)
 
     async def _overloaded(self, request: LMRequest, why: str) -> None:
@@ -414,6 +453,28 @@ class AltoApp:
             self.config.sink_topic, request.request_id.encode(), failed.encode(), None, None, None
         )
 
+    def _pipeline_label(self, name: str) -> str:
+        """`name` if it is one of ours, else `unknown` (a metric label from a message)."""
+        return name if name in self.topologies else metrics.UNKNOWN
+
+    def _define_metrics(self) -> None:
+        """Serve `/metrics` once the worker starts (not when the app is only built, as
+        `alto topics` does), and refresh the consumer-lag gauge every `LAG_INTERVAL_S`."""
+
+        @self.app.task
+        async def serve_metrics() -> None:
+            server = metrics.serve(self.config, f"Faust worker {self.worker_id}")
+            self.metrics_port = server.port if server else None
+
+        held: set[tuple[str, int]] = set()
+
+        @self.app.timer(interval=LAG_INTERVAL_S)
+        async def consumer_lag() -> None:
+            lags = consumer_lags(self.app, self._consumed)
+            metrics.set_consumer_lag(lags, held)
+            held.clear()
+            held.update(lags)
+
     def _define_status(self, path: Path) -> None:
         """Write this worker's partition assignment to `path` (a readiness probe)."""
 
@@ -428,6 +489,7 @@ class AltoApp:
                 "assigned": assigned,
                 "rebalancing": bool(self.app.rebalancing),
                 "recovering": bool(self.app.tables.recovery.in_recovery),  # type: ignore[attr-defined]
+                "metrics_port": self.metrics_port,
                 "at": time.time(),
             }
             tmp = path.with_suffix(".tmp")
@@ -446,6 +508,37 @@ def _defines_every_table(config: AltoConfig) -> bool:
     since the leader's setting decides, a group with such a leader runs without them.
     """
     return {"stages", "sink"} <= set(config.roles) and not config.pipelines
+
+
+# Dead-letter reasons are our own tags, but a bound keeps a future free-text one harmless.
+_REASONS = metrics.BoundedLabel(64)
+
+
+def consumer_lags(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages behind the partition's end, for the active partitions
+    of `topics` this worker holds. The end is the highwater aiokafka caches from fetch
+    responses, the position the offset Faust last committed (else the one after the last
+    it read, else 0): no broker request. Faust keeps those offsets in private attributes
+    (`_committed_offset`, `_read_offset`); a Faust without them reads as lag from offset 0."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    read = getattr(consumer, "_read_offset", {})
+    lags: dict[tuple[str, int], int] = {}
+    for tp in app.assignor.assigned_actives():
+        if tp.topic not in topics:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # noqa: S112 - not in the fetcher's assignment (yet): no figure
+            continue
+        if high is None:
+            continue
+        done = committed.get(tp)
+        if done is None:
+            last = read.get(tp)
+            done = last + 1 if last is not None else 0
+        lags[(tp.topic, tp.partition)] = max(0, int(high) - int(done))
+    return lags
 
 
 def _faust_settings(config: AltoConfig) -> dict[str, Any]:

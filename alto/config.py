@@ -51,6 +51,10 @@ class AltoConfig(BaseModel):
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
     max_input_chars: int = Field(default=20_000, gt=0)
     status_file: Path | None = None
+    # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
+    # per host), written to the status file and logged; negative = no endpoint.
+    metrics_port: int = Field(default=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target listens on every interface
     # LM service: the most LM instances (partitions of the work topic), status interval.
     lm_max_instances: int = Field(default=8, ge=1, le=1024)
     lm_status_interval_s: float = Field(default=1.0, gt=0)
@@ -162,6 +166,8 @@ _ENV_FIELDS: dict[str, str] = {
     "DATA_DIR": "data_dir",
     "SESSION_TIMEOUT_S": "session_timeout_s",
     "STATUS_FILE": "status_file",
+    "METRICS_PORT": "metrics_port",
+    "METRICS_HOST": "metrics_host",
     "LOG_LEVEL": "log_level",
     "MAX_INPUT_CHARS": "max_input_chars",
     "PIPELINES": "pipelines",
@@ -191,6 +197,12 @@ _ENV_SECURITY: dict[str, str] = {
     "SASL_PASSWORD": "sasl_password",
     "SSL_CAFILE": "ssl_cafile",
 }
+
+
+def env_variables() -> frozenset[str]:
+    """Every environment variable `load_config` reads (deployment files are checked
+    against it)."""
+    return frozenset(ENV_PREFIX + suffix for suffix in (*_ENV_FIELDS, *_ENV_SECURITY))
 
 
 def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> AltoConfig:

@@ -43,14 +43,18 @@ EngineName = Literal["vllm", "sim"]
 DEFAULT_LISTEN = "127.0.0.1:9092"
 BROKER = "broker"
 STATE_FILE = "stack.json"
+# Prometheus file-based service discovery: one target per child with a metrics endpoint.
+TARGETS_FILE = "prometheus_targets.json"
 
 
 class Stack:
     """One deployment's processes, children of this one.
 
     `listen` (HOST:PORT) starts the embedded broker there; None uses
-    `config.bootstrap_servers` and starts no broker. Logs, status files and `stack.json`
-    (the children's pids) go to `workdir` (default: a new temporary directory).
+    `config.bootstrap_servers` and starts no broker. Logs, status files, `stack.json` (the
+    children's pids and metrics ports) and `prometheus_targets.json` (the same ports as
+    Prometheus file-based service discovery) go to `workdir` (default: a new temporary
+    directory).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class Stack:
         self._spawners: dict[str, Callable[[], WorkerProcess]] = {}
         self._restarts: collections.Counter[str] = collections.Counter()
         self._given_up: set[str] = set()
+        self._metrics_ports: dict[str, int] = {}  # as last written to stack.json
 
     @property
     def bootstrap_servers(self) -> str:
@@ -98,6 +103,22 @@ class Stack:
 
     def faust_workers(self) -> list[WorkerProcess]:
         return [p for name, p in self._procs.items() if name.startswith("worker-")]
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Name -> the port of each child's `/metrics`, as its status file says (children
+        that have not bound theirs yet, or run without one, are left out)."""
+        ports = {}
+        for name, proc in self._procs.items():
+            port = (proc.status() or {}).get("metrics_port") if name != BROKER else None
+            if isinstance(port, int):
+                ports[name] = port
+        return ports
+
+    def _metrics_env(self, index: int) -> dict[str, str]:
+        """A fixed ALTO_METRICS_PORT (> 0) is the first of consecutive ports, one per
+        child in start order; 0 (a free port each) and negative (none) pass unchanged."""
+        base = self.config.metrics_port
+        return {"ALTO_METRICS_PORT": str(base + index)} if base > 0 else {}
 
     # -- start -------------------------------------------------------------------------
 
@@ -139,6 +160,7 @@ class Stack:
                     name,
                     self.workdir,
                     loglevel=loglevel,
+                    env=self._metrics_env(i),
                     own_group=True,
                 ),
             )
@@ -151,6 +173,7 @@ class Stack:
                     f"lm-{i}",
                     self.workdir,
                     command=lm_worker_command(i, self.engine),
+                    env=self._metrics_env(self.workers + i),
                     own_group=True,
                 ),
             )
@@ -196,13 +219,25 @@ class Stack:
         self._procs[name] = spawner()
 
     def _write_state(self) -> None:
+        self._metrics_ports = self.metrics_ports()
         state = {
             "pid": os.getpid(),
             "bootstrap_servers": self.bootstrap_servers,
             "engine": self.engine,
             "children": self.pids(),
+            "metrics_ports": self._metrics_ports,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        host = self._metrics_host()
+        targets = [
+            {"targets": [f"{host}:{port}"], "labels": {"alto_process": name}}
+            for name, port in self._metrics_ports.items()
+        ]
+        (self.workdir / TARGETS_FILE).write_text(json.dumps(targets, indent=2) + "\n")
+
+    def _metrics_host(self) -> str:
+        host = self.config.metrics_host
+        return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
 
     # -- ready -------------------------------------------------------------------------
 
@@ -227,6 +262,7 @@ class Stack:
                 )
         except (TimeoutError, RuntimeError) as exc:
             raise AltoError(f"the stack did not become ready: {exc}") from exc
+        self._write_state()  # every child has written its status: the metrics ports too
 
     def _check_alive(self) -> None:
         for name, proc in self._procs.items():
@@ -267,6 +303,15 @@ class Stack:
                 f"  LM workers ({self.engine}): "
                 + ", ".join(f"{p.worker_id} (pid {p.pid})" for p in lms)
             )
+        if self._metrics_ports:
+            host = self._metrics_host()
+            lines.append(
+                "  metrics: "
+                + ", ".join(
+                    f"{n} http://{host}:{p}/metrics" for n, p in self._metrics_ports.items()
+                )
+                + f" (Prometheus targets: {TARGETS_FILE})"
+            )
         lines.append(f"  logs and {STATE_FILE}: {self.workdir}")
         env = (
             f"ALTO_BOOTSTRAP_SERVERS={self.bootstrap_servers} "
@@ -283,7 +328,10 @@ class Stack:
 
     def supervise(self) -> None:
         """Check the children once. A worker that exited is logged and restarted (at most
-        `max_restarts` times); raises BrokerError when the embedded broker exited."""
+        `max_restarts` times); raises BrokerError when the embedded broker exited.
+        A child's new metrics port (after a restart) is written to `stack.json`."""
+        if self.metrics_ports() != self._metrics_ports:
+            self._write_state()
         for name, proc in list(self._procs.items()):
             if proc.alive() or name in self._given_up:
                 continue
@@ -333,8 +381,9 @@ class Stack:
             except Exception:
                 log.exception("could not stop %s (pid %d)", name, proc.pid)
             del self._procs[name]
-        with contextlib.suppress(OSError):
-            (self.workdir / STATE_FILE).unlink()
+        for name in (STATE_FILE, TARGETS_FILE):
+            with contextlib.suppress(OSError):
+                (self.workdir / name).unlink()
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -7,7 +7,7 @@ derived keys route them exactly as an in-process fan-out's would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from alto.errors import BadInputError, EngineError
 from lm_service.engine import Engine, GenerationParams, Prompt
@@ -25,9 +25,14 @@ def prompt_of(request: LMRequest) -> Prompt:
 
 
 async def serve_call(
-    request: LMRequest, engine: Engine, routings: dict[str, Routing], worker: str
+    request: LMRequest,
+    engine: Engine,
+    routings: dict[str, Routing],
+    worker: str,
+    on_first_delta: Callable[[], object] | None = None,
 ) -> AsyncIterator[Send | DeadLetterOut]:
-    """Outputs of one LM call, yielded the moment each quantum of the output is complete."""
+    """Outputs of one LM call, yielded the moment each quantum of the output is complete.
+    `on_first_delta` is called once, when the engine's first text arrives (TTFT)."""
     try:
         parent = Quantum.decode(request.parent)
     except BadInputError as exc:
@@ -65,6 +70,9 @@ async def serve_call(
     )
     try:
         async for delta in engine.generate(request.lm_request_id, prompt_of(request), params):
+            if on_first_delta is not None:
+                on_first_delta()
+                on_first_delta = None
             for words in nested:
                 for send in out(words.feed(delta)):
                     yield send

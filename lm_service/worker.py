@@ -12,7 +12,9 @@ Load reports go to `alto.lm.status` every interval and double as heartbeats.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterable
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from lm_service.engine import Engine
@@ -37,6 +40,11 @@ from streams.pipeline import Topology
 from streams.processor import DeadLetterOut, Routing, Send, now_ms
 
 log = logging.getLogger(__name__)
+
+# Prompt names come from LM calls on the wire, and reasons may carry an engine's tag:
+# bounded as metric labels.
+_PROMPTS = metrics.BoundedLabel(64)
+_REASONS = metrics.BoundedLabel(64)
 
 
 class _Offsets:
@@ -82,6 +90,9 @@ class LMWorker:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._producer: AIOKafkaProducer | None = None
+        self.metrics_port: int | None = None  # written to the status file (set by the caller)
+        self._label = str(instance)
+        self._in_flight_gauge = metrics.LM_IN_FLIGHT.labels(self._label)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -126,10 +137,14 @@ class LMWorker:
 
     async def _serve(self, record: ConsumerRecord[bytes, bytes]) -> None:
         cancelled = False
+        started = time.perf_counter()
+        outcome, prompt = "OK", metrics.UNKNOWN
+        self._in_flight_gauge.inc()
         try:
             try:
                 request = LMRequest.decode(record.value)
             except BadInputError as exc:
+                outcome = "BAD_INPUT"
                 rid = _rid(record.key)
                 await self._dead_letter(record, DeadLetterOut(exc.reason, str(exc), rid, None))
                 if rid is not None:
@@ -149,14 +164,26 @@ class LMWorker:
                 return
             self.in_flight[request.lm_request_id] = record.offset
             log.debug("call %s at offset %d started", request.lm_request_id, record.offset)
+            prompt = _PROMPTS(request.prompt_name)
+            ttft = metrics.LM_TTFT_SECONDS.labels(self._label, prompt)
             try:
-                async for out in serve_call(request, self.engine, self.routings, self.worker_id):
+                async for out in serve_call(
+                    request,
+                    self.engine,
+                    self.routings,
+                    self.worker_id,
+                    lambda: ttft.observe(time.perf_counter() - started),
+                ):
                     if isinstance(out, Send):
-                        await self._send(out.topic, out.key.encode(), out.quantum.encode())
+                        q = out.quantum
+                        self._outputs(request.pipeline, q.stage)[q.kind.value].inc()
+                        await self._send(out.topic, out.key.encode(), q.encode())
                     else:
+                        outcome = "FAILED"
                         await self._dead_letter(record, out)
-                self._record_usage(request)
+                self._record_usage(request, prompt)
             except Exception as exc:  # an engine crash fails this call, not the worker
+                outcome = "FAILED"
                 log.exception("LM call %s failed", request.lm_request_id)
                 await self._fail(record, request, f"engine failure: {type(exc).__name__}: {exc}")
             finally:
@@ -164,15 +191,34 @@ class LMWorker:
         except asyncio.CancelledError:
             # Stopped mid-call: the offset stays uncommitted, so the call is served again.
             cancelled = True
+            outcome = "CANCELLED"
             raise
         finally:
             if not cancelled:
                 self.offsets.finished(record.offset)
             self._slots.release()
+            self._in_flight_gauge.dec()
+            metrics.LM_CALLS.labels(self._label, prompt, outcome).inc()
+            if outcome == "OK":
+                elapsed = time.perf_counter() - started
+                metrics.LM_CALL_SECONDS.labels(self._label, prompt).observe(elapsed)
 
-    def _record_usage(self, request: LMRequest) -> None:
+    def _outputs(self, pipeline: str, stage: str) -> metrics.StageOut:
+        """The output counters of a call's stage (names checked: they come from the call)."""
+        routing = self.routings.get(pipeline)
+        if routing is None or stage not in routing.topology.stages:
+            return metrics.stage_out(metrics.UNKNOWN, metrics.UNKNOWN)
+        return metrics.stage_out(pipeline, stage)
+
+    def _record_usage(self, request: LMRequest, prompt: str) -> None:
         usage = self.engine.take_usage(request.lm_request_id)
         if usage is not None:
+            for kind, tokens in (
+                ("prompt", usage.prompt_tokens),
+                ("cached", usage.cached_tokens),
+                ("output", usage.output_tokens),
+            ):
+                metrics.LM_TOKENS.labels(self._label, prompt, kind).inc(tokens)
             self.completed.append(
                 LMCompletion(
                     request.lm_request_id,
@@ -218,6 +264,7 @@ class LMWorker:
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], out: DeadLetterOut) -> None:
         log.warning("dead letter from %s@%d: %s: %s", self.tp, record.offset, out.reason, out.error)
+        metrics.DEAD_LETTERS.labels(_REASONS(out.reason), record.topic).inc()
         letter = out.letter(
             record.topic, record.partition, record.offset, record.key, record.value, self.worker_id
         )
@@ -270,16 +317,48 @@ class LMWorker:
 
     async def _report_status(self) -> None:
         last_tokens, last_t = self.engine.stats().generated_tokens, time.monotonic()
+        last_generated = 0  # so the counter also holds what the engine made before this loop
         while True:
             now, tokens = time.monotonic(), self.engine.stats().generated_tokens
             rate = (tokens - last_tokens) / (now - last_t) if now > last_t else 0.0
             last_tokens, last_t = tokens, now
             status = self.status(rate)
             self.completed.clear()
+            self._observe(status, tokens - last_generated)
+            last_generated = tokens
             await self._send(
                 self.config.lm_status_topic, str(self.instance).encode(), status.encode()
             )
             await asyncio.sleep(self.config.lm_status_interval_s)
+
+    def _observe(self, status: LMStatus, generated: int) -> None:
+        """Engine load gauges from a status report, and this process's status file."""
+        engine = self.engine.name
+        requests = metrics.LM_ENGINE_REQUESTS
+        requests.labels(self._label, engine, "running").set(status.running)
+        requests.labels(self._label, engine, "waiting").set(status.waiting)
+        metrics.LM_QUEUED_TOKENS.labels(self._label, "prefill").set(status.queued_prefill_tokens)
+        metrics.LM_QUEUED_TOKENS.labels(self._label, "decode").set(status.queued_decode_tokens)
+        metrics.LM_KV_CACHE_USAGE.labels(self._label).set(status.kv_cache_usage)
+        metrics.LM_PREFIX_HIT_RATE.labels(self._label).set(status.prefix_cache_hit_rate)
+        if generated > 0:
+            metrics.LM_GENERATED_TOKENS.labels(self._label, engine).inc(generated)
+        if self.config.status_file is not None:
+            path = self.config.status_file
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "worker": self.worker_id,
+                        "pid": os.getpid(),
+                        "instance": self.instance,
+                        "engine": engine,
+                        "metrics_port": self.metrics_port,
+                        "at": time.time(),
+                    }
+                )
+            )
+            tmp.replace(path)
 
 
 def _rid(key: bytes | None) -> str | None:
@@ -319,6 +398,8 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
         },
     )
     worker = LMWorker(config, instance, make_engine(config, engine_name), all_topologies())
+    server = metrics.serve(config, f"LM worker {worker.worker_id}")
+    worker.metrics_port = server.port if server else None
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -326,5 +407,9 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
             loop.add_signal_handler(sig, worker.request_stop)
         await worker.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            server.close()
     return 0

@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
@@ -69,6 +70,10 @@ async def _forever(work: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             log.exception("scheduler task failed; restarting it in 1 s")
             await asyncio.sleep(1.0)
+
+
+# Prompt names come from LM calls on the wire: bounded as metric labels.
+_PROMPTS = metrics.BoundedLabel(64)
 
 
 class Overloaded(Exception):
@@ -201,8 +206,10 @@ class SchedulerCore:
             # Every instance with a report on file that is no longer live: also one that a
             # late report revived for a moment after an earlier removal.
             live = set(self.state.live(_now_ms()))
+            metrics.SCHEDULER_LIVE.set(len(live))
             for instance in sorted(set(self.state.loads) - live):
                 log.warning("LM instance %d stopped reporting: removed", instance)
+                metrics.SCHEDULER_REMOVED.inc()
                 self.state.forget(instance)
                 self.policy.on_instance_removed(self.state, instance)
                 if self.is_leader():
@@ -228,15 +235,20 @@ class SchedulerCore:
         live); raises `Overloaded` at once when `scheduler_queue` calls already wait."""
         if self.saturated(_now_ms()):
             if self.waiting >= self.config.scheduler_queue:
+                metrics.SCHEDULER_OVERLOADED.labels(
+                    self.policy.name, _PROMPTS(request.prompt_name)
+                ).inc()
                 raise Overloaded(
                     f"every LM instance is saturated and {self.waiting} calls already wait"
                 )
             self.waiting += 1
+            metrics.SCHEDULER_WAITING.inc()
             try:
                 while self.saturated(_now_ms()):
                     await self._wait_for_change()
             finally:
                 self.waiting -= 1
+                metrics.SCHEDULER_WAITING.dec()
         return await self._decide(Call.of(request))
 
     async def _decide(self, call: Call, engine: str | None = None) -> int:
@@ -245,18 +257,24 @@ class SchedulerCore:
         streamed in part: downstream deduplication keeps the first copy of each quantum)."""
         while (instance := self.policy.decide(self.state, call, _now_ms())) is None:
             await self._wait_for_change()
+        why = "policy"
         same = [i for i in self.state.live(_now_ms()) if self.engines.get(i) == engine]
         if engine is not None and same and instance not in same:
             instance = min(same, key=lambda i: (self.state.queued_tokens(i), i))
+            why = "same_engine"
         elif self._full(instance):
             # The policy's choice is saturated while another instance has room: spill there
             # (stickiness must never queue calls behind a full instance).
             room = [i for i in self.state.live(_now_ms()) if not self._full(i)]
             if room:
                 instance = min(room, key=lambda i: (self.state.queued_tokens(i), i))
+                why = "spill"
         self.state.assigned(instance, call)
         self._assigned_at[call.call_id] = (instance, _now_ms())
         self.decisions += 1
+        metrics.SCHEDULER_DECISIONS.labels(
+            self.policy.name, _PROMPTS(call.prompt), str(instance), why
+        ).inc()
         await self._publish(call.prompt)
         return instance
 
@@ -343,6 +361,8 @@ class SchedulerCore:
         finally:
             await consumer.stop()
         self.reassigned += moved
+        metrics.SCHEDULER_DRAINS.inc()
+        metrics.SCHEDULER_REASSIGNED.inc(moved)
         log.warning(
             "reassigned %d unfinished LM calls of instance %d from offset %s to %d "
             "(to instance: calls %s)",

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 from faust.types import EventT, StreamT
 
 from agents.transport import FaustApp
@@ -170,20 +172,38 @@ class AltoApp:
         for out in outs:
             if isinstance(out, CallLM):
                 meter.out["LM_CALL"].inc()
-                await self.app.producer.send(
-                    out.topic, out.key.encode(), out.request.encode(), None, None, None
-                )
+                await self._produce(event, out)
             elif isinstance(out, Send):
                 # Straight to the producer: Faust's channel layer (futures, callbacks per
                 # message) cost more than our whole stage on the hop benchmark. The consumer
                 # still flushes this producer before it commits offsets (at-least-once).
                 meter.out[out.quantum.kind.value].inc()
-                await self.app.producer.send(
-                    out.topic, out.key.encode(), out.quantum.encode(), None, None, None
-                )
+                await self._produce(event, out)
             else:
                 meter.out["DEAD_LETTER"].inc()
                 await self._dead_letter(event, out)
+
+    async def _produce(self, event: EventT, out: Send | CallLM) -> None:
+        """Produce one output. One that does not encode, or that the producer refuses as
+        larger than `max_message_bytes`, fails its request with a dead letter: raised, it
+        would crash the agent, whose supervisor restarts it past the event (lost)."""
+        value = out.request if isinstance(out, CallLM) else out.quantum
+        try:
+            await self.app.producer.send(
+                out.topic, out.key.encode(), value.encode(), None, None, None
+            )
+        except (BadInputError, ProducerSendError) as exc:
+            if isinstance(exc, BadInputError):
+                reason, text = exc.reason, str(exc)
+            elif isinstance(exc.__cause__, MessageSizeTooLargeError):
+                reason = "too_large"
+                text = f"an output to {out.topic} exceeds {self.config.max_message_bytes} bytes"
+            else:
+                raise
+            await self._dead_letter(
+                event, DeadLetterOut(reason, text, value.request_id, value.stage)
+            )
+            await self._send_failed(value.request_id, value.stage, f"{reason}: {text}")
 
     async def _dead_letter(self, event: EventT, out: DeadLetterOut) -> None:
         msg = event.message
@@ -203,15 +223,22 @@ class AltoApp:
             _as_bytes(msg.key),
             _as_bytes(msg.value),
             self.worker_id,
+            self.config.max_message_bytes,
         )
-        await self._topic(self.config.dlq_topic).send(key=_as_bytes(msg.key), value=letter.encode())
+        await self._topic(self.config.dlq_topic).send(key=letter.key, value=letter.encode())
 
-    async def _undecodable(self, event: EventT, exc: BadInputError, stage: str) -> None:
-        """Dead-letter an event that does not decode; fail its request if the key names one."""
-        request_id = _readable_key(event.message.key)
+    async def _undecodable(
+        self, event: EventT, exc: BadInputError, stage: str, *, node_key: bool = False
+    ) -> None:
+        """Dead-letter an event that does not decode; fail its request if the key names one
+        (`node_key`: the key is a node key, request id plus ancestry; else the request id)."""
+        request_id = _readable_key(event.message.key, node_key=node_key)
         await self._dead_letter(event, DeadLetterOut(exc.reason, str(exc), request_id, stage))
-        if request_id is None:
-            return
+        if request_id is not None:
+            await self._send_failed(request_id, stage, f"{exc.reason}: {exc}")
+
+    async def _send_failed(self, request_id: str, stage: str, error: str) -> None:
+        """A FAILED marker for `request_id`, straight to the sink (its request's result)."""
         now = now_ms()
         failed = Quantum(
             request_id=request_id,
@@ -223,11 +250,17 @@ class AltoApp:
             kind=QuantumKind.FAILED,
             submitted_at_ms=now,
             created_at_ms=now,
-            error=f"{exc.reason}: {exc}",
+            error=error,
         )
-        await self._topic(self.config.sink_topic).send(
-            key=request_id.encode(), value=failed.encode()
-        )
+        try:
+            await self._topic(self.config.sink_topic).send(
+                key=request_id.encode(), value=failed.encode()
+            )
+        except ProducerSendError as exc:
+            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
+                raise
+            # An id too long to carry in any message: its dead letter is all there is.
+            log.warning("no FAILED result for a request id of %d chars", len(request_id))
 
     # -- agents --------------------------------------------------------------------
 
@@ -265,7 +298,7 @@ class AltoApp:
             try:
                 quantum = Quantum.decode(event.value)
             except BadInputError as exc:
-                await self._undecodable(event, exc, stage)
+                await self._undecodable(event, exc, stage, node_key=True)
                 return
             outs = processor.process(quantum, store)
             async for out in outs:
@@ -336,16 +369,13 @@ class AltoApp:
                 started = time.perf_counter()
                 try:
                     quantum = Quantum.decode(event.value)
-                except BadInputError as exc:
-                    await self._dead_letter(
-                        event,
-                        DeadLetterOut(
-                            exc.reason, str(exc), _readable_key(event.message.key), "sink"
-                        ),
-                    )
+                except BadInputError as exc:  # its FAILED marker comes back here
+                    await self._undecodable(event, exc, "sink")
                     continue
                 meter = metrics.meter(self._pipeline_label(quantum.pipeline), "sink")
                 meter.inputs.inc()
+                if (rejected := self.sink.reject(quantum)) is not None:
+                    await self._dead_letter(event, rejected)
                 result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
                 if result is not None:
                     log.debug(
@@ -589,15 +619,17 @@ def _as_bytes(value: Any) -> bytes | None:
     return bytes(value)
 
 
-def _readable_key(key: Any) -> str | None:
-    """The request id a message key names, if the key is readable UTF-8."""
+def _readable_key(key: Any, *, node_key: bool = False) -> str | None:
+    """The request id a message key names, if the key is readable UTF-8 (a node key's
+    request id with `node_key`; else the whole key, which may itself contain '|')."""
     raw = _as_bytes(key)
     if not raw:
         return None
     try:
-        return request_id_of_key(raw.decode("utf-8")) or None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    return (request_id_of_key(text) if node_key else text) or None
 
 
 def create_app(config: AltoConfig, topologies: Iterable[Topology]) -> AltoApp:

@@ -53,7 +53,7 @@ class Generator(Protocol):
 
     def generate(
         self, request_id: str, prompt: Prompt, params: GenerationParams
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncIterator[str | bytes]: ...
 
 
 class RequestState(TypedDict, total=False):

@@ -86,8 +86,9 @@ class Engine(ABC):
     @abstractmethod
     def generate(
         self, request_id: str, prompt: Prompt, params: GenerationParams
-    ) -> AsyncIterator[str]:
-        """Text deltas of one generation, as they are produced.
+    ) -> AsyncIterator[str | bytes]:
+        """Text deltas of one generation, as they are produced (`bytes`: raw UTF-8 that
+        may end inside a character, which the worker's splitter decodes incrementally).
 
         Raises `EngineError` for a request the engine refuses (e.g. a prompt longer than
         the context); the worker turns that into a failed outcome and a dead letter.

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from alto.errors import BadInputError, EngineError
 from lm_service.engine import Engine, GenerationParams, Prompt
 from lm_service.quanta import LineWords, Splitter
-from schemas.messages import LMRequest, Quantum
-from streams.processor import Children, DeadLetterOut, Routing, Send
+from schemas.messages import LMRequest, Mode, Quantum, QuantumKind
+from streams.processor import Children, DeadLetterOut, Routing, Send, now_ms
 
 
 def prompt_of(request: LMRequest) -> Prompt:
@@ -36,17 +36,15 @@ async def serve_call(
     try:
         parent = Quantum.decode(request.parent)
     except BadInputError as exc:
-        yield DeadLetterOut(
-            exc.reason, f"LM call's parent: {exc}", request.request_id, request.stage
-        )
+        for refusal in _refused(request, routings, None, exc.reason, f"LM call's parent: {exc}"):
+            yield refusal
         return
     routing = routings.get(request.pipeline)
     stage = routing.topology.stages.get(request.stage) if routing else None
     if routing is None or stage is None or stage.lm is None:
         text = f"no LM stage {request.stage!r} in pipeline {request.pipeline!r}"
-        yield DeadLetterOut("unknown_stage", text, request.request_id, request.stage)
-        if routing is not None:
-            yield routing.failed(parent, request.stage, f"unknown_stage: {text}")
+        for refusal in _refused(request, routings, parent, "unknown_stage", text):
+            yield refusal
         return
     children = Children(
         routing, request.stage, worker, parent, stream=stage.streams, simulated=engine.simulated
@@ -92,6 +90,31 @@ async def serve_call(
             yield send
     for send in [*children.end(), *held]:
         yield send
+
+
+def _refused(
+    request: LMRequest,
+    routings: dict[str, Routing],
+    parent: Quantum | None,
+    reason: str,
+    text: str,
+) -> list[Send | DeadLetterOut]:
+    """A call that cannot be served: its dead letter, and a FAILED result for its request
+    (built from the call itself when its parent quantum is unreadable)."""
+    outs: list[Send | DeadLetterOut] = [
+        DeadLetterOut(reason, text, request.request_id, request.stage)
+    ]
+    routing = routings.get(request.pipeline) or next(iter(routings.values()), None)
+    if routing is None or not request.request_id:
+        return outs
+    if parent is None:
+        now = now_ms()
+        parent = Quantum(
+            request.request_id, request.pipeline, Mode.STREAMING, request.stage, (), 0,
+            QuantumKind.FAILED, now, now,
+        )  # fmt: skip
+    outs.append(routing.failed(parent, request.stage, f"{reason}: {text}"))
+    return outs
 
 
 class _Words:

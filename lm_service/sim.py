@@ -26,6 +26,14 @@ bench-out/sim_calibration.json;
 Text (deterministic per request id), by prompt template name, with the fan-out of the
 paper's Table 1: "claims" -> 3.3 +- 1.8 list items; "queries" -> 2.5 +- 1.3 lines of
 5.5 +- 3.1 words; anything else -> sentences until max_tokens or a natural end.
+
+SIMULATED FAULT, for robustness tests only (off by default, never used by a benchmark):
+`garbage_rate` is the fraction of calls whose output is garbage instead of text, one of
+`GARBAGE_KINDS` (chosen, like the text, deterministically per call id): raw random bytes
+(invalid UTF-8), UTF-8 cut mid-character (ending in a partial character), control
+characters and odd line breaks, an empty output, an endless line that only max_tokens ends,
+and text with no newline at all. Raw bytes are yielded as `bytes` (the worker's splitter
+decodes them incrementally, as it would an engine's byte-level tokens).
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class SimParams:
     # tokens (16 on GPUs), so a shared prefix shorter than a block is never a hit.
     cache_block_tokens: int = 128
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
+    # SIMULATED FAULT: fraction of calls that emit garbage (see the module docstring).
+    garbage_rate: float = 0.0
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> SimParams:
@@ -119,11 +129,11 @@ class PrefixCache:
 @dataclass
 class _Seq:
     request_id: str
-    tokens: list[str]
+    tokens: list[str | bytes]
     prompt_tokens: int
     uncached_tokens: int
     submitted: float
-    out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    out: asyncio.Queue[str | bytes | None] = field(default_factory=asyncio.Queue)
     produced: int = 0
     scheduled: float = 0.0
 
@@ -178,6 +188,70 @@ def sim_text(
     return tokens[:max_tokens]
 
 
+GARBAGE_KINDS = ("bytes", "cut_utf8", "control", "empty", "endless", "no_newlines")
+
+_MULTIBYTE = "naïve café — Øresund 東京 Ωμέγα 🙂 straße\n"
+_CONTROL = (
+    "\x00", "\x07", "\x08", "\x1b[31m", "\r", "\x0b", "\x0c", "\x1c", "\x7f", "\x85",
+    "\u2028", "\u2029", "\ufeff", "\t", "\n", " ",
+)  # fmt: skip
+
+
+def sim_output(
+    request_id: str,
+    prompt_name: str,
+    max_tokens: int,
+    *,
+    fill: bool = False,
+    garbage_rate: float = 0.0,
+) -> list[str | bytes]:
+    """What the SIMULATED engine emits for one call: `sim_text`, or, for the fraction
+    `garbage_rate` of calls (a SIMULATED FAULT), garbage of one of `GARBAGE_KINDS`."""
+    kind = garbage_kind(request_id, garbage_rate)
+    if kind is not None:
+        return garbage(
+            kind, _rng(f"garbage:{kind}|{_TAG.sub('', request_id, count=1)}"), max_tokens
+        )
+    return list(sim_text(request_id, prompt_name, max_tokens, fill=fill))
+
+
+def garbage_kind(request_id: str, garbage_rate: float) -> str | None:
+    """The kind of garbage the SIMULATED FAULT makes of this call, or None (its text)."""
+    if garbage_rate <= 0:
+        return None
+    rng = _rng(f"garbage|{_TAG.sub('', request_id, count=1)}")
+    return rng.choice(GARBAGE_KINDS) if rng.random() < garbage_rate else None
+
+
+def garbage(kind: str, rng: random.Random, max_tokens: int) -> list[str | bytes]:
+    """SIMULATED FAULT output of `kind` (one of `GARBAGE_KINDS`), at most `max_tokens`
+    pieces."""
+    n = max(1, max_tokens)
+    if kind == "bytes":
+        return [rng.randbytes(rng.randint(1, 6)) for _ in range(rng.randint(1, n))]
+    if kind == "cut_utf8":
+        data = (_MULTIBYTE * (1 + n // 8)).encode()
+        # End just after the lead byte of a multi-byte character: a partial character.
+        leads = [i for i, b in enumerate(data[:n]) if b >= 0xC0]
+        data = data[: rng.choice(leads) + 1] if leads else b"\xe6"
+        pieces: list[str | bytes] = []
+        at = 0
+        while at < len(data):  # pieces of 1-5 bytes, so characters split across pieces
+            step = rng.randint(1, 5)
+            pieces.append(data[at : at + step])
+            at += step
+        return pieces
+    if kind == "control":
+        return [rng.choice(_CONTROL) + rng.choice(_VOCAB) for _ in range(rng.randint(1, n))]
+    if kind == "empty":
+        return []
+    if kind == "endless":
+        return [" " + rng.choice(_VOCAB) for _ in range(n)]  # no end but max_tokens
+    if kind == "no_newlines":
+        return [" " + w for w in _words(rng, min(n, rng.randint(20, 60)))]
+    raise ValueError(f"unknown garbage kind {kind!r}; one of {GARBAGE_KINDS}")
+
+
 class SimEngine(Engine):
     """SIMULATED continuous-batching engine (see the module docstring for the model)."""
 
@@ -215,7 +289,7 @@ class SimEngine(Engine):
 
     async def generate(
         self, request_id: str, prompt: Prompt, params: GenerationParams
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | bytes]:
         n_prompt = self.count_tokens(prompt)
         if n_prompt + params.max_tokens > self.params.context_tokens:
             raise EngineError(
@@ -231,7 +305,13 @@ class SimEngine(Engine):
         self._cached_tokens += cached
         seq = _Seq(
             request_id,
-            sim_text(request_id, prompt.name, params.max_tokens, fill=params.ignore_eos),
+            sim_output(
+                request_id,
+                prompt.name,
+                params.max_tokens,
+                fill=params.ignore_eos,
+                garbage_rate=self.params.garbage_rate,
+            ),
             n_prompt,
             n_prompt - cached,
             time.monotonic(),

@@ -35,7 +35,6 @@ from schemas.messages import (
     Quantum,
     QuantumKind,
 )
-from streams.ancestry import request_id_of_key
 from streams.pipeline import Topology
 from streams.processor import DeadLetterOut, Routing, Send, now_ms
 
@@ -268,7 +267,7 @@ class LMWorker:
         letter = out.letter(
             record.topic, record.partition, record.offset, record.key, record.value, self.worker_id
         )
-        await self._send(self.config.dlq_topic, record.key, letter.encode())
+        await self._send(self.config.dlq_topic, letter.key, letter.encode())
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         # Which offsets are finished is read BEFORE the flush: a call that finishes during
@@ -362,10 +361,11 @@ class LMWorker:
 
 
 def _rid(key: bytes | None) -> str | None:
+    """The request id an LM call's key is (the whole key: ids may contain '|')."""
     if not key:
         return None
     try:
-        return request_id_of_key(key.decode())
+        return key.decode()
     except UnicodeDecodeError:
         return None
 

@@ -31,12 +31,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
 from schemas.messages import LMAssignment, LMRequest, LMStatus
+from streams.processor import DeadLetterOut
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ HEARTBEAT_FLOOR_MS = 5_000
 
 # A drain polls the dead instance's partition this long per round until two rounds are quiet.
 DRAIN_POLL_MS = 500
+
+# A status report dated further ahead than this is refused: it would keep its instance
+# "live" (and the calls placed there waiting) until then. Bounds the clocks' disagreement.
+MAX_CLOCK_SKEW_MS = 30_000
 
 
 def _now_ms() -> int:
@@ -130,9 +136,10 @@ class SchedulerCore:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(
-        self, topic: str, handle: Callable[[bytes], Awaitable[None]], tail: int | None
+        self, topic: str, handle: Callable[[bytes | None], Awaitable[None]], tail: int | None
     ) -> None:
-        """Every partition of `topic`, from `tail` records before the end (None: all)."""
+        """Every partition of `topic`, from `tail` records before the end (None: all);
+        a record `handle` refuses as bad input is rejected (`_reject`)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             enable_auto_commit=False,
@@ -158,17 +165,42 @@ class SchedulerCore:
                 batch = await consumer.getmany(timeout_ms=1000)
                 for records in batch.values():
                     for record in records:
-                        if record.value is not None:
+                        try:
                             await handle(record.value)
+                        except BadInputError as exc:
+                            await self._reject(record, exc)
         finally:
             await consumer.stop()
 
-    async def _on_status(self, value: bytes) -> None:
-        try:
-            status = LMStatus.decode(value)
-        except BadInputError as exc:
-            log.warning("undecodable LM status ignored: %s", exc)
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: BadInputError) -> None:
+        """Ignore a bad status or table record; the leader dead-letters it (every replica
+        reads these topics whole, and one letter per record is enough)."""
+        log.warning("%s[%d]@%d ignored: %s", record.topic, record.partition, record.offset, exc)
+        if not self.is_leader():
             return
+        letter = DeadLetterOut(exc.reason, str(exc), None, "scheduler").letter(
+            record.topic, record.partition, record.offset, record.key, record.value, self.name
+        )
+        await self.send(self.config.dlq_topic, letter.key or b"", letter.encode(), None)
+
+    def _instance_ok(self, instance: int) -> bool:
+        return 0 <= instance < self.config.lm_max_instances
+
+    async def _on_status(self, value: bytes | None) -> None:
+        """Take one status report; raises BadInputError for one that cannot be trusted."""
+        status = LMStatus.decode(value)
+        if not self._instance_ok(status.instance):
+            raise BadInputError(
+                "bad_status",
+                f"LM instance {status.instance} is not in [0, {self.config.lm_max_instances})",
+            )
+        if status.at_ms > _now_ms() + MAX_CLOCK_SKEW_MS:
+            # It would keep the instance live (and its calls unplaced) until that time.
+            raise BadInputError(
+                "bad_status",
+                f"LM instance {status.instance} reports from {status.at_ms - _now_ms()} ms "
+                "in the future",
+            )
         self.state.report(Load.of(status))
         self.engines[status.instance] = status.engine
         for c in status.completed:
@@ -189,12 +221,17 @@ class SchedulerCore:
         self._expire_pending(status.at_ms)
         self._changed.set()
 
-    async def _on_assignment(self, value: bytes) -> None:
-        try:
-            entry = LMAssignment.decode(value)
-        except BadInputError as exc:
-            log.warning("undecodable LM assignment ignored: %s", exc)
-            return
+    async def _on_assignment(self, value: bytes | None) -> None:
+        """Take one entry of the shared table; raises BadInputError for a bad one."""
+        if value is None:
+            return  # a deletion on the compacted topic: the entry is simply not loaded
+        entry = LMAssignment.decode(value)
+        if not all(self._instance_ok(i) for i in entry.instances):
+            raise BadInputError(
+                "bad_assignment",
+                f"prompt {entry.prompt_name!r} placed on instances {list(entry.instances)}, "
+                f"outside [0, {self.config.lm_max_instances})",
+            )
         if entry.scheduler == self.name:
             return  # our own write, already in the policy
         self._shared[entry.prompt_name] = entry.instances

@@ -57,10 +57,18 @@ class AvroSchema:
     fingerprint: bytes
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        """Encode one record; raises BadInputError when a value does not fit the schema
+        (e.g. a long out of range or a string that is not valid Unicode, carried over from
+        an input)."""
         out = io.BytesIO()
         out.write(MAGIC)
         out.write(self.fingerprint)
-        fastavro.schemaless_writer(out, self.parsed, record)
+        try:
+            fastavro.schemaless_writer(out, self.parsed, record)
+        except (ValueError, TypeError, OverflowError) as exc:  # UnicodeError is a ValueError
+            raise BadInputError(
+                "unencodable", f"{self.name} record does not encode: {_describe(exc)}"
+            ) from exc
         return out.getvalue()
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
@@ -83,13 +91,26 @@ class AvroSchema:
             record = fastavro.schemaless_reader(body, self.parsed, None)
         except Exception as exc:  # fastavro raises many types for broken bodies
             raise BadInputError(
-                "undecodable", f"{self.name} body does not decode: {exc!r}"
+                "undecodable", f"{self.name} body does not decode: {_describe(exc)}"
             ) from exc
         if body.tell() != len(data) - HEADER_LEN:
             raise BadInputError("undecodable", f"{self.name} body has trailing bytes")
         if not isinstance(record, dict):
             raise BadInputError("undecodable", f"{self.name} body is not a record")
         return record
+
+
+def _describe(exc: Exception) -> str:
+    """An error in words that never quotes the message's content: a UnicodeError's repr
+    carries the whole string it failed on (a request's input, a prompt), and this text
+    goes to logs and dead letters."""
+    if isinstance(exc, UnicodeError):
+        start = getattr(exc, "start", None)
+        at = f" at position {start}" if start is not None else ""
+        return (
+            f"{type(exc).__name__}: a string is not valid UTF-8{at} ({getattr(exc, 'reason', '')})"
+        )
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 @cache

@@ -32,6 +32,9 @@ class CompletionTracker:
     expected: dict[str, int] = field(default_factory=dict)
     done_children: dict[str, int] = field(default_factory=dict)
     complete_nodes: set[str] = field(default_factory=set)
+    # Per inner node, the highest index among its complete children: an END that comes
+    # after them must count past it (else children 0 and 7 would "complete" a count of 2).
+    highest: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -58,6 +61,8 @@ class CompletionTracker:
             )
         if count < 0:
             raise BadInputError("bad_end", f"END with negative count {count}")
+        if any(i < 0 for i in rel):
+            raise BadInputError("bad_ancestry", f"negative child index in {_k(rel)}")
         key = _k(rel)
         known = self.expected.get(key)
         if known is not None:
@@ -66,7 +71,7 @@ class CompletionTracker:
                     "bad_end", f"END for {key or 'node'} says {count} children, earlier {known}"
                 )
             return False
-        if self.done_children.get(key, 0) > count:
+        if self.done_children.get(key, 0) > count or self.highest.get(key, -1) >= count:
             raise BadInputError("bad_end", f"END count {count} below children already seen")
         self.expected[key] = count
         if self.done_children.get(key, 0) == count:
@@ -74,6 +79,8 @@ class CompletionTracker:
         return True
 
     def _check_in_range(self, rel: Rel) -> None:
+        if any(i < 0 for i in rel):
+            raise BadInputError("bad_ancestry", f"negative child index in {_k(rel)}")
         for i in range(len(rel)):
             n = self.expected.get(_k(rel[:i]))
             if n is not None and rel[i] >= n:
@@ -91,6 +98,7 @@ class CompletionTracker:
             pkey = _k(parent)
             done = self.done_children.get(pkey, 0) + 1
             self.done_children[pkey] = done
+            self.highest[pkey] = max(self.highest.get(pkey, -1), rel[-1])
             if self.expected.get(pkey) != done:
                 return
             rel = parent
@@ -101,6 +109,7 @@ class CompletionTracker:
             "expected": self.expected,
             "done": self.done_children,
             "complete": sorted(self.complete_nodes),
+            "highest": self.highest,
         }
 
     @classmethod
@@ -110,4 +119,5 @@ class CompletionTracker:
             expected=dict(data["expected"]),
             done_children=dict(data["done"]),
             complete_nodes=set(data["complete"]),
+            highest=dict(data.get("highest", {})),  # absent in state written before it
         )

@@ -37,10 +37,15 @@ from streams.operators import Item
 from streams.pipeline import REQUEST, StageKind, Topology
 
 StateStore = MutableMapping[str, Any]
+"""Where aggregator state lives: node key -> JSON value."""
 
 # The error prefix of a FAILED quantum that the sink reports as an OVERLOADED result.
 OVERLOADED = "overloaded"
-"""Where aggregator state lives: node key -> JSON value."""
+
+# The producers' request limit unless told otherwise (`AltoConfig.max_message_bytes`).
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+# Room a dead letter keeps for its own fields' framing and the record around it.
+LETTER_MARGIN_BYTES = 4096
 
 
 def now_ms() -> int:
@@ -73,11 +78,31 @@ class DeadLetterOut:
         key: bytes | None,
         value: bytes | None,
         worker: str,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> DeadLetter:
-        """The dead letter for the input at `topic`[`partition`]@`offset`, bytes as read."""
+        """The dead letter for the input at `topic`[`partition`]@`offset`, bytes as read.
+
+        The letter, produced under the letter's `key`, must fit in `max_bytes` (the
+        producer's request limit): an input near that size would otherwise make a letter
+        the producer refuses, and the input would be lost instead of dead-lettered. Then
+        the original key and value are cut to what fits, and `error` says so."""
+        error = self.error
+        # Key twice (record key and field), value once, the rest small; a margin for the
+        # record and batch framing.
+        budget = max_bytes - LETTER_MARGIN_BYTES - len(error) - len(topic) - len(worker)
+        budget -= len(self.request_id or "") + len(self.stage or "")
+        sizes = (len(key or b""), len(value or b""))
+        if 2 * sizes[0] + sizes[1] > budget:
+            key_budget = max(0, min(sizes[0], budget // 4))
+            key = None if key is None else key[:key_budget]
+            value = None if value is None else value[: max(0, budget - 2 * key_budget)]
+            error += (
+                f" (original key of {sizes[0]} bytes and value of {sizes[1]} bytes cut to "
+                f"{len(key or b'')} and {len(value or b'')} to fit a dead letter)"
+            )
         return DeadLetter(
             reason=self.reason,
-            error=self.error,
+            error=error,
             source_topic=topic,
             partition=partition,
             offset=offset,
@@ -252,6 +277,9 @@ class Ingest:
         self.sink_topic = sink_topic
 
     def handle(self, req: PipelineRequest) -> list[Output]:
+        if not req.request_id:
+            # No id to send a FAILED result under (and one empty id would stand for many).
+            return [DeadLetterOut("bad_request_id", "the request id is empty", None, REQUEST)]
         start = now_ms()
         mode = req.mode or self.default_mode
         root = Quantum(
@@ -540,19 +568,32 @@ class Sink:
     `emitted` maps request id -> encoded result. In a worker it is the table whose
     changelog *is* the results topic, so writing a result and remembering it are one
     write; a replayed request finds its result there and is not emitted again.
+
+    Only final outputs and FAILED markers are routed to the sink. Anything else there is
+    bad input (a forged or misrouted quantum): `reject` says so, for the caller to
+    dead-letter, and `handle` fails its request (if it has no result yet).
     """
 
     def __init__(self, topologies: dict[str, Topology]) -> None:
         self.terminals = {name: t.terminal for name, t in topologies.items()}
 
-    def handle(self, q: Quantum, emitted: MutableMapping[str, Any]) -> PipelineResult | None:
-        if q.request_id in emitted:
-            return None
-        if (
+    def _final(self, q: Quantum) -> bool:
+        return (
             q.kind is QuantumKind.DATA
             and q.path == ()
             and q.stage == self.terminals.get(q.pipeline)
-        ):
+        )
+
+    def reject(self, q: Quantum) -> DeadLetterOut | None:
+        """The dead letter for a quantum that is neither a final output nor FAILED."""
+        if q.kind is QuantumKind.FAILED or self._final(q):
+            return None
+        return DeadLetterOut("not_final", _not_final(q), q.request_id, "sink")
+
+    def handle(self, q: Quantum, emitted: MutableMapping[str, Any]) -> PipelineResult | None:
+        if q.request_id in emitted:
+            return None
+        if self._final(q):
             status, output, error = ResultStatus.OK, q.payload, None
         elif q.kind is QuantumKind.FAILED:
             error = q.error or "failed"
@@ -560,7 +601,7 @@ class Sink:
             status = ResultStatus.OVERLOADED if overloaded else ResultStatus.FAILED
             output = None
         else:
-            return None  # not a final output (nothing else is routed here)
+            status, output, error = ResultStatus.FAILED, None, f"not_final: {_not_final(q)}"
         done = now_ms()
         result = PipelineResult(
             request_id=q.request_id,
@@ -568,7 +609,9 @@ class Sink:
             status=status,
             output=output,
             error=error,
-            latency_ms=done - q.submitted_at_ms,
+            # Any submitted_at_ms decodes (a client's clock, or a forged quantum's); the
+            # difference must still be an Avro long, or the result could not be written.
+            latency_ms=min(max(done - q.submitted_at_ms, -(2**63)), 2**63 - 1),
             submitted_at_ms=q.submitted_at_ms,
             completed_at_ms=done,
             mode=q.mode,
@@ -577,6 +620,13 @@ class Sink:
         )
         emitted[q.request_id] = result
         return result
+
+
+def _not_final(q: Quantum) -> str:
+    return (
+        f"not a final output: {q.kind} from {q.pipeline!r} stage {q.stage!r} "
+        f"at {path_str(q.path) or 'the request'}"
+    )
 
 
 async def _aiter(produced: Any) -> AsyncIterator[Any]:

@@ -50,6 +50,11 @@ class AltoConfig(BaseModel):
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
     max_input_chars: int = Field(default=20_000, gt=0)
+    # Admission (streams/admission.py): requests in flight at once, over all ingest workers;
+    # past it a request fails at once with OVERLOADED (0: no limit). One not finished after
+    # `admission_ttl_s` no longer counts.
+    max_inflight_requests: int = Field(default=1024, ge=0)
+    admission_ttl_s: float = Field(default=300.0, gt=0)
     status_file: Path | None = None
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
@@ -170,6 +175,8 @@ _ENV_FIELDS: dict[str, str] = {
     "METRICS_HOST": "metrics_host",
     "LOG_LEVEL": "log_level",
     "MAX_INPUT_CHARS": "max_input_chars",
+    "MAX_INFLIGHT_REQUESTS": "max_inflight_requests",
+    "ADMISSION_TTL_S": "admission_ttl_s",
     "PIPELINES": "pipelines",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",
@@ -232,4 +239,12 @@ def config_env(config: AltoConfig) -> dict[str, str]:
     env.pop(ENV_PREFIX + "STATUS_FILE", None)
     env[ENV_PREFIX + "PIPELINES"] = ",".join(config.pipelines)
     env[ENV_PREFIX + "ROLES"] = ",".join(config.roles)
+    # Kafka security too: a child must reach the same cluster the same way (the password
+    # travels in the child's environment only, as it came into ours).
+    for suffix, field in _ENV_SECURITY.items():
+        value = getattr(config.security, field)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[ENV_PREFIX + suffix] = str(value)
     return env

@@ -84,6 +84,10 @@ CONSUMER_LAG = Gauge(
     "committed offset; refreshed every few seconds)",
     ["topic", "partition"],
 )
+ADMISSION_IN_FLIGHT = Gauge(
+    "alto_admission_in_flight",
+    "Requests this ingest worker admitted that have no result yet (streams/admission.py)",
+)
 
 # -- LM workers ---------------------------------------------------------------------------
 LM_IN_FLIGHT = Gauge("alto_lm_calls_in_flight", "LM calls this worker is serving", ["instance"])

@@ -27,4 +27,8 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
         from bench.factool import main as factool_main
 
         return factool_main(quick=quick, json_path=json_path)
+    if name == "overload":
+        from bench.overload import main as overload_main
+
+        return overload_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -29,6 +31,24 @@ def client_settings(config: AltoConfig) -> dict[str, str | int | float | bool]:
             settings["sasl.password"] = sec.sasl_password.get_secret_value()
         if sec.ssl_cafile:
             settings["ssl.ca.location"] = sec.ssl_cafile
+    return settings
+
+
+def aiokafka_settings(config: AltoConfig) -> dict[str, Any]:
+    """Connection settings for our aiokafka clients (bootstrap servers plus SASL/SSL), the
+    counterpart of `client_settings`: every Kafka client we open gets the same security."""
+    sec = config.security
+    settings: dict[str, Any] = {"bootstrap_servers": config.bootstrap_servers}
+    if sec.protocol == "PLAINTEXT":
+        return settings
+    settings["security_protocol"] = sec.protocol
+    if sec.protocol in ("SSL", "SASL_SSL"):
+        settings["ssl_context"] = ssl.create_default_context(cafile=sec.ssl_cafile)
+    if sec.protocol.startswith("SASL"):
+        settings["sasl_mechanism"] = sec.sasl_mechanism or "PLAIN"
+        settings["sasl_plain_username"] = sec.sasl_username
+        if sec.sasl_password is not None:
+            settings["sasl_plain_password"] = sec.sasl_password.get_secret_value()
     return settings
 
 

@@ -25,6 +25,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from infra.topics import aiokafka_settings
 from lm_service.engine import Engine
 from lm_service.serving import serve_call
 from schemas.messages import (
@@ -99,10 +100,10 @@ class LMWorker:
     async def run(self) -> None:
         await self.engine.start()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.config.bootstrap_servers, linger_ms=self.config.lm_linger_ms
+            **aiokafka_settings(self.config), linger_ms=self.config.lm_linger_ms
         )
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
+            **aiokafka_settings(self.config),
             group_id=f"{self.config.app_id}-lm-{self.instance}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

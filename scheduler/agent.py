@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from infra.topics import aiokafka_settings
 from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
 from schemas.messages import LMAssignment, LMRequest, LMStatus
 from streams.processor import DeadLetterOut
@@ -141,7 +142,7 @@ class SchedulerCore:
         """Every partition of `topic`, from `tail` records before the end (None: all);
         a record `handle` refuses as bad input is rejected (`_reject`)."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
+            **aiokafka_settings(self.config),
             enable_auto_commit=False,
             fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS),
         )
@@ -355,7 +356,7 @@ class SchedulerCore:
     async def _drain(self, instance: int) -> int:
         tp = TopicPartition(self.config.lm_work_topic, instance)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
+            **aiokafka_settings(self.config),
             group_id=f"{self.config.app_id}-lm-{instance}",  # the LM worker's own offsets
             enable_auto_commit=False,
             auto_offset_reset="earliest",

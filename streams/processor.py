@@ -31,6 +31,7 @@ from schemas.messages import (
     ResultStatus,
     TraceSpan,
 )
+from streams.admission import Admission
 from streams.ancestry import key_at_level, node_key, path_str, relative_indices
 from streams.completion import CompletionTracker
 from streams.operators import Item
@@ -269,12 +270,14 @@ class Ingest:
         default_mode: Mode,
         max_input_chars: int,
         sink_topic: str,
+        admission: Admission | None = None,
     ) -> None:
         self.routings = routings
         self.worker = worker
         self.default_mode = default_mode
         self.max_input_chars = max_input_chars
         self.sink_topic = sink_topic
+        self.admission = admission
 
     def handle(self, req: PipelineRequest) -> list[Output]:
         if not req.request_id:
@@ -312,6 +315,11 @@ class Ingest:
                 Send(self.sink_topic, req.request_id, failed),
             ]
         assert routing is not None  # narrowed above; not input validation
+        if self.admission is not None and not self.admission.admit(req.request_id, start):
+            limit = self.admission.capacity
+            why = f"{OVERLOADED}: {limit} requests already in flight at this ingest worker"
+            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=why)
+            return [Send(self.sink_topic, req.request_id, failed)]
         span = TraceSpan(REQUEST, "", self.worker, req.submitted_at_ms, start, (self.worker,))
         return list(routing.sends(REQUEST, replace(root, trace=(span,))))
 

@@ -1,0 +1,63 @@
+"""Request admission: a bound on the requests in flight, so that overload fails fast.
+
+Without one, a deployment offered more than it can serve queues the excess on its stage
+topics: every request's latency grows without bound, the broker's memory with it, and when
+the load drops the system still works through minutes of requests whose clients gave up.
+With one, ingest admits a request only while fewer than `limit` requests are in flight; the
+rest get an OVERLOADED result at once (milliseconds, not a timeout).
+
+Each ingest worker counts the requests *it* admitted and sees them finish on the results
+topic (keys only). Requests are spread over ingest workers by key, so a worker holding a
+share s of the requests topic's partitions admits up to ``ceil(limit * s)``: the deployment
+as a whole stays near `limit`. A request whose result never shows (its result went to a
+worker that died before producing it, then was replayed elsewhere) is forgotten after
+`ttl_ms`, so lost bookkeeping cannot shrink capacity for good.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+
+class Admission:
+    """The requests this ingest worker admitted and has not yet seen a result for."""
+
+    def __init__(self, limit: int, ttl_ms: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the in-flight limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.ttl_ms = ttl_ms
+        self.share = 1.0  # of the requests topic's partitions this worker holds
+        self._inflight: OrderedDict[str, int] = OrderedDict()  # request id -> admitted at
+        self.rejected = 0
+
+    @property
+    def capacity(self) -> int:
+        return max(1, math.ceil(self.limit * self.share))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def admit(self, request_id: str, now_ms: int) -> bool:
+        """True if `request_id` may enter (a request read again is admitted again)."""
+        self._expire(now_ms)
+        if request_id in self._inflight:
+            return True
+        if len(self._inflight) >= self.capacity:
+            self.rejected += 1
+            return False
+        self._inflight[request_id] = now_ms
+        return True
+
+    def finished(self, request_id: str) -> None:
+        """A result for `request_id` was published (by any worker)."""
+        self._inflight.pop(request_id, None)
+
+    def _expire(self, now_ms: int) -> None:
+        while self._inflight:
+            oldest, at = next(iter(self._inflight.items()))
+            if now_ms - at < self.ttl_ms:
+                return
+            del self._inflight[oldest]

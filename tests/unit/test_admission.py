@@ -1,0 +1,68 @@
+"""Admission control at ingest: the bound on requests in flight, and OVERLOADED at once."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agents import example
+from schemas.messages import Mode, PipelineRequest, QuantumKind
+from streams.admission import Admission
+from streams.processor import OVERLOADED, DeadLetterOut, Ingest, Routing, Send
+
+pytestmark = pytest.mark.unit
+
+
+def test_admits_up_to_the_limit_then_refuses_until_one_finishes() -> None:
+    a = Admission(limit=2, ttl_ms=60_000)
+    assert a.admit("r1", 0) and a.admit("r2", 0)
+    assert not a.admit("r3", 1)
+    assert a.admit("r1", 2), "a request read again (a replay) is admitted again"
+    a.finished("r1")
+    assert a.admit("r3", 3)
+    assert a.in_flight == 2 and a.rejected == 1
+
+
+def test_share_of_partitions_scales_the_capacity() -> None:
+    a = Admission(limit=10, ttl_ms=60_000)
+    a.share = 0.25
+    assert a.capacity == 3  # ceil(2.5): the workers together may exceed the limit by < 1 each
+    a.share = 0.0
+    assert a.capacity == 1
+
+
+def test_unfinished_requests_are_forgotten_after_the_ttl() -> None:
+    a = Admission(limit=1, ttl_ms=1000)
+    assert a.admit("lost", 0)
+    assert not a.admit("next", 999)
+    assert a.admit("next", 1000)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30)), max_size=300))
+def test_never_more_in_flight_than_the_capacity(ops: list[tuple[bool, int]]) -> None:
+    a = Admission(limit=7, ttl_ms=10**9)
+    for now, (is_admit, n) in enumerate(ops):
+        if is_admit:
+            a.admit(f"r{n}", now)
+        else:
+            a.finished(f"r{n}")
+        assert a.in_flight <= a.capacity
+
+
+def test_ingest_answers_overloaded_at_once_past_the_limit() -> None:
+    topology = example.build()
+    routing = Routing(topology, "p.", "p.sink", "p.lm.requests")
+    ingest = Ingest(
+        {topology.pipeline: routing}, "w1", Mode.STREAMING, 1000, "p.sink", Admission(1, 10**6)
+    )
+    first = ingest.handle(_request("a"))
+    assert first and all(isinstance(o, Send) and o.quantum.kind is QuantumKind.DATA for o in first)
+    (refused,) = ingest.handle(_request("b"))
+    assert isinstance(refused, Send) and not isinstance(refused, DeadLetterOut)
+    assert refused.topic == "p.sink" and refused.quantum.kind is QuantumKind.FAILED
+    assert (refused.quantum.error or "").startswith(f"{OVERLOADED}:")
+
+
+def _request(request_id: str) -> PipelineRequest:
+    return PipelineRequest(request_id, example.NAME, "One. Two.", 0)

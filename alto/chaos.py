@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents import claims, example
-from alto.client import Submitter, TopicReader, new_request, wait_lm_reporting
+from alto.client import Submitter, TopicReader, new_request, trail, wait_lm_reporting
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
@@ -102,6 +102,7 @@ class ChaosReport:
     duration_s: float
     latency_p50_s: float
     latency_max_s: float
+    trail_file: Path | None = None  # the records of lost requests, when there are any
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class ChaosReport:
         out = asdict(self)
         for fault in out["faults"]:
             fault["in_flight"] = len(fault["in_flight"])
+        out["trail_file"] = None if self.trail_file is None else str(self.trail_file)
         out["ok"] = self.ok
         return out
 
@@ -135,7 +137,7 @@ class ChaosReport:
                 f"| {len(f.in_flight)} | {cleared} | {f.longest_gap_s:.1f} |"
             )
         if self.lost:
-            lines += ["", f"lost: {self.lost[:20]}"]
+            lines += ["", f"lost: {self.lost[:20]}; their records: {self.trail_file}"]
         if self.duplicated:
             lines += ["", f"duplicated: {dict(list(self.duplicated.items())[:20])}"]
         if self.wrong:
@@ -267,6 +269,12 @@ def run_chaos(
             for target, at, down in plan
         ]
         report = _drive(config, deployment, work, offsets, chosen, drain_timeout_s)
+        if report.lost:
+            # Where the lost requests stopped, for whoever reads the report.
+            topics = [*claims.build().topics(config.topic_prefix)]
+            topics += example.build().topics(config.topic_prefix)
+            report.trail_file = workdir / "lost_trail.txt"
+            report.trail_file.write_text(trail(config, topics, report.lost[:50]))
     finally:
         deployment.stop()
     report.seed = seed

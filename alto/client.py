@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from confluent_kafka import (
 from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
 from infra.topics import client_settings
-from schemas.messages import LMStatus, Mode, PipelineRequest, PipelineResult
+from schemas.messages import LMRequest, LMStatus, Mode, PipelineRequest, PipelineResult, Quantum
 
 
 def new_request(
@@ -196,3 +197,35 @@ def wait_lm_reporting(
                     continue
     finally:
         reader.close()
+
+
+def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str]) -> str:
+    """Every record of `request_ids` on `topics` (quanta), on the LM work topic (calls) and on
+    the sink, topic by topic in offset order: where a request that got no result stopped.
+    For diagnosing a lost request; it reads each topic from the start."""
+    wanted = set(request_ids)
+    lines = []
+    reader = TopicReader(config, config.lm_work_topic)
+    for _, value in reader.poll(2.0):
+        with contextlib.suppress(BadInputError):
+            call = LMRequest.decode(value or b"")
+            if call.request_id in wanted:
+                lines.append(
+                    f"lm.work[{call.instance}] attempt={call.attempt} {call.lm_request_id}"
+                )
+    reader.close()
+    for topic in [*topics, config.sink_topic]:
+        reader = TopicReader(config, topic)
+        for _, value in reader.poll(2.0):
+            try:
+                q = Quantum.decode(value or b"")
+            except BadInputError:
+                continue
+            if q.request_id in wanted:
+                path = "/".join(f"{e.stage}{e.index}" for e in q.path)
+                lines.append(
+                    f"{topic}: {q.request_id} {q.kind} {path} seq={q.seq} count={q.count} "
+                    f"by={[s.worker for s in q.trace][-1:]} {q.payload!r:.40}"
+                )
+        reader.close()
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents import example
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.client import Submitter, TopicReader, collect_results, new_request, trail
 from alto.config import AltoConfig
 from infra.topics import ensure_topics
 from schemas.messages import (
@@ -59,9 +59,20 @@ def _results_by_id(config: AltoConfig) -> dict[str, list[PipelineResult]]:
     return seen
 
 
-def _check_correct(requests: list[PipelineRequest], got: dict[str, PipelineResult]) -> None:
+def _check_correct(
+    config: AltoConfig,
+    requests: list[PipelineRequest],
+    got: dict[str, PipelineResult],
+    workers: list[WorkerProcess],
+) -> None:
     missing = [r.request_id for r in requests if r.request_id not in got]
-    assert not missing, f"{len(missing)} requests got no result"
+    if missing:
+        topics = example.build().topics(config.topic_prefix)
+        logs = "\n".join(f"--- {w.worker_id}:\n{w.log_tail(60)}" for w in workers)
+        raise AssertionError(
+            f"{len(missing)} requests got no result: {missing}\n"
+            f"{trail(config, topics, missing)}\n{logs}"
+        )
     for req in requests:
         result = got[req.request_id]
         assert result.status is ResultStatus.OK, result.error
@@ -79,7 +90,7 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
     ]
     Submitter(alto_config).submit_all(requests)
     got, dupes = collect_results(alto_config, [r.request_id for r in requests], timeout_s=180)
-    _check_correct(requests, got)
+    _check_correct(alto_config, requests, got, workers)
     assert not dupes
 
     # The aggregation constraint, proven: every aggregation node was folded by exactly one
@@ -131,7 +142,7 @@ def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     rest, _ = collect_results(alto_config, set(ids) - set(got), timeout_s=180, reader=reader)
     reader.close()
     got.update(rest)
-    _check_correct(requests, got)
+    _check_correct(alto_config, requests, got, workers)
     counts = {rid: len(rs) for rid, rs in _results_by_id(alto_config).items()}
     assert {rid: n for rid, n in counts.items() if n != 1} == {}
     assert workers[1].alive()

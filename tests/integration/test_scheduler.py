@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from agents import claims
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.client import Submitter, TopicReader, collect_results, new_request, trail
 from alto.config import AltoConfig
 from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from schemas.messages import LMAssignment, LMRequest, LMStatus, Mode, Quantum, ResultStatus
+from schemas.messages import LMAssignment, LMRequest, LMStatus, Mode, ResultStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
 
@@ -50,28 +50,6 @@ def _work(config: AltoConfig) -> list[tuple[int, LMRequest]]:
 def _assert_all(got: dict[str, object], wanted: list[str], scheduler: WorkerProcess) -> None:
     missing = [r for r in wanted if r not in got]
     assert not missing, f"{len(missing)} without a result; scheduler:\n{scheduler.log_tail()}"
-
-
-def _trail(config: AltoConfig, request_ids: list[str]) -> str:
-    """Every record of `request_ids` on the pipeline's topics and alto.lm.work, in order:
-    what a lost request's last stage saw (printed when one has no result)."""
-    lines = []
-    for call_instance, call in _work(config):
-        if call.request_id in request_ids:
-            lines.append(f"lm.work[{call_instance}] attempt={call.attempt} {call.lm_request_id}")
-    for topic in claims.build().topics(config.topic_prefix):
-        for _, value in TopicReader(config, topic).poll(2.0):
-            try:
-                q = Quantum.decode(value)
-            except Exception:
-                continue
-            if q.request_id in request_ids:
-                path = "/".join(f"{e.stage}{e.index}" for e in q.path)
-                lines.append(
-                    f"{topic}: {q.kind} {path} seq={q.seq} count={q.count} "
-                    f"by={[s.worker for s in q.trace][-1:]} {q.payload!r:.40}"
-                )
-    return "\n".join(lines)
 
 
 def _submit(config: AltoConfig, texts: list[str], pause_s: float = 0.0) -> list[str]:
@@ -137,7 +115,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
         assert all(p.alive() for i, p in lms.items() if i != home) and faust_worker.alive()
         assert not missing, (
             f"{len(missing)} of {len(burst)} lost after the kill: {missing}\n"
-            f"{_trail(config, missing)}\nscheduler:\n{faust_worker.log_tail()}"
+            f"{trail(config, claims.build().topics(config.topic_prefix), missing)}\nscheduler:\n{faust_worker.log_tail()}"
         )
     finally:
         for p in [faust_worker, *lms.values()]:

@@ -87,7 +87,12 @@ class AltoApp:
         self.worker_id = config.worker_id
         settings = _faust_settings(config)
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
-        self.app = FaustApp(config.app_id, fetch_max_wait_ms=config.fetch_max_wait_ms, **settings)
+        self.app = FaustApp(
+            config.app_id,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            client_settings=aiokafka_settings(config),
+            **settings,
+        )
         self.routings = {
             name: Routing(t, config.topic_prefix, config.sink_topic, config.lm_requests_topic)
             for name, t in self.topologies.items()
@@ -499,7 +504,13 @@ class AltoApp:
                     except BadInputError as exc:
                         await self._undecodable(event, exc, "scheduler")
                         return
-                    await place(request)
+                    try:
+                        await place(request)
+                    except Exception as exc:  # a bug of ours: fail the request, never lose it
+                        log.exception("placing LM call %s failed", request.lm_request_id)
+                        await self._send_failed(
+                            request.request_id, request.stage, f"scheduler_error: {exc!r}"
+                        )
                 finally:
                     await manual.ack(event)
 
@@ -641,12 +652,6 @@ def _faust_settings(config: AltoConfig) -> dict[str, Any]:
         "producer_max_request_size": config.max_message_bytes,
         "worker_redirect_stdouts": False,
         "table_standby_replicas": 1 if _defines_every_table(config) else 0,
-        # Faust refuses to recover a table whose last offset it has seen is past the
-        # partition's highwater, a guard for RocksDB files that outlived their topic. Our
-        # tables live in memory (nothing outlives the process), and the embedded broker now
-        # and then reports a highwater one record short: seen in `alto chaos`, both workers
-        # crashed in recovery after a rebalance ("persisted offset ... 148 > 147").
-        "recovery_consistency_check": False,
     }
     sec = config.security
     if sec.protocol.startswith("SASL"):

@@ -9,9 +9,10 @@ import sys
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from agents.transport import true_end_offsets
 from alto.errors import BrokerError
 from infra.broker import free_port, wait_for_port
 from tests.harness import REPO
@@ -75,3 +76,42 @@ def test_plain_aiokafka_client_uses_alto_broker(stop_signal: signal.Signals) -> 
     assert code == 0, out
     with pytest.raises(BrokerError):  # nothing listens any more
         wait_for_port("127.0.0.1", port, 0.5, None)
+
+
+async def _ends_after_batches(bootstrap: str) -> list[tuple[int, int, int]]:
+    """(records produced, end offset reported, end offset read) after batches of several
+    records each (one produce request per batch)."""
+    topic = f"ends-{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    out, total = [], 0
+    try:
+        for n in (1, 3, 2, 5):
+            sent = [await producer.send(topic, b"x") for _ in range(n)]
+            await asyncio.gather(*sent)
+            total += n
+            reported = (await consumer.end_offsets([tp]))[tp]
+            read = (await true_end_offsets({"bootstrap_servers": bootstrap}, {tp: reported}))[tp]
+            out.append((total, reported, read))
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return out
+
+
+def test_end_offsets_are_checked_by_reading(bootstrap_servers: str) -> None:
+    """Tansu 0.6 reports the last batch's base offset + 1 as a partition's end (2 after a
+    batch at offsets 1-3); Faust's table recovery reads changelogs up to the end it is given,
+    so our transport checks it by reading (`agents.transport.true_end_offsets`)."""
+    ends = asyncio.run(_ends_after_batches(bootstrap_servers))
+    assert [read for _, _, read in ends] == [total for total, _, _ in ends], ends
+    print("produced / reported / read:", ends)

@@ -99,7 +99,11 @@ class AltoApp:
         }
         # Admission control at ingest (None: no limit); fed by `_define_admission`.
         self.admission = (
-            Admission(config.max_inflight_requests, int(config.admission_ttl_s * 1000))
+            Admission[PipelineRequest](
+                config.max_inflight_requests,
+                int(config.admission_ttl_s * 1000),
+                int(config.request_retry_s * 1000),
+            )
             if config.max_inflight_requests > 0 and "ingest" in config.roles
             else None
         )
@@ -463,6 +467,18 @@ class AltoApp:
             )
             admission.share = held / self.config.partitions if held else 1.0
             metrics.ADMISSION_IN_FLIGHT.set(admission.in_flight)
+            for request in admission.overdue(now_ms()):
+                log.warning(
+                    "request %s has no result %.0f s after admission: replaying it from its root",
+                    request.request_id,
+                    self.config.request_retry_s,
+                )
+                metrics.REQUESTS_REPLAYED.inc()
+                for out in self.ingest.handle(request):
+                    if isinstance(out, Send):
+                        await self.app.producer.send(
+                            out.topic, out.key.encode(), out.quantum.encode(), None, None, None
+                        )
 
     def _define_scheduler(self) -> None:
         """Assign LM calls to LM instances (`scheduler/agent.py`; policy: `scheduler.policy`)."""

@@ -49,6 +49,8 @@ TARGETS: tuple[Target, ...] = ("faust", "lm", "scheduler")
 # Faust workers serve everything but the scheduler, which runs alone so it can be killed alone.
 STAGE_ROLES = "ingest,stages,sink"
 SCHEDULER_ROLES = "scheduler"
+# What an ingest worker logs when it replays a request that has no result (agents/runtime.py).
+REPLAY_LOG = "replaying it from its root"
 
 
 def expected_output(request: PipelineRequest) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class ChaosReport:
     duplicated: dict[str, int]
     wrong: dict[str, str]
     dead_letters: int
+    replayed: int  # requests ingest replayed for want of a result (ALTO_REQUEST_RETRY_S)
     duration_s: float
     latency_p50_s: float
     latency_max_s: float
@@ -123,7 +126,8 @@ class ChaosReport:
             f"- requests sent: {self.requests}; results read: {self.results_seen}; "
             f"run time {self.duration_s:.0f} s",
             f"- **lost: {len(self.lost)}, duplicated: {len(self.duplicated)}, "
-            f"wrong: {len(self.wrong)}**, dead letters: {self.dead_letters}",
+            f"wrong: {len(self.wrong)}**, dead letters: {self.dead_letters}, "
+            f"replayed after no result for ALTO_REQUEST_RETRY_S: {self.replayed}",
             f"- latency: median {self.latency_p50_s:.2f} s, max {self.latency_max_s:.2f} s",
             "",
             "| fault | process | killed at (s) | down (s) | in flight | all cleared after (s)"
@@ -277,6 +281,10 @@ def run_chaos(
             report.trail_file.write_text(trail(config, topics, report.lost[:50]))
     finally:
         deployment.stop()
+    report.replayed = sum(
+        log_file.read_text(errors="replace").count(REPLAY_LOG)
+        for log_file in workdir.glob("run*/f*.log")
+    )
     report.seed = seed
     report.duration_s = time.monotonic() - started
     return report
@@ -401,6 +409,7 @@ def _check(
         duplicated={rid: len(rs) for rid, rs in by_id.items() if len(rs) > 1},
         wrong=wrong,
         dead_letters=_count_dead_letters(config),
+        replayed=0,
         duration_s=0.0,
         latency_p50_s=latencies[len(latencies) // 2] if latencies else 0.0,
         latency_max_s=latencies[-1] if latencies else 0.0,

@@ -55,6 +55,9 @@ class AltoConfig(BaseModel):
     # `admission_ttl_s` no longer counts.
     max_inflight_requests: int = Field(default=1024, ge=0)
     admission_ttl_s: float = Field(default=300.0, gt=0)
+    # A request admitted this long ago with no result is replayed from its root, once
+    # (streams/admission.py; 0: never).
+    request_retry_s: float = Field(default=120.0, ge=0)
     status_file: Path | None = None
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
@@ -177,6 +180,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MAX_INPUT_CHARS": "max_input_chars",
     "MAX_INFLIGHT_REQUESTS": "max_inflight_requests",
     "ADMISSION_TTL_S": "admission_ttl_s",
+    "REQUEST_RETRY_S": "request_retry_s",
     "PIPELINES": "pipelines",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",

@@ -84,6 +84,10 @@ CONSUMER_LAG = Gauge(
     "committed offset; refreshed every few seconds)",
     ["topic", "partition"],
 )
+REQUESTS_REPLAYED = Counter(
+    "alto_requests_replayed",
+    "Requests replayed from their root after ALTO_REQUEST_RETRY_S with no result",
+)
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",
     "Requests this ingest worker admitted that have no result yet (streams/admission.py)",

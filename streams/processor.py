@@ -270,7 +270,7 @@ class Ingest:
         default_mode: Mode,
         max_input_chars: int,
         sink_topic: str,
-        admission: Admission | None = None,
+        admission: Admission[PipelineRequest] | None = None,
     ) -> None:
         self.routings = routings
         self.worker = worker
@@ -315,7 +315,7 @@ class Ingest:
                 Send(self.sink_topic, req.request_id, failed),
             ]
         assert routing is not None  # narrowed above; not input validation
-        if self.admission is not None and not self.admission.admit(req.request_id, start):
+        if self.admission is not None and not self.admission.admit(req.request_id, start, req):
             limit = self.admission.capacity
             why = f"{OVERLOADED}: {limit} requests already in flight at this ingest worker"
             failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=why)

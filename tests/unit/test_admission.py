@@ -66,3 +66,16 @@ def test_ingest_answers_overloaded_at_once_past_the_limit() -> None:
 
 def _request(request_id: str) -> PipelineRequest:
     return PipelineRequest(request_id, example.NAME, "One. Two.", 0)
+
+
+def test_a_request_with_no_result_is_handed_back_for_replay_once() -> None:
+    a: Admission[str] = Admission(limit=10, ttl_ms=10_000, retry_ms=1000)
+    assert a.admit("old", 0, "request old") and a.admit("young", 600, "request young")
+    a.admit("done", 100, "request done")
+    a.finished("done")
+    assert a.overdue(999) == []
+    assert a.overdue(1000) == ["request old"]
+    assert a.overdue(1700) == ["request young"]
+    assert a.overdue(5000) == [], "each request is replayed at most once"
+    assert a.in_flight == 2, "a replayed request still counts until its result shows"
+    assert Admission(limit=1, ttl_ms=10, retry_ms=0).overdue(10**9) == []

@@ -1,0 +1,66 @@
+"""End-to-end retry: a request with no result after ALTO_REQUEST_RETRY_S is replayed from its
+root by the ingest worker that admitted it, and the replay still yields exactly one correct
+result (every stage is idempotent)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import example
+from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.config import AltoConfig
+from schemas.messages import Mode, PipelineResult, Quantum, ResultStatus
+from tests.harness import WorkerProcess, wait_assigned
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+
+def test_a_request_without_result_is_replayed_and_answered_once(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    config = alto_config.with_overrides(request_retry_s=2.0)
+    text = "One short sentence here. And a second one."
+    request = new_request(example.NAME, text, mode=Mode.STREAMING)
+    topology = example.build()
+    first_topic = topology.stage_topic(config.topic_prefix, "sentences")
+    # Ingest and sink only: no stage runs, so the request cannot finish and is replayed.
+    front = WorkerProcess(
+        config, "front", tmp_path, env={"ALTO_ROLES": "ingest,sink"}, loglevel="info"
+    )
+    stages = None
+    try:
+        wait_assigned([front], [config.requests_topic, config.sink_topic], config.partitions)
+        Submitter(config).submit_all([request])
+        deadline = time.monotonic() + 60
+        while "replaying it from its root" not in front.log_file.read_text(errors="replace"):
+            assert time.monotonic() < deadline, front.log_tail()
+            time.sleep(0.5)
+        roots = [
+            Quantum.decode(v)
+            for _, v in TopicReader(config, first_topic).poll(2.0)
+            if v is not None
+        ]
+        assert [q.request_id for q in roots] == [request.request_id] * 2, "root sent twice"
+        # Now the stages run, and see the root twice.
+        stages = WorkerProcess(config, "stages", tmp_path, env={"ALTO_ROLES": "stages"})
+        got, dupes = collect_results(config, [request.request_id], timeout_s=90)
+        assert request.request_id in got, stages.log_tail()
+        result = got[request.request_id]
+        assert result.status is ResultStatus.OK, result.error
+        assert json.loads(result.output or "") == example.expected_output(text)
+        time.sleep(2.0)
+        every = [
+            PipelineResult.decode(v)
+            for _, v in TopicReader(config, config.results_topic).poll(2.0)
+            if v is not None
+        ]
+        assert [r.request_id for r in every] == [request.request_id], "exactly one result"
+        assert not dupes
+    finally:
+        for proc in (front, stages):
+            if proc is not None:
+                proc.stop()

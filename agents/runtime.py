@@ -18,6 +18,7 @@ Correctness notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.types import EventT, StreamT
@@ -38,7 +38,7 @@ from agents.transport import FaustApp
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
-from infra.topics import aiokafka_settings
+from infra.topics import aiokafka_settings, follow
 from scheduler.agent import Overloaded, SchedulerCore
 from schemas import faust_codecs
 from schemas.messages import LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
@@ -429,39 +429,23 @@ class AltoApp:
                 else:
                     log.info("pipeline %s warmed up in %.1f s", name, time.monotonic() - started)
 
-    def _define_admission(self, admission: Admission) -> None:
+    def _define_admission(self, admission: Admission[PipelineRequest]) -> None:
         """Feed admission control: follow the results topic (keys only, from its end) to see
-        admitted requests finish, and track this worker's share of the requests topic."""
+        admitted requests finish; each second, track this worker's share of the requests
+        topic and replay the requests overdue for a result."""
         requests_topic = self.config.requests_topic
 
         @self.app.task
         async def follow_results() -> None:
-            consumer = AIOKafkaConsumer(
-                **aiokafka_settings(self.config),
-                enable_auto_commit=False,
-                fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, 100),
-            )
-            await consumer.start()
-            try:
-                parts: set[int] | None = None
-                while not parts:
-                    parts = consumer.partitions_for_topic(self.config.results_topic)
-                    if not parts:
-                        await asyncio.sleep(0.5)
-                tps = [TopicPartition(self.config.results_topic, p) for p in sorted(parts)]
-                consumer.assign(tps)
-                await consumer.seek_to_end(*tps)
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-                    for records in batches.values():
-                        for record in records:
-                            if record.key:
-                                admission.finished(record.key.decode("utf-8", "replace"))
-            finally:
-                await consumer.stop()
+            wait_ms = max(self.config.fetch_max_wait_ms, 100)
+            records = follow(self.config, self.config.results_topic, tail=0, fetch_wait_ms=wait_ms)
+            async with contextlib.aclosing(records):
+                async for record in records:
+                    if record.key:
+                        admission.finished(record.key.decode("utf-8", "replace"))
 
         @self.app.timer(interval=1.0)
-        async def admission_share() -> None:
+        async def admission_upkeep() -> None:
             held = sum(
                 1 for tp in self.app.assignor.assigned_actives() if tp.topic == requests_topic
             )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -50,6 +53,40 @@ def aiokafka_settings(config: AltoConfig) -> dict[str, Any]:
         if sec.sasl_password is not None:
             settings["sasl_plain_password"] = sec.sasl_password.get_secret_value()
     return settings
+
+
+async def follow(
+    config: AltoConfig, topic: str, *, tail: int | None, fetch_wait_ms: int
+) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
+    """Every record of every partition of `topic`, forever, by manual assignment (no group):
+    from `tail` records before each partition's end (0: only new ones; None: all). Waits for
+    the topic to exist. Use it under `contextlib.aclosing`, so the consumer stops with it."""
+    consumer = AIOKafkaConsumer(
+        **aiokafka_settings(config), enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms
+    )
+    await consumer.start()
+    try:
+        parts = None
+        while not parts:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()  # topic may be new
+                await asyncio.sleep(0.5)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if tail is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, max(0, ends[tp] - tail))
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    yield record
+    finally:
+        await consumer.stop()
 
 
 def ensure_topics(

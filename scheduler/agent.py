@@ -25,6 +25,7 @@ here, at most `scheduler_queue` of them; past that a call fails at once (OVERLOA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from infra.topics import aiokafka_settings
+from infra.topics import aiokafka_settings, follow
 from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
 from schemas.messages import LMAssignment, LMRequest, LMStatus
 from streams.processor import DeadLetterOut
@@ -141,37 +142,14 @@ class SchedulerCore:
     ) -> None:
         """Every partition of `topic`, from `tail` records before the end (None: all);
         a record `handle` refuses as bad input is rejected (`_reject`)."""
-        consumer = AIOKafkaConsumer(
-            **aiokafka_settings(self.config),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS),
-        )
-        await consumer.start()
-        try:
-            parts = None
-            while not parts:
-                parts = consumer.partitions_for_topic(topic)
-                if not parts:
-                    await consumer._client.force_metadata_update()  # topic may be new
-                    await asyncio.sleep(0.5)
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            if tail is None:
-                await consumer.seek_to_beginning(*tps)
-            else:
-                ends = await consumer.end_offsets(tps)
-                for tp in tps:
-                    consumer.seek(tp, max(0, ends[tp] - tail))
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for record in records:
-                        try:
-                            await handle(record.value)
-                        except BadInputError as exc:
-                            await self._reject(record, exc)
-        finally:
-            await consumer.stop()
+        wait_ms = max(self.config.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS)
+        records = follow(self.config, topic, tail=tail, fetch_wait_ms=wait_ms)
+        async with contextlib.aclosing(records):
+            async for record in records:
+                try:
+                    await handle(record.value)
+                except BadInputError as exc:
+                    await self._reject(record, exc)
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], exc: BadInputError) -> None:
         """Ignore a bad status or table record; the leader dead-letters it (every replica

@@ -20,14 +20,22 @@ from tests.harness import REPO
 pytestmark = pytest.mark.integration
 
 
-async def _round_trip(bootstrap: str) -> list[tuple[bytes, bytes]]:
-    topic = f"independent-{uuid.uuid4().hex[:6]}"
+async def _new_topic(bootstrap: str, prefix: str, *, partitions: int) -> str:
+    """A topic no other test uses, created with plain aiokafka (no code of ours)."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:6]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        await admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+        )
     finally:
         await admin.close()
+    return topic
+
+
+async def _round_trip(bootstrap: str) -> list[tuple[bytes, bytes]]:
+    topic = await _new_topic(bootstrap, "independent", partitions=2)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -81,13 +89,7 @@ def test_plain_aiokafka_client_uses_alto_broker(stop_signal: signal.Signals) -> 
 async def _ends_after_batches(bootstrap: str) -> list[tuple[int, int, int]]:
     """(records produced, end offset reported, end offset read) after batches of several
     records each (one produce request per batch)."""
-    topic = f"ends-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await _new_topic(bootstrap, "ends", partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await producer.start()

@@ -88,6 +88,11 @@ class AltoConfig(BaseModel):
     # Corpus passages whose token embeddings a worker keeps for reranking (0: none; the
     # FacTool benchmark uses 0 so that no system gains from another's run of a question).
     passage_cache: int = Field(default=4096, ge=0)
+    # Threads of a worker's CPU compute (MiniLM's forward passes; torch's intra-op pool).
+    # 0: torch's default, every core. Workers sharing a host should split its cores: two
+    # 2-thread pools on 2 cores cost 37% more CPU per forward pass than two 1-thread pools
+    # (spinning, waiting on each other); `alto up` sets cores // Faust workers.
+    compute_threads: int = Field(default=0, ge=0, le=1024)
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
@@ -188,6 +193,7 @@ _ENV_FIELDS: dict[str, str] = {
     "LM_STATUS_INTERVAL_S": "lm_status_interval_s",
     "LM_MAX_INFLIGHT": "lm_max_inflight",
     "LM_LINGER_MS": "lm_linger_ms",
+    "COMPUTE_THREADS": "compute_threads",
     "ENGINE": "engine",
     "MODEL_DIR": "model_dir",
     "MODEL_CACHE_DIR": "model_cache_dir",

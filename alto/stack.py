@@ -114,6 +114,15 @@ class Stack:
                 ports[name] = port
         return ports
 
+    def _compute_env(self) -> dict[str, str]:
+        """The Faust workers split this host's cores (`AltoConfig.compute_threads`), unless
+        the configuration fixes a number."""
+        if self.config.compute_threads > 0:
+            return {}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = max(1, (cores or os.cpu_count() or 1) // max(1, self.workers))
+        return {"ALTO_COMPUTE_THREADS": str(threads)}
+
     def _metrics_env(self, index: int) -> dict[str, str]:
         """A fixed ALTO_METRICS_PORT (> 0) is the first of consecutive ports, one per
         child in start order; 0 (a free port each) and negative (none) pass unchanged."""
@@ -160,7 +169,7 @@ class Stack:
                     name,
                     self.workdir,
                     loglevel=loglevel,
-                    env=self._metrics_env(i),
+                    env={**self._metrics_env(i), **self._compute_env()},
                     own_group=True,
                 ),
             )

@@ -35,6 +35,21 @@ def bench_config(name: str, **overrides: Any) -> Iterator[AltoConfig]:
         yield load_config(bootstrap_servers=broker.bootstrap_servers, **values)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) used so far by this process and every live descendant: the
+    whole system under test whether it runs in-process (LangGraph) or as child processes
+    (the stack: broker, workers, LM engines). Differences over a run give its CPU cost."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")

@@ -53,7 +53,14 @@ from agents.factool.resources import resources
 from alto.client import Submitter, TopicReader, new_request, stage_windows
 from alto.config import AltoConfig, load_config
 from alto.stack import Stack
-from bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
+from bench.common import (
+    OUT_DIR,
+    cpu_seconds,
+    percentile,
+    progress,
+    stdout_to_stderr,
+    write_json,
+)
 from infra.broker import free_port
 from schemas.messages import Mode, PipelineResult
 
@@ -63,10 +70,18 @@ SIM_TIME_SCALE = 0.25
 SIM_LM_INSTANCES = 7
 FAUST_WORKERS = 2
 SEED = 11
+# Our deployment on this 2-core machine (see "Deployment" above): one partition per Faust
+# worker, only the FacTool pipeline's topics, a 25 ms fetch wait.
+PARTITIONS = FAUST_WORKERS
+FETCH_WAIT_MS = 25
 
 # (loads in req/s, requests per point) per tier and size
-SIM_LOADS = {"quick": ((0.25, 0.5, 1.0), 8), "full": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), 30)}
-VLLM_LOADS = {"quick": ((0.05,), 3), "full": ((0.03, 0.06, 0.1), 8)}
+SIM_LOADS = {
+    "quick": ((0.25, 0.5, 1.0), 8),
+    "full": ((0.25, 0.5, 0.75, 1.0, 1.25, 1.5), 30),
+}
+VLLM_LOADS = {"quick": ((0.05,), 3), "full": ((0.03, 0.06), 6)}
+IDLE_S = 10.0  # how long the idle stack's CPU use is measured, per tier
 DRAIN_S = 120.0  # how long a point waits for its last results after its last arrival
 
 
@@ -81,6 +96,7 @@ class Point:
     p99_s: float
     achieved_rps: float
     passed: bool = False
+    cpu_s_per_request: float = math.nan  # CPU of everything under test / requests sent
     stages_s: dict[str, float] = field(default_factory=dict)  # median window per stage
 
 
@@ -150,6 +166,7 @@ def _run_kafka(
             )
             submitter.flush()
 
+    cpu_before = cpu_seconds()
     thread = threading.Thread(target=submit, daemon=True)
     thread.start()
     got: dict[str, PipelineResult] = {}
@@ -164,6 +181,7 @@ def _run_kafka(
                     got[result.request_id] = result
                     bar.update(1)
     thread.join()
+    cpu_used = cpu_seconds() - cpu_before
     reader.close()
     ok = [g for g in got.values() if g.status.value == "OK"]
     point = _point(
@@ -174,6 +192,7 @@ def _run_kafka(
         [g.latency_ms / 1000 for g in ok],
         [g.completed_at_ms / 1000 for g in ok],
     )
+    point.cpu_s_per_request = round(cpu_used / len(requests), 3)
     per_stage: dict[str, list[float]] = collections.defaultdict(list)
     for g in ok:
         for stage, ms in stage_windows(g).items():
@@ -224,13 +243,16 @@ def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
 # -- a tier ----------------------------------------------------------------------------
 
 
-def _tier(tier: str, quick: bool) -> list[Point]:
+def _tier(tier: str, quick: bool) -> tuple[list[Point], float]:
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
     base = load_config(
         sim_time_scale=SIM_TIME_SCALE,
         data_dir=OUT_DIR / "data" / f"factool-{tier}",
         warmup=True,
         passage_cache=0,  # no system may rerank with embeddings another system's run left
+        pipelines=(factool.NAME,),
+        partitions=PARTITIONS,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
     )
     resources(base)  # LangGraph runs in this process: the same settings
     docs = load_corpus(base.corpus)
@@ -244,6 +266,7 @@ def _tier(tier: str, quick: bool) -> list[Point]:
         workdir=OUT_DIR / "logs" / f"factool-{tier}",
     )
     points: list[Point] = []
+    idle_cores = math.nan
     progress(
         f"{tier}: starting the stack ({lm_instances} LM workers, {FAUST_WORKERS} Faust workers)"
     )
@@ -255,6 +278,8 @@ def _tier(tier: str, quick: bool) -> list[Point]:
         _run_kafka(
             config, tier, Mode.STREAMING, questions(docs, 2, seed=1), [0.0, 0.5], "warm", 1.0
         )
+        idle_cores = _idle_cores()
+        progress(f"{tier}: the idle stack uses {idle_cores:.2f} cores (broker and client polls)")
         for k, rate in enumerate(loads):
             asked = questions(docs, n, seed=SEED + k)
             arrivals = _arrivals(n, rate, SEED + k)
@@ -290,7 +315,9 @@ def _tier(tier: str, quick: bool) -> list[Point]:
 
         try:
             started = time.time()
+            cpu_before = cpu_seconds()
             runs = asyncio.run(one())
+            cpu_used = cpu_seconds() - cpu_before
         except ImportError as exc:
             progress(f"LangGraph not available ({exc}); skipped")
             break
@@ -301,15 +328,27 @@ def _tier(tier: str, quick: bool) -> list[Point]:
             if r.get("output") is not None
         ]
         point = _point(tier, "langgraph", rate, n, lat, done)
+        point.cpu_s_per_request = round(cpu_used / n, 3)
         points.append(point)
         progress(_describe(point))
-    return points
+    return points, idle_cores
+
+
+def _idle_cores() -> float:
+    """CPU cores the stack uses with no request in flight: the price of polling (the embedded
+    broker holds every fetch for its whole wait, so each consumer fetches 1000 / wait times a
+    second; see agents/transport.py)."""
+    time.sleep(2.0)  # the warm-up's last commits
+    before = cpu_seconds()
+    time.sleep(IDLE_S)
+    return (cpu_seconds() - before) / IDLE_S
 
 
 def _describe(p: Point) -> str:
     return (
         f"{p.tier} {p.system:9} offered {p.offered_rps:g}/s: {p.completed}/{p.sent} done, "
-        f"p50 {p.p50_s:.1f} s, p99 {p.p99_s:.1f} s, achieved {p.achieved_rps:.2f}/s "
+        f"p50 {p.p50_s:.1f} s, p99 {p.p99_s:.1f} s, achieved {p.achieved_rps:.2f}/s, "
+        f"{p.cpu_s_per_request:.2f} CPU s/request "
         f"{'PASS' if p.passed else 'fail'}"
     )
 
@@ -335,7 +374,9 @@ def _group(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
     return groups
 
 
-def _print(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -> None:
+def _print(
+    points: list[Point], summary: dict[str, dict[str, dict[str, Any]]], idle: dict[str, float]
+) -> None:
     print("## alto bench factool: streaming vs baseline vs LangGraph\n")
     print(
         f"Target: median <= {TARGET_MEDIAN_S:g} s and achieved >= {PASS_ACHIEVED:.0%} of offered. "
@@ -367,13 +408,21 @@ def _print(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -
                 f"\n{tier}: streaming / baseline sustained load {load_ratio:.2f}x (goal 3x); "
                 f"baseline / streaming P99 at low load {p99_ratio:.2f}x (goal 1.8x)"
             )
+    print(
+        "\nCPU s/request: CPU time of everything under test (our stack: broker, Faust and LM "
+        "workers; LangGraph: its process) over the point, per request sent. The idle stack "
+        "alone uses "
+        + ", ".join(f"{cores:.2f} cores ({tier})" for tier, cores in idle.items())
+        + " of the machine's 2 polling the embedded broker; LangGraph has no broker."
+    )
     print("\n### every point\n")
-    print("| tier | system | offered | done | p50 s | p99 s | achieved | pass |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| tier | system | offered | done | p50 s | p99 s | achieved | CPU s/request | pass |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for p in points:
         print(
             f"| {p.tier} | {p.system} | {p.offered_rps:g} | {p.completed}/{p.sent} | {p.p50_s:.1f} "
-            f"| {p.p99_s:.1f} | {p.achieved_rps:.2f} | {'yes' if p.passed else 'no'} |"
+            f"| {p.p99_s:.1f} | {p.achieved_rps:.2f} | {p.cpu_s_per_request:.2f} "
+            f"| {'yes' if p.passed else 'no'} |"
         )
     print("\n### median time per stage at the lowest load (s, first to last span)\n")
     for tier in summary:
@@ -436,14 +485,20 @@ def _plot(points: list[Point]) -> Path | None:
 def main(*, quick: bool, json_path: Path | None, tiers: tuple[str, ...] = ("sim", "vllm")) -> int:
     started = time.perf_counter()
     points: list[Point] = []
+    idle: dict[str, float] = {}
     for tier in tiers:
         with stdout_to_stderr():  # vLLM logs to stdout; stdout keeps only the markdown
-            points += _tier(tier, quick)
+            tier_points, idle[tier] = _tier(tier, quick)
+            points += tier_points
     summary = _summary(points)
-    _print(points, summary)
+    _print(points, summary, idle)
     plot = _plot(points)
     elapsed = time.perf_counter() - started
     print(f"\n(plot: {plot}; bench took {elapsed / 60:.1f} min{' with --quick' if quick else ''})")
-    raw: dict[str, Any] = {**summary, "points": [asdict(p) for p in points]}
+    raw: dict[str, Any] = {
+        **summary,
+        "points": [asdict(p) for p in points],
+        "stack_idle_cores": {t: round(c, 3) for t, c in idle.items()},
+    }
     write_json(json_path, {**raw, "quick": quick, "elapsed_s": elapsed})
     return 0

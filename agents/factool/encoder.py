@@ -45,7 +45,7 @@ def model_dir() -> Path:
 class Encoder:
     """Token embeddings from the packaged MiniLM (CPU, batched, thread-safe)."""
 
-    def __init__(self, folder: Path | None = None, max_tokens: int = 128) -> None:
+    def __init__(self, folder: Path | None = None, max_tokens: int = 128, threads: int = 0) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -55,6 +55,8 @@ class Encoder:
         folder = folder or model_dir()
         self.max_tokens = max_tokens
         self._torch = torch
+        if threads > 0:  # the process's intra-op pool (AltoConfig.compute_threads)
+            torch.set_num_threads(threads)
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self._model: Any = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self._lock = threading.Lock()  # one forward pass at a time (torch threads are shared)

@@ -81,7 +81,7 @@ class Resources:
 
     @cached_property
     def encoder(self) -> Encoder:
-        return Encoder()
+        return Encoder(threads=self.config.compute_threads)
 
     def passage(self, index: int) -> Passage:
         doc = self.docs[index]

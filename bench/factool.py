@@ -4,8 +4,8 @@ Open-loop load: Poisson arrivals at a sweep of offered loads; at each load every
 the same questions (drawn from WordNet, seeded) at the same arrival times, one system after
 the other (the order alternates from load to load, so drift on a shared machine does not
 favour one side). Request ids `p<load>-<i>~<system>` make the SIMULATED engines write the
-same text for a question in every system (`lm_service.sim.sim_text`): equal work. Per point: median and P99 end-to-end latency, and the achieved load. A
-point passes when the median is within the target (`TARGET_MEDIAN_S`, the paper's 4 s) and
+same text for a question in every system (`lm_service.sim.sim_text`): equal work. Per
+point: median and P99 end-to-end latency, the achieved load and the CPU used. A point passes when the median is within the target (`TARGET_MEDIAN_S`, the paper's 4 s) and
 the achieved load is at least 80% of the offered one (the paper's rule). Reported per
 system: the highest passing load (sustained load) and the P99 at the lowest load.
 
@@ -28,8 +28,21 @@ Tiers:
   SIMULATED engines with the same parameters, or one vLLM engine; same BM25 and MiniLM code.
   It waits for each LM call to finish, as LangGraph nodes do.
 
+Deployment: our stack gets the settings one would give it on a 2-core host. Each Faust
+worker owns one partition of each topic (`PARTITIONS`), the workers serve only the FacTool
+pipeline's topics, and consumers wait `FETCH_WAIT_MS` per fetch. Each Faust worker's MiniLM
+gets one core (`alto up` splits the cores). LangGraph runs in one process with torch's
+default, every core. Why: the embedded broker holds every fetch for its whole wait
+(agents/transport.py), so each consumer fetches 1000 / wait times a second, and each fetch
+costs the broker and the client in proportion to its partitions. With the defaults (8
+partitions, every pipeline's topics, 10 ms) the idle stack used 1.5 of the 2 cores; with
+these settings it uses about 0.5. The bench measures that idle use at the start of each tier
+and reports it, together with the CPU seconds per request of every point (everything under
+test: the stack's processes, or LangGraph's process).
+
 JSON (`--json`): `{TIER: {SYSTEM: {"sustained_load_rps", "p99_low_load_s", ...}}}` with
-SYSTEM in streaming, baseline, langgraph, plus every point under `points`.
+SYSTEM in streaming, baseline, langgraph, plus every point under `points` (each with
+`cpu_s_per_request`) and `stack_idle_cores` per tier.
 """
 
 from __future__ import annotations

@@ -27,14 +27,15 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from agents import claims, example
-from alto.client import Submitter, TopicReader, new_request, trail, wait_lm_reporting
+from alto.client import TopicReader, new_request, trail, wait_lm_reporting
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from alto.openloop import OpenLoop
 from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 from lm_service.quanta import split_all
 from lm_service.sim import sim_text
@@ -316,50 +317,34 @@ def _drive(
     faults: list[Fault],
     drain_timeout_s: float,
 ) -> ChaosReport:
-    submitter = Submitter(config)
-    reader = TopicReader(config, config.results_topic, from_beginning=False)
-    submitted: dict[str, float] = {}  # request id -> wall clock of submission
-    done: dict[str, float] = {}  # request id -> wall clock of its first result
-    t0 = time.time()
     pending_kills = sorted(faults, key=lambda f: f.at_s)
     pending_restarts: list[Fault] = []
-    next_request = 0
-    deadline = None
-    try:
-        while len(done) < len(work):
+    with OpenLoop(config) as loop:
+        t0 = time.time()
+
+        def inject(_: float = 0.0) -> None:
+            """Kill what is due (noting the requests in flight), restart what is due."""
             now = time.time()
-            elapsed = now - t0
-            while next_request < len(work) and offsets[next_request] <= elapsed:
-                request = replace(work[next_request], submitted_at_ms=int(time.time() * 1000))
-                submitter.submit(request)
-                submitted[request.request_id] = time.time()
-                next_request += 1
-            if pending_kills and pending_kills[0].at_s <= elapsed:
+            if pending_kills and pending_kills[0].at_s <= now - t0:
                 fault = pending_kills.pop(0)
-                fault.in_flight = [r for r in submitted if r not in done]
-                fault.killed_at = time.time()
+                fault.in_flight = [o.request_id for o in loop.outcomes.values() if not o.finished]
+                fault.killed_at = now
                 deployment.procs[fault.process].kill()
-                log.info("chaos: SIGKILL %s at %.1f s", fault.process, elapsed)
+                log.info("chaos: SIGKILL %s at %.1f s", fault.process, now - t0)
                 pending_restarts.append(fault)
             for fault in [f for f in pending_restarts if now - f.killed_at >= f.restart_after_s]:
                 deployment.start(fault.process)
                 fault.restarted_at = time.time()
                 pending_restarts.remove(fault)
                 log.info("chaos: restarted %s", fault.process)
-            if next_request == len(work) and not pending_kills and not pending_restarts:
-                if deadline is None:
-                    submitter.flush()
-                    deadline = time.monotonic() + drain_timeout_s
-                elif time.monotonic() > deadline:
-                    break
-            for _, value in reader.poll(0.05):
-                try:
-                    result = PipelineResult.decode(value)
-                except BadInputError:
-                    continue
-                done.setdefault(result.request_id, time.time())
-    finally:
-        reader.close()
+
+        loop.run(work, offsets, tick=inject)
+        while pending_kills or pending_restarts:  # faults due after the last submission
+            inject()
+            loop.poll(0.05)
+        loop.wait(list(loop.outcomes.values()), drain_timeout_s)
+    submitted = {o.request_id: o.submitted for o in loop.outcomes.values()}
+    done = {o.request_id: o.finished for o in loop.outcomes.values() if o.finished is not None}
     _measure_recovery(faults, done)
     return _check(config, work, submitted, done, faults)
 

@@ -174,7 +174,12 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from bench import run_bench
 
-    return run_bench(args.name, quick=args.quick, json_path=args.json)
+    options: dict[str, object] = {}
+    if args.tier:
+        options["tiers"] = (args.tier,)
+    if args.sim_time_scale is not None:
+        options["sim_time_scale"] = args.sim_time_scale
+    return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["hop", "lm", "scheduler", "bm25", "factool", "overload"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
+    p.add_argument("--tier", choices=["sim", "vllm"], default=None, help="factool: one tier only")
+    p.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=None,
+        help="factool: the sim tier's LM speed (default 0.25; 1.0 = our CPU-calibrated "
+        "SmolLM2), an ablation of LM time's share",
+    )
     p.set_defaults(func=_cmd_bench)
     return parser
 

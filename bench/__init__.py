@@ -4,9 +4,14 @@ figures to `--json` and plots under `bench-out/`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
+def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
+    """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
+    `sim_time_scale`."""
+    if options and name != "factool":
+        raise SystemExit(f"options {sorted(options)} apply to `alto bench factool` only")
     if name == "hop":
         from bench.hop import main
 
@@ -26,7 +31,7 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None) -> int:
     if name == "factool":
         from bench.factool import main as factool_main
 
-        return factool_main(quick=quick, json_path=json_path)
+        return factool_main(quick=quick, json_path=json_path, **options)
     if name == "overload":
         from bench.overload import main as overload_main
 

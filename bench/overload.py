@@ -31,33 +31,19 @@ from typing import Any
 
 import psutil
 
-from alto.client import Submitter, TopicReader, new_request
+from alto.client import new_request
 from alto.config import AltoConfig, load_config
-from alto.errors import BadInputError
+from alto.openloop import OpenLoop, Outcome
 from alto.stack import Stack
 from bench.common import OUT_DIR, percentile, progress, write_json
 from infra.broker import free_port
-from schemas.messages import Mode, PipelineResult, ResultStatus
+from schemas.messages import Mode, PipelineRequest, ResultStatus
 
 PIPELINE = "claims"
 FAUST_WORKERS = 2
 LM_WORKERS = 3
 FACTOR = 3.0
 CALM = 0.5
-
-
-@dataclass
-class Outcome:
-    request_id: str
-    phase: str
-    submitted: float  # wall clock
-    finished: float | None = None
-    status: ResultStatus | None = None
-    results: int = 0
-
-    @property
-    def latency_s(self) -> float:
-        return (self.finished or math.nan) - self.submitted
 
 
 @dataclass
@@ -137,36 +123,27 @@ class _RssSampler:
                 self.peak[name] = max(self.peak.get(name, 0.0), mb)
 
 
-class _Driver:
-    """Submits requests at given moments and records each one's result(s)."""
+class _Workload:
+    """Numbered requests of the pipeline, submitted open-loop or a closed loop."""
 
-    def __init__(self, config: AltoConfig, sampler: _RssSampler) -> None:
-        self.submitter = Submitter(config)
-        self.reader = TopicReader(config, config.results_topic, from_beginning=False)
-        self.sampler = sampler
-        self.outcomes: dict[str, Outcome] = {}
+    def __init__(self, loop: OpenLoop) -> None:
+        self.loop = loop
         self._n = 0
 
-    def close(self) -> None:
-        self.reader.close()
+    def _requests(self, k: int) -> list[PipelineRequest]:
+        out = []
+        for _ in range(k):
+            self._n += 1
+            out.append(
+                new_request(
+                    PIPELINE, f"subject {self._n}", mode=Mode.STREAMING, request_id=f"ov-{self._n}"
+                )
+            )
+        return out
 
     def run(self, phase: str, offsets: list[float]) -> list[Outcome]:
         """Submit one request at each offset (s from now); return when all are submitted."""
-        t0 = time.time()
-        mine = []
-        for offset in offsets:
-            while time.time() - t0 < offset:
-                self.poll(0.01)
-            self._n += 1
-            request = new_request(
-                PIPELINE, f"subject {self._n}", mode=Mode.STREAMING, request_id=f"ov-{self._n}"
-            )
-            self.submitter.submit(request)
-            outcome = Outcome(request.request_id, phase, time.time())
-            self.outcomes[request.request_id] = outcome
-            mine.append(outcome)
-        self.submitter.flush()
-        return mine
+        return self.loop.run(self._requests(len(offsets)), offsets, phase)
 
     def closed_loop(self, concurrency: int, duration_s: float) -> list[Outcome]:
         """Keep `concurrency` requests in flight for `duration_s`; return them all."""
@@ -176,27 +153,8 @@ class _Driver:
             missing = concurrency - sum(1 for o in mine if o.finished is None)
             if missing > 0:
                 mine += self.run("calibration", [0.0] * missing)
-            self.poll(0.02)
+            self.loop.poll(0.02)
         return mine
-
-    def poll(self, timeout_s: float) -> None:
-        for _, value in self.reader.poll(timeout_s):
-            try:
-                result = PipelineResult.decode(value)
-            except BadInputError:
-                continue
-            outcome = self.outcomes.get(result.request_id)
-            if outcome is None:
-                continue
-            outcome.results += 1
-            if outcome.finished is None:
-                outcome.finished, outcome.status = time.time(), result.status
-        self.sampler.sample()
-
-    def wait(self, outcomes: list[Outcome], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(o.finished is None for o in outcomes):
-            self.poll(0.2)
 
 
 def _poisson(rate: float, duration_s: float, seed: int) -> list[float]:
@@ -258,17 +216,14 @@ def run_overload(
         stack.start()
         stack.wait_ready(300)
         sampler = _RssSampler(stack.pids)
-        driver = _Driver(stack.config, sampler)
-        try:
-            return _phases(driver, sampler, limit, overload_s, calm_s, seed, settle_s)
-        finally:
-            driver.close()
+        with OpenLoop(stack.config, on_poll=sampler.sample) as loop:
+            return _phases(_Workload(loop), sampler, limit, overload_s, calm_s, seed, settle_s)
     finally:
         stack.stop()
 
 
 def _phases(
-    driver: _Driver,
+    workload: _Workload,
     sampler: _RssSampler,
     limit: int,
     overload_s: float,
@@ -278,7 +233,7 @@ def _phases(
 ) -> OverloadReport:
     progress(f"overload: calibration, {limit} requests in flight for {calm_s:.0f} s")
     started = time.time()
-    burst = driver.closed_loop(limit, calm_s)
+    burst = workload.closed_loop(limit, calm_s)
     ended = time.time()
     warm = started + (ended - started) / 3
     # Served requests only: a refusal at the limit (the workers' shares of it are uneven
@@ -291,7 +246,7 @@ def _phases(
     if len(counted) < 2:
         raise RuntimeError(f"calibration failed: {len(counted)} requests finished")
     capacity = len(counted) / (ended - warm)
-    driver.wait(burst, settle_s)
+    workload.loop.wait(burst, settle_s)
     progress(f"overload: sustainable load {capacity:.2f} req/s")
     phases: dict[str, tuple[float, list[Outcome]]] = {}
     for k, (name, factor, duration) in enumerate(
@@ -302,11 +257,11 @@ def _phases(
         if name == "overload":
             sampler.sample(force=True)
             calm_rss = dict(sampler.last)
-        phases[name] = (rate, driver.run(name, _poisson(rate, duration, seed + k)))
+        phases[name] = (rate, workload.run(name, _poisson(rate, duration, seed + k)))
         if name == "overload":
             dropped_at = time.time()
     everything = [o for _, outcomes in phases.values() for o in outcomes]
-    driver.wait(everything, settle_s)
+    workload.loop.wait(everything, settle_s)
     sampler.sample(force=True)
     admitted = [o for o in phases["overload"][1] if o.status is ResultStatus.OK]
     drained = max((o.finished or 0.0 for o in admitted), default=None)
@@ -321,7 +276,7 @@ def _phases(
         calm_rss_mb=calm_rss,
         drained_after_s=None if drained is None else max(0.0, drained - dropped_at),
         dropped_at=dropped_at,
-        outcomes=list(driver.outcomes.values()),
+        outcomes=list(workload.loop.outcomes.values()),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point, _summary
@@ -38,3 +40,23 @@ def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> No
     s = _summary(points)["sim"]["baseline"]
     assert s["sustained_load_rps"] == 1.0
     assert s["p99_low_load_s"] == 9.0
+
+
+def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
+    from bench.factool import _evidence_ready_s
+    from schemas.messages import Mode, PipelineResult, ResultStatus, TraceSpan
+
+    spans = (
+        TraceSpan("answer", "0", "w", 1_000, 1_500),
+        TraceSpan("evidence", "0.0", "w", 2_000, 2_100),
+        TraceSpan("evidence", "0.1", "w", 2_900, 3_250),
+        TraceSpan("report", "0", "w", 4_000, 4_010),
+    )
+    result = PipelineResult(
+        "r", "factool", ResultStatus.OK, 3_010, 1_000, 4_010, Mode.STREAMING, trace=spans
+    )
+    assert _evidence_ready_s(result) == pytest.approx(2.25)
+    assert _evidence_ready_s(dataclasses.replace(result, trace=spans[:1])) is None
+    point = _point("sim", "streaming", 1.0, 3, [3.0] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 9.0])
+    assert point.evidence_p50_s == 2.0 and point.evidence_p99_s == 9.0
+    assert _summary([point])["sim"]["streaming"]["evidence_p99_low_load_s"] == 9.0

@@ -305,7 +305,9 @@ def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float
 
         async def one(
             asked: list[str] = asked, arrivals: list[float] = arrivals, k: int = k
-        ) -> list[Any]:
+        ) -> tuple[list[Any], float]:
+            """The runs, and the CPU they used, measured while the engines are up (vLLM's
+            engine core is a child process, counted only while it lives)."""
             from bench.langgraph_factool import run_open_loop
 
             engines = _engines(tier, base, lm_instances)
@@ -313,16 +315,16 @@ def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float
                 await e.start()
             try:
                 ids = [f"p{k}-{i}~langgraph" for i in range(len(asked))]
-                return await run_open_loop(_Pool(engines), asked, arrivals, ids)
+                cpu_before = cpu_seconds()
+                runs = await run_open_loop(_Pool(engines), asked, arrivals, ids)
+                return runs, cpu_seconds() - cpu_before
             finally:
                 for e in engines:
                     await e.stop()
 
         try:
             started = time.time()
-            cpu_before = cpu_seconds()
-            runs = asyncio.run(one())
-            cpu_used = cpu_seconds() - cpu_before
+            runs, cpu_used = asyncio.run(one())
         except ImportError as exc:
             progress(f"LangGraph not available ({exc}); skipped")
             break

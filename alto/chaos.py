@@ -327,7 +327,9 @@ def _drive(
             now = time.time()
             if pending_kills and pending_kills[0].at_s <= now - t0:
                 fault = pending_kills.pop(0)
-                fault.in_flight = [o.request_id for o in loop.outcomes.values() if not o.finished]
+                fault.in_flight = [
+                    o.request_id for o in loop.outcomes.values() if o.finished is None
+                ]
                 fault.killed_at = now
                 deployment.procs[fault.process].kill()
                 log.info("chaos: SIGKILL %s at %.1f s", fault.process, now - t0)

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,55 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 5.0
 
 
+class _PartitionStore(MutableMapping[str, Any]):
+    """An aggregator's table as the processor sees it while handling one event: every state
+    it writes records the partition it belongs to (`"p"`), so that a sweep, which runs
+    outside any event, can write the key's tombstone to the right changelog partition."""
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+
+    def __getitem__(self, key: str) -> Any:
+        return self.table[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            value["p"] = self.partition
+        self.table[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table
+
+
 class _ResultsStore:
     """Request id -> result, over the table whose changelog is the results topic."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self.first_seen: dict[bytes, int] = {}  # key -> when a sweep first saw it (ms)
+
+    def forget_older_than(self, now: int, retention_ms: int) -> int:
+        """Drop results held longer than `retention_ms` from memory (not from the results
+        topic, which is the contract: no tombstone goes there). Returns how many."""
+        data = self.table.data
+        seen = self.first_seen
+        for key in data.keys():
+            seen.setdefault(key, now)
+        old = [k for k, at in seen.items() if now - at >= retention_ms or k not in data]
+        for key in old:
+            data.pop(key, None)
+            del seen[key]
+        return len(old)
 
     def __contains__(self, request_id: object) -> bool:
         return isinstance(request_id, str) and request_id.encode() in self.table
@@ -118,6 +162,9 @@ class AltoApp:
         self.sink = Sink(self.topologies)
         self._topics: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
+        # Aggregators' tables with their processor and input topic, for the state sweep.
+        self._aggregates: dict[str, tuple[Any, StageProcessor, str]] = {}
+        self._results: _ResultsStore | None = None
         self._consumed: set[str] = set()  # topics an agent of ours reads (for consumer lag)
         self.metrics_port: int | None = None  # bound once the worker starts (metrics on)
         unknown = set(config.pipelines) - set(self.topologies)
@@ -139,6 +186,8 @@ class AltoApp:
             self._define_sink()
         if "scheduler" in config.roles:
             self._define_scheduler()
+        if self._aggregates or self._results is not None:
+            self._define_sweep()
         if config.metrics_port >= 0:
             self._define_metrics()
         if config.status_file is not None:
@@ -306,7 +355,9 @@ class AltoApp:
     def _define_stage(self, routing: Routing, stage: str) -> None:
         topology = routing.topology
         spec = topology.stages[stage]
-        processor = StageProcessor(routing, stage, self.worker_id)
+        processor = StageProcessor(
+            routing, stage, self.worker_id, max_spans=self.config.max_trace_spans
+        )
         topic_name = topology.stage_topic(self.config.topic_prefix, stage)
         topic = self._topic(topic_name)
         name = f"{topology.pipeline}.{stage}"
@@ -334,10 +385,11 @@ class AltoApp:
                 schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
             )
             self._tables[name] = table
+            self._aggregates[name] = (table, processor, topic_name)
 
             async def aggregate(stream: StreamT) -> None:
                 async for event in stream.events():
-                    await handle(event, table)
+                    await handle(event, _PartitionStore(table, event.message.partition))
 
             self.app.agent(topic, name=name)(aggregate)
         elif spec.concurrency <= 1:
@@ -382,7 +434,7 @@ class AltoApp:
             changelog_topic=results_topic,
         )
         self._tables["results"] = table
-        emitted = _ResultsStore(table)
+        emitted = self._results = _ResultsStore(table)
         self._consumed.add(self.config.sink_topic)
 
         async def sink(stream: StreamT) -> None:
@@ -412,6 +464,48 @@ class AltoApp:
                 meter.seconds.observe(time.perf_counter() - started)
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
+
+    def _define_sweep(self) -> None:
+        """Bound the state this worker holds: every `state_sweep_s`, expire aggregators'
+        done markers and fail requests past their deadline (`StageProcessor.expire`), on the
+        partitions this worker owns, and forget old results. Deletions go to the changelog as
+        tombstones, all of a sweep together (few produce batches)."""
+        retention_ms = int(self.config.state_retention_s * 1000)
+        deadline_ms = int(self.config.request_deadline_s * 1000)
+        results_ms = int(self.config.results_retention_s * 1000)
+
+        @self.app.timer(interval=self.config.state_sweep_s)
+        async def sweep_state() -> None:
+            now = now_ms()
+            active = {(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()}
+            for name, (table, processor, topic) in self._aggregates.items():
+                expired = 0
+                for key, state in list(table.data.items()):
+                    partition = state.get("p") if isinstance(state, dict) else None
+                    if partition is None or (topic, partition) not in active:
+                        continue  # a standby's copy: its owner sweeps it
+                    outcome = processor.expire(key, state, now, retention_ms, deadline_ms)
+                    if outcome is None:
+                        continue
+                    expired += 1
+                    if outcome.marker is None:
+                        table.data.pop(key, None)
+                        table.send_changelog(partition, key, None)
+                    else:
+                        marker = {**outcome.marker, "p": partition}
+                        table.data[key] = marker
+                        table.send_changelog(partition, key, marker)
+                    for out in outcome.outputs:
+                        if isinstance(out, Send):
+                            log.warning("%s: %s", out.quantum.request_id, out.quantum.error)
+                            metrics.DEADLINES.labels(processor.topology.pipeline, name).inc()
+                            await self.app.producer.send(
+                                out.topic, out.key.encode(), out.quantum.encode(), None, None, None
+                            )
+                if expired:
+                    log.debug("state sweep of %s: %d keys expired", name, expired)
+            if self._results is not None:
+                self._results.forget_older_than(now, results_ms)
 
     def _define_warmup(self) -> None:
         warmups = [(n, w) for n in self.served if (w := self.topologies[n].warmup) is not None]
@@ -566,6 +660,8 @@ class AltoApp:
             metrics.set_consumer_lag(lags, held)
             held.clear()
             held.update(lags)
+            for name, table in self._tables.items():
+                metrics.TABLE_KEYS.labels(name).set(len(table.data))
 
     def _define_status(self, path: Path) -> None:
         """Write this worker's partition assignment to `path` (a readiness probe)."""
@@ -650,6 +746,7 @@ def _faust_settings(config: AltoConfig) -> dict[str, Any]:
         "datadir": str(config.data_dir / worker_dir),
         "stream_wait_empty": False,
         "producer_max_request_size": config.max_message_bytes,
+        "producer_linger": config.producer_linger_ms / 1000,
         "worker_redirect_stdouts": False,
         "table_standby_replicas": 1 if _defines_every_table(config) else 0,
     }

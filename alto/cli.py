@@ -54,8 +54,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     from agents.pipelines import all_topologies
     from agents.runtime import create_app
+    from infra.lifetime import watch_parent
     from infra.topics import ensure_topics
 
+    watch_parent()
     config = load_config()
     alto_app = create_app(config, all_topologies())
     ensure_topics(config, alto_app.topic_partitions())
@@ -112,8 +114,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm_worker(args: argparse.Namespace) -> int:
+    from infra.lifetime import watch_parent
     from lm_service.worker import run_lm_worker
 
+    watch_parent()
     config = load_config()
     return run_lm_worker(config, args.instance, args.engine or config.engine)
 
@@ -168,6 +172,21 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
 
     return run_chaos_command(
         load_config(), requests=args.requests, rate=args.rate, seed=args.seed, json_path=args.json
+    )
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from alto.soak import run_soak_command
+
+    return run_soak_command(
+        load_config(),
+        minutes=args.minutes,
+        rate=args.rate,
+        window_s=args.window,
+        workers=args.workers,
+        lm_instances=args.lm_instances,
+        json_path=args.json,
+        plot_path=args.plot,
     )
 
 
@@ -254,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for readiness (default 600)"
     )
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "soak",
+        help="a steady open-loop load on the stack for N minutes: does it hold steady?",
+    )
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
+    p.add_argument("--window", type=float, default=60.0, help="seconds per report line")
+    p.add_argument("--workers", type=int, default=2, help="Faust workers (default 2)")
+    p.add_argument("--lm-instances", type=int, default=1, help="LM workers (default 1)")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--plot", help="write the latency and memory plot (PNG) here")
+    p.set_defaults(func=_cmd_soak)
 
     p = sub.add_parser(
         "chaos",

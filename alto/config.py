@@ -58,6 +58,20 @@ class AltoConfig(BaseModel):
     # A request admitted this long ago with no result is replayed from its root, once
     # (streams/admission.py; 0: never).
     request_retry_s: float = Field(default=120.0, ge=0)
+    # Bounded state (streams/processor.py `StageProcessor.expire`, agents/runtime.py): every
+    # `state_sweep_s` a worker drops done markers older than `state_retention_s` (they
+    # dedupe late replays, so keep them longer than `request_retry_s`), fails a request whose
+    # node has been open for `request_deadline_s` (0: never) naming the stage that holds it,
+    # and forgets results older than `results_retention_s` (a replay after that would be
+    # answered again). A node's trace keeps at most `max_trace_spans` spans.
+    state_retention_s: float = Field(default=600.0, gt=0)
+    request_deadline_s: float = Field(default=300.0, ge=0)
+    results_retention_s: float = Field(default=3600.0, gt=0)
+    state_sweep_s: float = Field(default=10.0, gt=0)
+    max_trace_spans: int = Field(default=256, ge=1)
+    # Producer batching of the Faust workers (ms a produce waits to gather more records):
+    # the embedded broker's fetch costs grow with every batch a partition ever stored.
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
     status_file: Path | None = None
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
@@ -186,6 +200,12 @@ _ENV_FIELDS: dict[str, str] = {
     "MAX_INFLIGHT_REQUESTS": "max_inflight_requests",
     "ADMISSION_TTL_S": "admission_ttl_s",
     "REQUEST_RETRY_S": "request_retry_s",
+    "STATE_RETENTION_S": "state_retention_s",
+    "REQUEST_DEADLINE_S": "request_deadline_s",
+    "RESULTS_RETENTION_S": "results_retention_s",
+    "STATE_SWEEP_S": "state_sweep_s",
+    "MAX_TRACE_SPANS": "max_trace_spans",
+    "PRODUCER_LINGER_MS": "producer_linger_ms",
     "PIPELINES": "pipelines",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",

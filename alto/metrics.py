@@ -84,6 +84,18 @@ CONSUMER_LAG = Gauge(
     "committed offset; refreshed every few seconds)",
     ["topic", "partition"],
 )
+TABLE_KEYS = Gauge(
+    "alto_table_keys",
+    "Keys held in each table of this Faust worker, active and standby partitions (refreshed "
+    "every few seconds): aggregation state, done markers, results",
+    ["table"],
+)
+DEADLINES = Counter(
+    "alto_request_deadlines",
+    "Requests failed because a node stayed open past ALTO_REQUEST_DEADLINE_S, by the stage "
+    "that held it",
+    ["pipeline", "stage"],
+)
 REQUESTS_REPLAYED = Counter(
     "alto_requests_replayed",
     "Requests replayed from their root after ALTO_REQUEST_RETRY_S with no result",

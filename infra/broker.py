@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from alto.errors import BrokerError
+from infra import lifetime
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         out = subprocess.DEVNULL if self.quiet else None
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
+        # SIGKILL when we die (memory storage: nothing to flush); see infra.lifetime.
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=out, env=env, preexec_fn=lifetime.preexec()
+        )
         try:
             wait_for_port(
                 self.host if self.host != "0.0.0.0" else "127.0.0.1",  # noqa: S104

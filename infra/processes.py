@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.config import AltoConfig, config_env
+from infra import lifetime
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,10 @@ class WorkerProcess:
     reaches only our process, which decides the order of shutdown, and `stop`/`kill` also end
     whatever the child left behind in its group (vLLM's engine core process, for one).
     `env` adds variables to the child's environment.
+
+    The child ends with this process however it ends (SIGKILL included): our own Python
+    children watch their parent (`ALTO_PARENT_PID`) and take their process group with them;
+    any other command (the broker) gets SIGKILL from the kernel (`infra.lifetime`).
     """
 
     def __init__(
@@ -53,16 +58,21 @@ class WorkerProcess:
             "ALTO_WORKER_ID": worker_id,
             "ALTO_STATUS_FILE": str(self.status_file),
             "PYTHONUNBUFFERED": "1",
+            lifetime.PARENT_ENV: str(os.getpid()),
             **(env or {}),
         }
+        argv = command or [sys.executable, "-m", "alto", "worker", "--loglevel", loglevel]
+        ours = argv[0] == sys.executable
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(
-            command or [sys.executable, "-m", "alto", "worker", "--loglevel", loglevel],
+            argv,
             cwd=REPO,
             env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=own_group,
+            # Ours get SIGTERM (then their watcher ends their group); others SIGKILL.
+            preexec_fn=lifetime.preexec(signal.SIGTERM if ours else signal.SIGKILL),
         )
 
     @property

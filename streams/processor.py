@@ -32,7 +32,14 @@ from schemas.messages import (
     TraceSpan,
 )
 from streams.admission import Admission
-from streams.ancestry import key_at_level, node_key, path_str, relative_indices
+from streams.ancestry import (
+    KEY_SEPARATOR,
+    key_at_level,
+    node_key,
+    path_str,
+    relative_indices,
+    request_id_of_key,
+)
 from streams.completion import CompletionTracker
 from streams.operators import Item
 from streams.pipeline import REQUEST, StageKind, Topology
@@ -126,6 +133,20 @@ class CallLM:
 
 
 Output = Send | DeadLetterOut | CallLM
+
+# The error prefix of a FAILED result for a request that passed its deadline.
+DEADLINE = "deadline"
+# Spans one node's trace keeps unless told otherwise (`AltoConfig.max_trace_spans`).
+DEFAULT_MAX_SPANS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What a sweep does with one key of an aggregator's state: delete it (`marker` None),
+    or replace it with `marker` (a done marker) and produce `outputs` (a FAILED result)."""
+
+    marker: dict[str, Any] | None = None
+    outputs: tuple[Output, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,12 +348,15 @@ class Ingest:
 class StageProcessor:
     """Runs one stage of one pipeline on the quanta of its input topic."""
 
-    def __init__(self, routing: Routing, stage: str, worker: str) -> None:
+    def __init__(
+        self, routing: Routing, stage: str, worker: str, *, max_spans: int = DEFAULT_MAX_SPANS
+    ) -> None:
         self.routing = routing
         self.topology = routing.topology
         self.stage = self.topology.stages[stage]
         self.name = stage
         self.worker = worker
+        self.max_spans = max_spans
 
     async def process(self, q: Quantum, store: StateStore | None = None) -> AsyncIterator[Output]:
         """Outputs for one input, yielded the moment they exist (streaming)."""
@@ -481,7 +505,7 @@ class StageProcessor:
         key = node_key(q.request_id, node)
         state = store.get(key)
         if state is None:
-            state = self._new_state()
+            state = self._new_state(q)
         elif state.get("done"):
             return []  # a replay after the node was emitted
         tracker = CompletionTracker.from_json(state["trackers"][q.stage])
@@ -496,8 +520,12 @@ class StageProcessor:
                 assert self.stage.operator is not None
                 item = Item(_value(q), q.request_id, q.path, q.stage)
                 state["acc"] = self.stage.operator.add(state["acc"], item)
+                spans = state["spans"]
                 for span in q.trace:
-                    state["spans"].setdefault(f"{span.stage}|{span.path}", span.to_record())
+                    if len(spans) < self.max_spans:
+                        spans.setdefault(f"{span.stage}|{span.path}", span.to_record())
+                    else:  # a bounded trace: count what did not fit
+                        state["spans_dropped"] = state.get("spans_dropped", 0) + 1
         if not changed:
             return []
         state["trackers"][q.stage] = tracker.to_json()
@@ -509,7 +537,7 @@ class StageProcessor:
             return []
         return self._emit(q, node, key, state, store)
 
-    def _new_state(self) -> dict[str, Any]:
+    def _new_state(self, q: Quantum) -> dict[str, Any]:
         assert self.stage.operator is not None
         trackers = {}
         for up in self.stage.after:
@@ -522,7 +550,60 @@ class StageProcessor:
             "workers": [],
             "first_ms": 0,
             "done": False,
+            # For a deadline's FAILED result: when the node opened (this worker's clock),
+            # and what the request's result needs to say.
+            "since": now_ms(),
+            "req": [q.pipeline, q.mode.value, q.submitted_at_ms],
         }
+
+    @staticmethod
+    def _marker(at_ms: int) -> dict[str, Any]:
+        """What a node keeps once emitted (or failed): late replays of its inputs are
+        recognised and dropped until the marker expires (`expire`)."""
+        return {"done": True, "at": at_ms}
+
+    def expire(
+        self, key: str, state: Any, now: int, retention_ms: int, deadline_ms: int
+    ) -> Expiry | None:
+        """What a sweep at `now` does with `key`'s state (None: keep it).
+
+        A done marker older than `retention_ms` is deleted. A node open for `deadline_ms`
+        or more (0: no deadline) fails its request, naming this stage and the inputs it
+        still waits for, and becomes a done marker: its state is freed, and inputs that
+        arrive later are dropped."""
+        if not isinstance(state, dict):
+            return None
+        if state.get("done"):
+            # A marker without a time predates retention: it is old.
+            return Expiry() if now - int(state.get("at", 0)) >= retention_ms else None
+        since = int(state.get("since") or state.get("first_ms") or 0)
+        if deadline_ms <= 0 or not since or now - since < deadline_ms:
+            return None
+        pipeline, mode, submitted = state.get("req") or [self.topology.pipeline, "streaming", 0]
+        waiting = sorted(
+            up for up, t in state.get("trackers", {}).items() if "" not in t["complete"]
+        )
+        node = key.rpartition(KEY_SEPARATOR)[2]
+        error = (
+            f"{DEADLINE}: stage {self.name!r} held node {node or 'request'} open for "
+            f"{(now - since) / 1000:.0f} s without completing (waiting on "
+            f"{', '.join(repr(w) for w in waiting) or 'nothing'})"
+        )
+        failed = Quantum(
+            request_id=request_id_of_key(key),
+            pipeline=pipeline,
+            mode=Mode.parse(mode),
+            stage=self.name,
+            path=(),
+            seq=0,
+            kind=QuantumKind.FAILED,
+            submitted_at_ms=int(submitted),
+            created_at_ms=now,
+            error=error,
+        )
+        return Expiry(
+            self._marker(now), (Send(self.routing.sink_topic, failed.request_id, failed),)
+        )
 
     def _emit(
         self,
@@ -536,7 +617,7 @@ class StageProcessor:
         try:
             value = self.stage.operator.result(state["acc"])
         except Exception as exc:  # the operator's own code
-            store[key] = {"done": True}
+            store[key] = self._marker(now_ms())
             text = f"stage {self.name!r} raised {type(exc).__name__}: {exc}"
             return [
                 DeadLetterOut("stage_error", text, q.request_id, self.name),
@@ -566,7 +647,7 @@ class StageProcessor:
             trace=tuple(spans),
         )
         # Keep only a marker: late replays of this node's inputs are recognised and dropped.
-        store[key] = {"done": True}
+        store[key] = self._marker(end)
         return list(self.routing.sends(self.name, out))
 
 

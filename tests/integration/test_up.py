@@ -303,3 +303,33 @@ def test_up_serves_an_external_client_on_vllm(tmp_path: Path) -> None:
         result_timeout_s=240,
     )
     _assert_claims(result)
+
+
+def test_a_killed_up_leaves_no_process_behind(tmp_path: Path) -> None:
+    """SIGKILL of `alto up` runs none of its cleanup: its children must still end, within
+    10 s, on their own (infra/lifetime.py). Every process of the stack counts: the broker,
+    the Faust workers, the LM workers and anything they started."""
+    port = free_port()
+    up = UpProcess(
+        ["--engine", "sim", "--workers", "1", "--lm-instances", "1", "--listen",
+         f"127.0.0.1:{port}", "--timeout", "180"],
+        tmp_path,
+    )  # fmt: skip
+    descendants: list[psutil.Process] = []
+    try:
+        up.wait_line("alto up: ready", 210)
+        descendants = psutil.Process(up.proc.pid).children(recursive=True)
+        names = {p.pid: " ".join(p.cmdline()) for p in descendants}
+        assert any("tansu" in c for c in names.values()), names
+        assert sum("alto worker" in c or "alto lm-worker" in c for c in names.values()) == 2
+        up.proc.send_signal(signal.SIGKILL)
+        assert up.proc.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _alive(descendants) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _alive(descendants)
+        assert not left, f"left running 10 s after SIGKILL: {[names[p.pid] for p in left]}"
+    finally:
+        up.close()
+        for p in _alive(descendants):  # only after a failure above
+            p.kill()

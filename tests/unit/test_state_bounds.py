@@ -1,0 +1,111 @@
+"""Bounded aggregator state: done markers expire, a node open past the deadline fails its
+request (naming the stage) and frees its state, traces are capped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from schemas.messages import Mode, PathEntry, Quantum, QuantumKind
+from streams import REQUEST, Pipeline, collect
+from streams.ancestry import node_key
+from streams.processor import DEADLINE, Send, StageProcessor, now_ms
+from streams.processor import Routing as _Routing
+from streams.pipeline import Topology
+
+pytestmark = pytest.mark.unit
+
+
+def _split(item: Any) -> list[str]:
+    return list(item.value.split())
+
+
+def _topology() -> Topology:
+    return Pipeline("b").fan_out("w", _split).aggregate("all", collect(), after="w").build()
+
+
+def _processor(max_spans: int = 256) -> StageProcessor:
+    return StageProcessor(_Routing(_topology(), "p.", "p.sink"), "all", "w", max_spans=max_spans)
+
+
+def _word(request_id: str, i: int, word: str, submitted: int = 1234) -> Quantum:
+    return Quantum(
+        request_id, "b", Mode.BASELINE, "w", (PathEntry("w", i),), i, QuantumKind.DATA,
+        submitted, submitted, payload=json.dumps(word),
+    )  # fmt: skip
+
+
+def _end(request_id: str, count: int) -> Quantum:
+    return Quantum(
+        request_id, "b", Mode.BASELINE, "w", (), 0, QuantumKind.END, 0, 0, count=count
+    )
+
+
+def _feed(proc: StageProcessor, store: dict[str, Any], *quanta: Quantum) -> list[Any]:
+    async def run() -> list[Any]:
+        out = []
+        for q in quanta:
+            out += [o async for o in proc.process(q, store)]
+        return out
+
+    return asyncio.run(run())
+
+
+def test_a_done_marker_expires_after_the_retention_and_not_before() -> None:
+    proc, store = _processor(), {}
+    outs = _feed(proc, store, _word("r", 0, "a"), _end("r", 1))
+    assert [o.quantum.kind for o in outs] == [QuantumKind.DATA]
+    key = node_key("r", ())
+    marker = store[key]
+    assert marker["done"] is True
+    at = marker["at"]
+    assert proc.expire(key, marker, at + 999, retention_ms=1000, deadline_ms=0) is None
+    expiry = proc.expire(key, marker, at + 1000, retention_ms=1000, deadline_ms=0)
+    assert expiry is not None and expiry.marker is None and not expiry.outputs
+    # Until it expires, the marker drops a replay of the node's inputs.
+    assert _feed(proc, store, _word("r", 0, "a"), _end("r", 1)) == []
+
+
+def test_a_marker_without_a_time_is_old() -> None:
+    expiry = _processor().expire("r|", {"done": True}, now_ms(), 60_000, 0)
+    assert expiry is not None and expiry.marker is None
+
+
+def test_a_node_open_past_the_deadline_fails_its_request_naming_the_stage() -> None:
+    proc, store = _processor(), {}
+    # A forged END promises three words; only one ever comes.
+    assert _feed(proc, store, _word("r", 0, "a", submitted=777), _end("r", 3)) == []
+    key = node_key("r", ())
+    state = store[key]
+    assert state["done"] is False
+    since = state["since"]
+    assert proc.expire(key, state, since + 9_999, 60_000, deadline_ms=10_000) is None
+    expiry = proc.expire(key, state, since + 10_000, 60_000, deadline_ms=10_000)
+    assert expiry is not None and expiry.marker is not None and expiry.marker["done"]
+    [out] = expiry.outputs
+    assert isinstance(out, Send) and out.topic == "p.sink"
+    failed = out.quantum
+    assert failed.kind is QuantumKind.FAILED and failed.request_id == "r"
+    assert failed.pipeline == "b" and failed.mode is Mode.BASELINE
+    assert failed.submitted_at_ms == 777
+    assert failed.error is not None and failed.error.startswith(f"{DEADLINE}: stage 'all'")
+    assert "'w'" in failed.error  # the input it still waited for
+    # No deadline: the node is kept.
+    assert proc.expire(key, state, since + 10**9, 60_000, deadline_ms=0) is None
+
+
+def test_a_nodes_trace_is_capped() -> None:
+    from schemas.messages import TraceSpan
+
+    proc, store = _processor(max_spans=3), {}
+    spans = tuple(TraceSpan(REQUEST, f"x{i}", "w", 0, 1) for i in range(10))
+    _feed(proc, store, replace(_word("r", 0, "a"), trace=spans))
+    state = store[node_key("r", ())]
+    assert len(state["spans"]) == 3
+    assert state["spans_dropped"] == 7
+    [out] = _feed(proc, store, _end("r", 1))
+    assert len(out.quantum.trace) == 4  # the 3 kept, and the node's own

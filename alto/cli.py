@@ -198,6 +198,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options["tiers"] = (args.tier,)
     if args.sim_time_scale is not None:
         options["sim_time_scale"] = args.sim_time_scale
+    if args.minutes is not None:
+        options["minutes"] = args.minutes
     return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
 
 
@@ -279,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a steady open-loop load on the stack for N minutes: does it hold steady?",
     )
     p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests per second (default 0: measure the sustainable load first, run at half)",
+    )
     p.add_argument("--window", type=float, default=60.0, help="seconds per report line")
     p.add_argument("--workers", type=int, default=2, help="Faust workers (default 2)")
     p.add_argument("--lm-instances", type=int, default=1, help="LM workers (default 1)")
@@ -309,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="factool: the sim tier's LM speed (default 0.25; 1.0 = our CPU-calibrated "
         "SmolLM2), an ablation of LM time's share",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="hop: hold 1,000 quanta/s this long and report latency per 10 s window (a soak)",
     )
     p.set_defaults(func=_cmd_bench)
     return parser

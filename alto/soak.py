@@ -80,10 +80,12 @@ class SoakReport:
     answered: int
     duplicated: int
     partitions: list[PartitionLog] = field(default_factory=list)  # the broker's log at the end
+    sustainable_rps: float | None = None  # measured first when the rate was `auto`
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rate": self.rate,
+            "sustainable_rps": self.sustainable_rps,
             "minutes": self.minutes,
             "sent": self.sent,
             "answered": self.answered,
@@ -124,7 +126,8 @@ def judge(
     rss_tolerance: float = 0.1,
 ) -> Verdict:
     """The steady-state verdict over `windows` (see the module's docstring)."""
-    measured = windows[WARMUP_WINDOWS:] or windows
+    # Windows with results: the one that closes the run after the last arrival may have none.
+    measured = [w for w in windows[WARMUP_WINDOWS:] if w.latencies] or windows
     if not measured:
         return Verdict(False, ["no windows"], (0, 0), (0, 0), (0, 0), (0, 0), {}, lost, wrong)
     start, end = measured[0].start_s, measured[-1].end_s
@@ -255,6 +258,45 @@ def broker_records(config: AltoConfig) -> dict[str, int]:
 # -- the run -------------------------------------------------------------------------------
 
 
+def measure_sustainable(
+    config: AltoConfig,
+    *,
+    in_flight: int = 64,
+    duration_s: float = 60.0,
+    seed: int = 1000,
+    echo: bool = True,
+) -> float:
+    """The sustainable load of the running stack on the soak's workload: a closed loop
+    keeping `in_flight` requests outstanding for `duration_s`; requests per second that
+    finish after the first third (warm-up). The stack is drained before this returns."""
+    from alto.chaos import workload
+    from alto.openloop import OpenLoop
+
+    work = iter(workload(100_000, seed))
+    with OpenLoop(config) as loop:
+        t0 = time.time()
+        while time.time() - t0 < duration_s:
+            waiting = sum(1 for o in loop.outcomes.values() if o.finished is None)
+            for _ in range(in_flight - waiting):
+                loop.submit(next(work), "calibrate")
+            loop.submitter.flush()
+            loop.poll(0.05)
+        start = t0 + duration_s / 3
+        end = time.time()
+        done = sum(
+            1 for o in loop.outcomes.values() if o.finished is not None and start <= o.finished
+        )
+        loop.wait(loop.outcomes.values(), 120.0)
+    rps = done / (end - start)
+    if echo:
+        print(
+            f"calibration: {in_flight} requests in flight for {duration_s:.0f} s: "
+            f"{rps:.2f} requests/s finished after the first third",
+            flush=True,
+        )
+    return rps
+
+
 def run_soak(
     config: AltoConfig,
     *,
@@ -290,14 +332,23 @@ def run_soak(
     config = config.with_overrides(pipelines=pipelines, engine="sim")
     if listen is None and not external:
         listen = f"127.0.0.1:{free_port()}"
-    total = max(1, round(minutes * 60 * rate))
-    work = workload(total, seed)
-    offsets = [i / rate for i in range(total)]
     stack = Stack(config, workers=workers, lm_instances=lm_instances, engine="sim",
                   listen=listen, workdir=workdir)  # fmt: skip
     windows: list[Window] = []
+    sustainable: float | None = None
     with stack:
         stack.wait_ready()
+        if rate <= 0:
+            sustainable = measure_sustainable(stack.config, seed=seed + 1000, echo=echo)
+            rate = sustainable / 2
+            if echo:
+                print(
+                    f"sustainable load {sustainable:.2f} requests/s: soaking at half, {rate:.2f}/s",
+                    flush=True,
+                )
+        total = max(1, round(minutes * 60 * rate))
+        work = workload(total, seed)
+        offsets = [i / rate for i in range(total)]
         sampler = _Sampler(stack)
         sampler.sample()
         with OpenLoop(stack.config) as loop:
@@ -373,12 +424,20 @@ def run_soak(
         answered=sum(1 for o in outcomes if o.result is not None),
         duplicated=sum(1 for o in outcomes if o.results > 1),
         partitions=logs,
+        sustainable_rps=sustainable,
     )
 
 
 def verdict_text(report: SoakReport) -> str:
     v = report.verdict
-    lines = [
+    lines = (
+        []
+        if report.sustainable_rps is None
+        else [
+            f"alto soak: sustainable load {report.sustainable_rps:.2f}/s (closed loop, 64 in flight)"
+        ]
+    )
+    lines += [
         f"alto soak: {'FLAT' if v.flat else 'NOT FLAT'}: {report.sent} sent at "
         f"{report.rate:g}/s for {report.minutes:g} min, {report.answered} answered, "
         f"{v.lost} lost, {v.wrong} wrong, {report.duplicated} duplicated",
@@ -445,9 +504,10 @@ def run_soak_command(
     json_path: str | None,
     plot_path: str | None,
 ) -> int:
+    what = f"{rate:g} requests/s" if rate > 0 else "half the sustainable load"
     print(
-        f"alto soak: {rate:g} requests/s for {minutes:g} min (claims and example pipelines, "
-        f"both modes; SIMULATED LM engine), a line every {window_s:g} s",
+        f"alto soak: {what} for {minutes:g} min (claims and example pipelines, both modes; "
+        f"SIMULATED LM engine), a line every {window_s:g} s",
         flush=True,
     )
     report = run_soak(

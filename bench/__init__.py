@@ -9,13 +9,14 @@ from typing import Any
 
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
-    `sim_time_scale`."""
-    if options and name != "factool":
-        raise SystemExit(f"options {sorted(options)} apply to `alto bench factool` only")
+    `sim_time_scale`, hop's `minutes`."""
+    allowed = {"factool": {"tiers", "sim_time_scale"}, "hop": {"minutes"}}.get(name, set())
+    if set(options) - allowed:
+        raise SystemExit(f"options {sorted(set(options) - allowed)} do not apply to {name!r}")
     if name == "hop":
         from bench.hop import main
 
-        return main(quick=quick, json_path=json_path)
+        return main(quick=quick, json_path=json_path, **options)
     if name == "lm":
         from bench.lm import main as lm_main
 

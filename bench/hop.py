@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 from agents import hop
 from alto.client import TopicReader
 from bench.common import OUT_DIR, bench_config, percentile, progress, write_json
+from infra.logstats import log_stats
 from infra.processes import WorkerProcess, wait_assigned
 from infra.topics import client_settings, ensure_topics
 from schemas.messages import Mode, Quantum, QuantumKind
@@ -99,8 +100,51 @@ def _latency(
     return series, result["n"] - len(got)
 
 
-def main(*, quick: bool, json_path: Path | None) -> int:
+WINDOW_S = 10.0
+
+
+def windows(series: list[tuple[float, float]], width_s: float = WINDOW_S) -> list[dict[str, Any]]:
+    """p50/p99/max latency (ms) per `width_s` window of send time."""
+    buckets: dict[int, list[float]] = {}
+    for t, ms in series:
+        buckets.setdefault(int(t // width_s), []).append(ms)
+    out = []
+    for k in sorted(buckets):
+        values = sorted(buckets[k])
+        out.append(
+            {
+                "start_s": k * width_s,
+                "n": len(values),
+                "p50_ms": round(percentile(values, 50), 3),
+                "p99_ms": round(percentile(values, 99), 3),
+                "max_ms": round(values[-1], 3),
+            }
+        )
+    return out
+
+
+def drift(series: list[tuple[float, float]], span_s: float) -> dict[str, float]:
+    """p50 and p99 (ms) in the first and the last `span_s` of the run, after its first
+    window (warm-up): the soak's steady-state rule."""
+    if not series:
+        return {}
+    end = series[-1][0]
+    head = sorted(ms for t, ms in series if WINDOW_S <= t < WINDOW_S + span_s)
+    tail = sorted(ms for t, ms in series if t >= end - span_s)
+    return {
+        "head_p50_ms": round(percentile(head, 50), 3),
+        "head_p99_ms": round(percentile(head, 99), 3),
+        "tail_p50_ms": round(percentile(tail, 50), 3),
+        "tail_p99_ms": round(percentile(tail, 99), 3),
+        "span_s": span_s,
+    }
+
+
+def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -> int:
+    """`minutes`: a soak, the latency phase held that long, reported per 10 s window."""
     rate, latency_s = 1000.0, (5.0 if quick else 20.0)
+    if minutes is not None:
+        latency_s = minutes * 60
     backlog = 10_000 if quick else 40_000
     # Partition count: several, as a real deployment has; one worker owns them all.
     with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
@@ -146,6 +190,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             out = _count(reader, backlog, 300)
             worker_cpu_s = sum(worker_proc.cpu_times()[:2]) - cpu_before
             reader.close()
+            logs = log_stats(config, [relay_topic, config.sink_topic])
         finally:
             worker.stop()
     recv = sorted(out)
@@ -168,6 +213,10 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         "quanta_per_worker_cpu_s": round(len(recv) / worker_cpu_s, 1) if worker_cpu_s else None,
         "partitions": 4,
         "quick": quick,
+        "windows": windows(series),
+        "drift": drift(series, min(300.0, latency_s / 3)),
+        "broker_batches": sum(p.batches for p in logs),
+        "broker_records": sum(p.records for p in logs),
     }
     print("## alto bench hop (one worker process, relay stage, embedded broker)\n")
     print(
@@ -191,6 +240,25 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         f"{figures['quanta_per_worker_cpu_s']} | |"
     )
     print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(recv)} of {backlog} | |")
+    d = figures["drift"]
+    if d:
+        print(
+            f"| p50 / p99, first {d['span_s']:.0f} s after warm-up -> last {d['span_s']:.0f} s | "
+            f"{d['head_p50_ms']} / {d['head_p99_ms']} -> {d['tail_p50_ms']} / "
+            f"{d['tail_p99_ms']} ms | within +20% |"
+        )
+    print(
+        f"| broker log of the relay's topics at the end | {figures['broker_records']} records "
+        f"in {figures['broker_batches']} batches | |"
+    )
+    if minutes is not None:
+        print("\nLatency per 10 s window (send time):\n")
+        print("| from s | quanta | p50 ms | p99 ms | max ms |")
+        print("|---|---|---|---|---|")
+        for w in figures["windows"]:
+            print(
+                f"| {w['start_s']:.0f} | {w['n']} | {w['p50_ms']} | {w['p99_ms']} | {w['max_ms']} |"
+            )
     _plot(lat_ms, series)
     write_json(json_path, figures)
     return 0

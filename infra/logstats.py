@@ -23,6 +23,7 @@ from infra.topics import aiokafka_settings
 FETCH_BYTES = 8 * 2**20
 # Tansu answers a fetch with no wait before reading anything: wait a little.
 FETCH_WAIT_MS = 5
+MAX_WAIT_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,19 @@ class PartitionLog:
 
 async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> PartitionLog:
     node = client.cluster.leader_for_partition(_tp(topic, partition))
-    offset, batches, records = 0, 0, 0
-    while node is not None:
+    offset, batches, records, high = 0, 0, 0, None
+    wait_ms = FETCH_WAIT_MS
+    while node is not None and (high is None or offset < high):
         request = FetchRequest(
-            FETCH_WAIT_MS, 1, FETCH_BYTES, 0, [(topic, [(partition, offset, FETCH_BYTES)])]
+            wait_ms, 1, FETCH_BYTES, 0, [(topic, [(partition, offset, FETCH_BYTES)])]
         )
         response = await client.send(node, request)
         progressed = False
         for _topic, parts in response.topics:
-            for _p, error, _high, *data in parts:
+            for _p, error, highwater, *data in parts:
                 if error:
                     return PartitionLog(topic, partition, batches, records)
+                high = highwater
                 raw = MemoryRecords(data[-1])
                 while raw.has_next():
                     batch = raw.next_batch()
@@ -63,7 +66,11 @@ async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> 
                     if last is not None and last >= offset:
                         offset, progressed = last + 1, True
         if not progressed:
-            break
+            # Nothing came back below the highwater: the broker answered before it read
+            # (its fetch may take longer than the wait on a long log). Wait longer.
+            if wait_ms >= MAX_WAIT_MS:
+                break
+            wait_ms = min(MAX_WAIT_MS, wait_ms * 10)
     return PartitionLog(topic, partition, batches, records)
 
 

@@ -66,7 +66,7 @@ class AltoConfig(BaseModel):
     # answered again). A node's trace keeps at most `max_trace_spans` spans.
     state_retention_s: float = Field(default=600.0, gt=0)
     request_deadline_s: float = Field(default=300.0, ge=0)
-    results_retention_s: float = Field(default=3600.0, gt=0)
+    results_retention_s: float = Field(default=600.0, gt=0)
     state_sweep_s: float = Field(default=10.0, gt=0)
     max_trace_spans: int = Field(default=256, ge=1)
     # Producer batching of the Faust workers (ms a produce waits to gather more records):

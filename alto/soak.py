@@ -68,6 +68,7 @@ class Verdict:
     rss_growth: dict[str, float]  # process -> end RSS / RSS at the end of the first span
     lost: int
     wrong: int
+    table_keys: tuple[int, int] | None = None  # most keys: first span after retention, last
 
 
 @dataclass
@@ -124,8 +125,16 @@ def judge(
     span_s: float = DEFAULT_SPAN_S,
     latency_tolerance: float = 0.2,
     rss_tolerance: float = 0.1,
+    settle_s: float | None = None,
+    table_tolerance: float = 0.5,
+    exempt: tuple[str, ...] = (),
 ) -> Verdict:
-    """The steady-state verdict over `windows` (see the module's docstring)."""
+    """The steady-state verdict over `windows` (see the module's docstring).
+
+    With `settle_s` (the state retention plus a sweep: when expiry starts to balance new
+    state), the tables' keys must plateau too: the most in the last span at most
+    `table_tolerance` above the most in the first span after `settle_s` (not judged when the
+    run is too short to have such a span before its last)."""
     # Windows with results: the one that closes the run after the last arrival may have none.
     measured = [w for w in windows[WARMUP_WINDOWS:] if w.latencies] or windows
     if not measured:
@@ -149,8 +158,19 @@ def judge(
         if name in tail[-1].rss_mb and mb > 0
     }
     for name, g in sorted(growth.items()):
-        if g > 1 + rss_tolerance:
+        if g > 1 + rss_tolerance and name not in exempt:
             reasons.append(f"{name} RSS grew {g - 1:+.0%} (> +{rss_tolerance:.0%})")
+    tables: tuple[int, int] | None = None
+    if settle_s is not None:
+        settled = [w for w in measured if w.start_s >= settle_s]
+        ref = [w for w in settled if w.end_s <= settled[0].start_s + span + 1e-6] if settled else []
+        if ref and ref[-1].end_s <= tail[0].start_s + 1e-6:
+            tables = (max(w.table_keys for w in ref), max(w.table_keys for w in tail))
+            if tables[1] > tables[0] * (1 + table_tolerance):
+                reasons.append(
+                    f"table keys grew from {tables[0]} to {tables[1]} after the retention "
+                    f"(> +{table_tolerance:.0%})"
+                )
     if lost:
         reasons.append(f"{lost} requests lost")
     if wrong:
@@ -165,6 +185,7 @@ def judge(
         rss_growth=growth,
         lost=lost,
         wrong=wrong,
+        table_keys=tables,
     )
 
 
@@ -312,12 +333,14 @@ def run_soak(
     span_s: float = DEFAULT_SPAN_S,
     latency_tolerance: float = 0.2,
     rss_tolerance: float = 0.1,
+    exempt: tuple[str, ...] = (),
     listen: str | None = None,
     echo: bool = True,
 ) -> SoakReport:
     """Start the stack (SIMULATED LM engine; the embedded broker on `listen`, a free port by
     default, unless ALTO_BOOTSTRAP_SERVERS is set), drive it at `rate` requests/s for
-    `minutes`, print a line per `window_s`, and judge the run. Everything started is stopped."""
+    `minutes`, print a line per `window_s`, and judge the run (`exempt`: processes whose RSS
+    is reported but not judged). Everything started is stopped."""
     from alto.chaos import expected_output, workload
     from alto.openloop import OpenLoop
     from alto.stack import Stack
@@ -414,6 +437,12 @@ def run_soak(
         span_s=span_s,
         latency_tolerance=latency_tolerance,
         rss_tolerance=rss_tolerance,
+        # Expiry balances new state once the retention has passed, a sweep has run and the
+        # workers' gauge (refreshed every few seconds) has caught up.
+        settle_s=max(config.state_retention_s, config.results_retention_s)
+        + config.state_sweep_s
+        + window_s,
+        exempt=exempt,
     )
     return SoakReport(
         rate=rate,
@@ -446,6 +475,12 @@ def verdict_text(report: SoakReport) -> str:
         f"{v.tail[0] / 60:.1f}-{v.tail[1] / 60:.1f})",
         "  RSS at the end / at the end of the first span: "
         + " ".join(f"{n}={g:.2f}" for n, g in sorted(v.rss_growth.items())),
+        "  table keys, most in the first span after the retention -> in the last: "
+        + (
+            "not judged (run shorter than retention + 2 spans)"
+            if v.table_keys is None
+            else f"{v.table_keys[0]} -> {v.table_keys[1]}"
+        ),
     ]
     lines += [f"  - {reason}" for reason in v.reasons]
     if report.partitions:

@@ -13,9 +13,8 @@ import pytest
 from schemas.messages import Mode, PathEntry, Quantum, QuantumKind
 from streams import REQUEST, Pipeline, collect
 from streams.ancestry import node_key
-from streams.processor import DEADLINE, Send, StageProcessor, now_ms
-from streams.processor import Routing as _Routing
 from streams.pipeline import Topology
+from streams.processor import DEADLINE, Routing, Send, StageProcessor, now_ms
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +28,7 @@ def _topology() -> Topology:
 
 
 def _processor(max_spans: int = 256) -> StageProcessor:
-    return StageProcessor(_Routing(_topology(), "p.", "p.sink"), "all", "w", max_spans=max_spans)
+    return StageProcessor(Routing(_topology(), "p.", "p.sink"), "all", "w", max_spans=max_spans)
 
 
 def _word(request_id: str, i: int, word: str, submitted: int = 1234) -> Quantum:
@@ -40,9 +39,7 @@ def _word(request_id: str, i: int, word: str, submitted: int = 1234) -> Quantum:
 
 
 def _end(request_id: str, count: int) -> Quantum:
-    return Quantum(
-        request_id, "b", Mode.BASELINE, "w", (), 0, QuantumKind.END, 0, 0, count=count
-    )
+    return Quantum(request_id, "b", Mode.BASELINE, "w", (), 0, QuantumKind.END, 0, 0, count=count)
 
 
 def _feed(proc: StageProcessor, store: dict[str, Any], *quanta: Quantum) -> list[Any]:

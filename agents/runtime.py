@@ -729,6 +729,14 @@ def _defines_every_table(config: AltoConfig) -> bool:
     return {"stages", "sink"} <= set(config.roles) and not config.pipelines
 
 
+def _standby_replicas(config: AltoConfig) -> int:
+    """The configured number where it is safe (see `_defines_every_table`), else 0; one by
+    default."""
+    if not _defines_every_table(config):
+        return 0
+    return 1 if config.standby_replicas is None else config.standby_replicas
+
+
 def _faust_settings(config: AltoConfig) -> dict[str, Any]:
     brokers = [f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")]
     worker_dir = re.sub(r"[^\w.-]", "_", config.worker_id)
@@ -748,7 +756,7 @@ def _faust_settings(config: AltoConfig) -> dict[str, Any]:
         "producer_max_request_size": config.max_message_bytes,
         "producer_linger": config.producer_linger_ms / 1000,
         "worker_redirect_stdouts": False,
-        "table_standby_replicas": 1 if _defines_every_table(config) else 0,
+        "table_standby_replicas": _standby_replicas(config),
     }
     sec = config.security
     if sec.protocol.startswith("SASL"):

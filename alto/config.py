@@ -72,6 +72,9 @@ class AltoConfig(BaseModel):
     # Producer batching of the Faust workers (ms a produce waits to gather more records):
     # the embedded broker's fetch costs grow with every batch a partition ever stored.
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Standby replicas of each table (a warm copy on another worker: fast failover, but each
+    # one fetches the changelog again). None: one where it is safe (agents/runtime.py).
+    standby_replicas: int | None = Field(default=None, ge=0, le=8)
     status_file: Path | None = None
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
@@ -206,6 +209,7 @@ _ENV_FIELDS: dict[str, str] = {
     "STATE_SWEEP_S": "state_sweep_s",
     "MAX_TRACE_SPANS": "max_trace_spans",
     "PRODUCER_LINGER_MS": "producer_linger_ms",
+    "STANDBY_REPLICAS": "standby_replicas",
     "PIPELINES": "pipelines",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",

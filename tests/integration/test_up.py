@@ -305,25 +305,31 @@ def test_up_serves_an_external_client_on_vllm(tmp_path: Path) -> None:
     _assert_claims(result)
 
 
-def test_a_killed_up_leaves_no_process_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "sim",
+        pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
+def test_a_killed_up_leaves_no_process_behind(tmp_path: Path, engine: str) -> None:
     """SIGKILL of `alto up` runs none of its cleanup: its children must still end, within
     10 s, on their own (infra/lifetime.py). Every process of the stack counts: the broker,
-    the Faust workers, the LM workers and anything they started."""
+    the Faust workers, the LM workers and anything they started (vLLM's engine core)."""
     port = free_port()
     up = UpProcess(
-        ["--engine", "sim", "--workers", "1", "--lm-instances", "1", "--listen",
-         f"127.0.0.1:{port}", "--timeout", "180"],
+        ["--engine", engine, "--workers", "1", "--lm-instances", "1", "--listen",
+         f"127.0.0.1:{port}", "--timeout", "480"],
         tmp_path,
     )  # fmt: skip
     descendants: list[psutil.Process] = []
     try:
-        up.wait_line("alto up: ready", 210)
+        up.wait_line("alto up: ready", 510)
         descendants = psutil.Process(up.proc.pid).children(recursive=True)
         names = {p.pid: " ".join(p.cmdline()) for p in descendants}
         assert any("tansu" in c for c in names.values()), names
-        assert len(names) >= 3, (
-            names
-        )  # the broker, a Faust worker (its title is Faust's), an LM worker
+        # The broker, a Faust worker (its title is Faust's), an LM worker (and vLLM's core).
+        assert len(names) >= (4 if engine == "vllm" else 3), names
         up.proc.send_signal(signal.SIGKILL)
         assert up.proc.wait(10) == -signal.SIGKILL
         deadline = time.monotonic() + 10

@@ -123,14 +123,14 @@ def windows(series: list[tuple[float, float]], width_s: float = WINDOW_S) -> lis
     return out
 
 
-def drift(series: list[tuple[float, float]], span_s: float) -> dict[str, float]:
-    """p50 and p99 (ms) in the first and the last `span_s` of the run, after its first
-    window (warm-up): the soak's steady-state rule."""
+def drift(series: list[tuple[float, float]], span_s: float, duration_s: float) -> dict[str, float]:
+    """p50 and p99 (ms) in the first and the last `span_s` of a run of `duration_s` (by send
+    time), after its first window (warm-up): the soak's steady-state rule. A span with no
+    output at all reads as NaN (quanta sent then never came back)."""
     if not series:
         return {}
-    end = series[-1][0]
     head = sorted(ms for t, ms in series if WINDOW_S <= t < WINDOW_S + span_s)
-    tail = sorted(ms for t, ms in series if t >= end - span_s)
+    tail = sorted(ms for t, ms in series if t >= duration_s - span_s)
     return {
         "head_p50_ms": round(percentile(head, 50), 3),
         "head_p99_ms": round(percentile(head, 99), 3),
@@ -214,7 +214,7 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
         "partitions": 4,
         "quick": quick,
         "windows": windows(series),
-        "drift": drift(series, min(300.0, latency_s / 3)),
+        "drift": drift(series, min(300.0, latency_s / 3), latency_s),
         "broker_batches": sum(p.batches for p in logs),
         "broker_records": sum(p.records for p in logs),
     }

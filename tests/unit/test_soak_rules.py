@@ -1,0 +1,63 @@
+"""The steady-state rules of `alto soak` and `alto bench hop --minutes`, on made-up windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alto.soak import Window, judge
+from bench.hop import drift, windows
+
+pytestmark = pytest.mark.unit
+
+
+def _w(i: int, lat: float, rss: dict[str, float], keys: int = 100) -> Window:
+    start = 60.0 * i
+    return Window(
+        start_s=start, end_s=start + 60, sent=60, answered=60, lost=0, p50_s=lat, p99_s=lat,
+        rss_mb=rss, cpu_pct={}, table_keys=keys, broker_records=0, topic_records={}, lag=0,
+        latencies=[lat] * 60,
+    )  # fmt: skip
+
+
+def test_a_steady_run_is_flat() -> None:
+    ws = [_w(i, 1.0, {"w": 100.0}) for i in range(30)]
+    v = judge(ws, lost=0, wrong=0, settle_s=600)
+    assert v.flat, v.reasons
+    assert v.head == (60.0, 360.0) and v.tail == (1500.0, 1800.0)
+    assert v.table_keys == (100, 100)
+
+
+def test_latency_memory_tables_and_losses_each_fail_the_verdict() -> None:
+    ws = [
+        _w(i, 1.0 + (i >= 25), {"w": 100 + 2 * i, "broker": 50 + 10 * i}, keys=10 * i)
+        for i in range(30)
+    ]
+    v = judge(ws, lost=2, wrong=1, settle_s=600)
+    text = " | ".join(v.reasons)
+    assert not v.flat
+    assert "p50 grew" in text and "p99 grew" in text
+    assert "w RSS grew" in text and "broker RSS grew" in text
+    assert "table keys grew" in text
+    assert "2 requests lost" in text and "1 results wrong" in text
+    exempt = judge(ws, lost=0, wrong=0, exempt=("broker", "w"), latency_tolerance=1.5)
+    assert exempt.flat, exempt.reasons  # no settle_s: tables not judged
+    assert exempt.table_keys is None
+
+
+def test_the_window_after_the_last_arrival_is_not_judged() -> None:
+    ws = [_w(i, 1.0, {"w": 100.0}) for i in range(10)]
+    ws.append(Window(600, 601, 0, 0, 0, math.nan, math.nan, {"w": 100.0}, {}, 100, 0, {}, 0))
+    assert judge(ws, lost=0, wrong=0).flat
+
+
+def test_hop_windows_and_drift() -> None:
+    series = [(t / 10, 5.0 + (t >= 500) * 100) for t in range(600)]  # 60 s, slow after 50 s
+    ws = windows(series)
+    assert [w["start_s"] for w in ws] == [0, 10, 20, 30, 40, 50]
+    assert ws[0]["p50_ms"] == 5.0 and ws[-1]["p50_ms"] == 105.0
+    d = drift(series, 10, 60)
+    assert d["head_p50_ms"] == 5.0 and d["tail_p50_ms"] == 105.0
+    # Nothing came back in the last span: NaN, never a flattering number.
+    assert math.isnan(drift(series[:300], 10, 60)["tail_p50_ms"])

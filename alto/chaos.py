@@ -65,6 +65,15 @@ def expected_output(request: PipelineRequest) -> dict[str, Any]:
     return example.expected_output(request.input)
 
 
+def wrong_reason(request: PipelineRequest, result: PipelineResult) -> str | None:
+    """Why `result` is not the correct answer to chaos request `request` (None: it is)."""
+    if result.status is not ResultStatus.OK:
+        return f"{result.status}: {result.error}"
+    if json.loads(result.output or "null") != expected_output(request):
+        return f"output differs: {result.output!r:.200}"
+    return None
+
+
 def workload(n: int, seed: int) -> list[PipelineRequest]:
     """`n` requests: two in three of the LM pipeline, the rest of the example; modes alternate."""
     rng = random.Random(seed)
@@ -382,10 +391,8 @@ def _check(
             continue
         first = got[0]
         latencies.append(done.get(request.request_id, 0.0) - submitted[request.request_id])
-        if first.status is not ResultStatus.OK:
-            wrong[request.request_id] = f"{first.status}: {first.error}"
-        elif json.loads(first.output or "null") != expected_output(request):
-            wrong[request.request_id] = f"output differs: {first.output!r:.200}"
+        if (why := wrong_reason(request, first)) is not None:
+            wrong[request.request_id] = why
     latencies.sort()
     return ChaosReport(
         seed=0,

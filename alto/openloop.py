@@ -11,9 +11,10 @@ the results topic that do not decode.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -112,6 +113,28 @@ class OpenLoop:
             out.append(self.submit(request, phase))
         self.submitter.flush()
         return out
+
+    def closed_loop(
+        self,
+        requests: Iterator[PipelineRequest],
+        concurrency: int,
+        duration_s: float,
+        phase: str = "",
+        *,
+        poll_s: float = 0.02,
+    ) -> list[Outcome]:
+        """Keep `concurrency` requests of `requests` in flight for `duration_s`, a new one as
+        each gets its result (a closed loop: a deployment's throughput when full); return
+        every one submitted."""
+        mine: list[Outcome] = []
+        deadline = time.time() + duration_s
+        while time.time() < deadline:
+            missing = concurrency - sum(1 for o in mine if o.finished is None)
+            if missing > 0:
+                batch = list(itertools.islice(requests, missing))
+                mine += self.run(batch, [0.0] * len(batch), phase)
+            self.poll(poll_s)
+        return mine
 
     def poll(self, timeout_s: float) -> None:
         """Read results for up to `timeout_s` seconds."""

@@ -201,32 +201,20 @@ class _Sampler:
         self._cpu: dict[str, float] = {}
         self._at = time.monotonic()
 
-    def processes(self) -> dict[str, Any]:
-        import psutil
-
-        out = {}
-        for name, pid in self.stack.pids().items():
-            with contextlib.suppress(psutil.Error):
-                root = psutil.Process(pid)
-                out[name] = [root, *root.children(recursive=True)]
-        return out
-
     def sample(self) -> tuple[dict[str, float], dict[str, float]]:
-        import psutil
+        """(RSS MB, CPU % since the last sample) per child of the stack, its own included."""
+        from infra.processes import tree_usage
 
         now = time.monotonic()
         elapsed = max(1e-6, now - self._at)
         rss, cpu, totals = {}, {}, {}
-        for name, procs in self.processes().items():
-            mem, used = 0, 0.0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    mem += p.memory_info().rss
-                    t = p.cpu_times()
-                    used += t.user + t.system
-            rss[name] = mem / 2**20
-            totals[name] = used
-            cpu[name] = 100 * (used - self._cpu.get(name, used)) / elapsed
+        for name, pid in self.stack.pids().items():
+            usage = tree_usage(pid)
+            if usage is None:
+                continue
+            rss[name] = usage[0] / 2**20
+            totals[name] = usage[1]
+            cpu[name] = 100 * (usage[1] - self._cpu.get(name, usage[1])) / elapsed
         self._cpu, self._at = totals, now
         return rss, cpu
 
@@ -293,21 +281,13 @@ def measure_sustainable(
     from alto.chaos import workload
     from alto.openloop import OpenLoop
 
-    work = iter(workload(100_000, seed))
     with OpenLoop(config) as loop:
         t0 = time.time()
-        while time.time() - t0 < duration_s:
-            waiting = sum(1 for o in loop.outcomes.values() if o.finished is None)
-            for _ in range(in_flight - waiting):
-                loop.submit(next(work), "calibrate")
-            loop.submitter.flush()
-            loop.poll(0.05)
+        burst = loop.closed_loop(iter(workload(100_000, seed)), in_flight, duration_s, "calibrate")
         start = t0 + duration_s / 3
         end = time.time()
-        done = sum(
-            1 for o in loop.outcomes.values() if o.finished is not None and start <= o.finished
-        )
-        loop.wait(loop.outcomes.values(), 120.0)
+        done = sum(1 for o in burst if o.finished is not None and start <= o.finished)
+        loop.wait(burst, 120.0)
     rps = done / (end - start)
     if echo:
         print(
@@ -341,11 +321,10 @@ def run_soak(
     default, unless ALTO_BOOTSTRAP_SERVERS is set), drive it at `rate` requests/s for
     `minutes`, print a line per `window_s`, and judge the run (`exempt`: processes whose RSS
     is reported but not judged). Everything started is stopped."""
-    from alto.chaos import expected_output, workload
+    from alto.chaos import workload, wrong_reason
     from alto.openloop import OpenLoop
     from alto.stack import Stack
     from infra.broker import free_port
-    from schemas.messages import ResultStatus
 
     if config.pipelines:
         pipelines = config.pipelines
@@ -377,10 +356,8 @@ def run_soak(
         with OpenLoop(stack.config) as loop:
             t0 = time.time()
             marks = {"next": window_s, "start": 0.0}
-            seen_results = 0
 
             def close_window(now_s: float) -> None:
-                nonlocal seen_results
                 start = marks["start"]
                 outcomes = list(loop.outcomes.values())
                 sent = sum(1 for o in outcomes if start <= o.submitted - t0 < now_s)
@@ -421,15 +398,7 @@ def run_soak(
             outcomes = list(loop.outcomes.values())
         logs = log_stats(stack.config)
     lost = sum(1 for o in outcomes if o.result is None)
-    wrong = 0
-    for o in outcomes:
-        if o.result is None:
-            continue
-        if o.result.status is not ResultStatus.OK:
-            wrong += 1
-            continue
-        if json.loads(o.result.output or "null") != expected_output(o.request):
-            wrong += 1
+    wrong = sum(1 for o in outcomes if o.result is not None and wrong_reason(o.request, o.result))
     verdict = judge(
         windows,
         lost,

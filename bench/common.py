@@ -14,6 +14,7 @@ from typing import Any
 
 from alto.config import AltoConfig, load_config
 from infra.broker import EmbeddedBroker
+from infra.processes import tree_usage
 
 OUT_DIR = Path("bench-out")
 
@@ -39,15 +40,8 @@ def cpu_seconds() -> float:
     """CPU time (user + system) used so far by this process and every live descendant: the
     whole system under test whether it runs in-process (LangGraph) or as child processes
     (the stack: broker, workers, LM engines). Differences over a run give its CPU cost."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for proc in (me, *me.children(recursive=True)):
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+    usage = tree_usage(os.getpid())
+    return usage[1] if usage is not None else 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

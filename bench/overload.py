@@ -20,16 +20,13 @@ request's latency against its submission time, by status.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from alto.client import new_request
 from alto.config import AltoConfig, load_config
@@ -37,6 +34,7 @@ from alto.openloop import OpenLoop, Outcome
 from alto.stack import Stack
 from bench.common import OUT_DIR, percentile, progress, write_json
 from infra.broker import free_port
+from infra.processes import tree_usage
 from schemas.messages import Mode, PipelineRequest, ResultStatus
 
 PIPELINE = "claims"
@@ -112,13 +110,9 @@ class _RssSampler:
             return
         self._next = now + 1.0
         for name, pid in self.pids().items():
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                rss = proc.memory_info().rss
-                for child in proc.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        rss += child.memory_info().rss
-                mb = rss / 2**20
+            usage = tree_usage(pid)
+            if usage is not None:
+                mb = usage[0] / 2**20
                 self.last[name] = mb
                 self.peak[name] = max(self.peak.get(name, 0.0), mb)
 
@@ -147,14 +141,11 @@ class _Workload:
 
     def closed_loop(self, concurrency: int, duration_s: float) -> list[Outcome]:
         """Keep `concurrency` requests in flight for `duration_s`; return them all."""
-        mine: list[Outcome] = []
-        deadline = time.time() + duration_s
-        while time.time() < deadline:
-            missing = concurrency - sum(1 for o in mine if o.finished is None)
-            if missing > 0:
-                mine += self.run("calibration", [0.0] * missing)
-            self.loop.poll(0.02)
-        return mine
+        return self.loop.closed_loop(self._endless(), concurrency, duration_s, "calibration")
+
+    def _endless(self) -> Iterator[PipelineRequest]:
+        while True:
+            yield from self._requests(1)
 
 
 def _poisson(rate: float, duration_s: float, seed: int) -> list[float]:

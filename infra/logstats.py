@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
 
 from alto.config import AltoConfig
 from infra.topics import aiokafka_settings
@@ -33,13 +34,9 @@ class PartitionLog:
     batches: int
     records: int
 
-    @property
-    def records_per_batch(self) -> float:
-        return self.records / self.batches if self.batches else 0.0
-
 
 async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> PartitionLog:
-    node = client.cluster.leader_for_partition(_tp(topic, partition))
+    node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
     offset, batches, records, high = 0, 0, 0, None
     wait_ms = FETCH_WAIT_MS
     while node is not None and (high is None or offset < high):
@@ -72,12 +69,6 @@ async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> 
                 break
             wait_ms = min(MAX_WAIT_MS, wait_ms * 10)
     return PartitionLog(topic, partition, batches, records)
-
-
-def _tp(topic: str, partition: int):  # type: ignore[no-untyped-def]
-    from aiokafka.structs import TopicPartition
-
-    return TopicPartition(topic, partition)
 
 
 async def _log_stats(config: AltoConfig, topics: list[str] | None) -> list[PartitionLog]:

@@ -158,6 +158,25 @@ def _group_running(pgid: int) -> bool:
     return False
 
 
+def tree_usage(pid: int) -> tuple[int, float] | None:
+    """(RSS bytes, CPU seconds: user + system) of process `pid` and every live descendant;
+    None when `pid` itself is gone. A descendant that exits meanwhile is left out."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    rss, cpu = 0, 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            rss += proc.memory_info().rss
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+    return rss, cpu
+
+
 def wait_assigned(
     workers: list[WorkerProcess], topics: list[str], partitions: int, timeout_s: float = 90.0
 ) -> dict[tuple[str, int], str]:

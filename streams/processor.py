@@ -589,21 +589,11 @@ class StageProcessor:
             f"{(now - since) / 1000:.0f} s without completing (waiting on "
             f"{', '.join(repr(w) for w in waiting) or 'nothing'})"
         )
-        failed = Quantum(
-            request_id=request_id_of_key(key),
-            pipeline=pipeline,
-            mode=Mode.parse(mode),
-            stage=self.name,
-            path=(),
-            seq=0,
-            kind=QuantumKind.FAILED,
-            submitted_at_ms=int(submitted),
-            created_at_ms=now,
-            error=error,
-        )
-        return Expiry(
-            self._marker(now), (Send(self.routing.sink_topic, failed.request_id, failed),)
-        )
+        request = Quantum(
+            request_id_of_key(key), pipeline, Mode.parse(mode), self.name, (), 0,
+            QuantumKind.DATA, int(submitted), now,
+        )  # fmt: skip
+        return Expiry(self._marker(now), (self.routing.failed(request, self.name, error),))
 
     def _emit(
         self,

@@ -217,7 +217,7 @@ class AltoApp:
     def changelog_topic(self, table_name: str) -> str:
         if table_name == "results":
             return self.config.results_topic
-        return f"{self.config.app_id}-{table_name}-changelog"
+        return changelog_topic(self.config, table_name)
 
     def _topic(self, name: str) -> Any:
         topic = self._topics.get(name)
@@ -683,6 +683,21 @@ class AltoApp:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(status))
             tmp.replace(path)
+
+
+def changelog_topic(config: AltoConfig, table_name: str) -> str:
+    """The changelog topic Faust gives a table of ours (`<app id>-<table>-changelog`)."""
+    return f"{config.app_id}-{table_name}-changelog"
+
+
+def state_changelogs(config: AltoConfig, topology: Topology) -> list[str]:
+    """The changelog topics of a pipeline's aggregating stages (their tables are named
+    `<pipeline>.<stage>`)."""
+    return [
+        changelog_topic(config, f"{topology.pipeline}.{name}")
+        for name, stage in topology.stages.items()
+        if stage.kind is StageKind.AGGREGATE
+    ]
 
 
 # Dead-letter reasons are our own tags, but a bound keeps a future free-text one harmless.

@@ -1,5 +1,6 @@
-"""Faust's aiokafka transport with three changes: a configurable fetch wait, Faust's
-partition assignor in every worker, and end offsets checked by reading.
+"""Faust's aiokafka transport with four changes: a configurable fetch wait, Faust's
+partition assignor in every worker, end offsets checked by reading, and a producer flush
+that really drains.
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` at 1,500 ms. Apache Kafka answers a
 fetch as soon as data arrives, so there the value only bounds idle polls; the embedded
@@ -19,22 +20,47 @@ changelog up to that end when it recovers a table, so it missed the tail of the 
 a worker that took over a partition lost the newest state updates (a request of
 `alto chaos` never finished), or refused to start ("persisted offset ... higher than the
 highwater"). `true_end_offsets` reads past the reported end, and the recovery uses it.
+
+Faust commits a consumer's offsets only after `producer.flush()`, so that every write an
+event caused is on the broker before the event counts as processed. Table updates do not go
+to the client directly: `table[key] = value` puts the changelog record in a buffer
+(`ProducerBuffer`) that a background task moves to aiokafka. Faust's `flush` of that buffer
+gives up after waiting 0.1 s for one message to move and returns with the rest still
+buffered; the commit then goes ahead. On a loaded machine (2 cores, a broker and five
+processes under `alto chaos`) that happens: the input offsets were committed while the state
+updates they made were still in the buffer, and a worker SIGKILLed at that moment left its
+successor a table without them and no inputs to replay. A node then never completed, and
+neither did its request (issue 17). `_DrainingBuffer.flush` waits until the buffer is empty
+and no message is between the buffer and the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.transport.drivers.aiokafka import (
+    AIOKafkaConsumerThread,
+    Consumer,
+    Producer,
+    Transport,
+)
+from faust.transport.producer import ProducerBuffer
+
+from alto import metrics
 
 log = logging.getLogger(__name__)
 
 PROBE_WAIT_MS = 200
+# Faust's flush gives up after this long without a message moving.
+FAUST_FLUSH_S = 0.1
+# A flush that has waited this long for the buffer to drain says so (once per flush).
+SLOW_FLUSH_S = 1.0
 
 
 async def true_end_offsets(
@@ -116,8 +142,60 @@ class _Consumer(Consumer):
         await super()._add_gap(tp, offset_from, offset_to)
 
 
+class _DrainingBuffer(ProducerBuffer):
+    """Faust's producer buffer whose `flush` returns only once every message put before it
+    (and during it) has been handed to the client: the buffer is empty and none is being
+    moved. Faust's returns after 0.1 s without progress, whatever is left."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.moving = 0  # messages taken from the queue and not yet handed to the client
+
+    async def _send_pending(self, fut: Any) -> None:
+        # `_handle_pending` takes a message off the queue and calls this in the same step,
+        # so `size + moving` counts every message not yet with the client at any await.
+        self.moving += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.moving -= 1
+
+    async def flush(self) -> None:
+        started = time.monotonic()
+        gave_up = warned = False
+        while self.size or self.moving:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=FAUST_FLUSH_S)
+            except TimeoutError:
+                if not gave_up:  # where Faust's flush returns, and its commit goes ahead
+                    gave_up = True
+                    metrics.PRODUCER_FLUSH_WAITS.inc()
+            if not warned and time.monotonic() - started > SLOW_FLUSH_S:
+                warned = True
+                log.warning(
+                    "producer flush: %d messages still buffered after %.1f s; the commit "
+                    "waits for them",
+                    self.size + self.moving,
+                    time.monotonic() - started,
+                )
+
+
+class _Producer(Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = _DrainingBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        if self.threaded_producer is not None:
+            buffer.threaded_producer = self.threaded_producer
+        self.buffer = buffer
+
+
 class _Transport(Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class FaustApp(faust.App):

@@ -6,7 +6,10 @@ scheduler process (a Faust worker with only the scheduler role) and `lm_workers`
 on the SIMULATED engine. Requests (the `claims` pipeline, which calls the LM, and the
 `example` pipeline, which only aggregates; both modes) arrive as a Poisson stream. At random
 moments inside the arrival window (seeded), one process of each kind in `faults` is SIGKILLed
-and started again (same id, same LM instance) a few seconds later.
+and started again (same id, same LM instance) a few seconds later; one process of each kind
+in `pauses` is SIGSTOPped for longer than its session (or heartbeat) timeout and then
+continued with SIGCONT: a zombie that wakes up believing it still owns its partitions, and
+produces.
 
 Checking: the simulated engine's text is a function of the call's id, so the correct output
 of every request is known in advance (`expected_output`). After the run the results topic is
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents import claims, example
+from agents.runtime import state_changelogs
 from alto.client import TopicReader, new_request, trail, wait_lm_reporting
 from alto.config import AltoConfig
 from alto.errors import BadInputError
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 
 Target = Literal["faust", "lm", "scheduler"]
 TARGETS: tuple[Target, ...] = ("faust", "lm", "scheduler")
+Action = Literal["SIGKILL", "SIGSTOP"]
+# A paused process stays stopped this much longer than the session timeout, at least.
+PAUSE_MARGIN_S = 3.0
 
 # Faust workers serve everything but the scheduler, which runs alone so it can be killed alone.
 STAGE_ROLES = "ingest,stages,sink"
@@ -93,7 +100,8 @@ class Fault:
     target: Target
     process: str
     at_s: float  # since the first arrival
-    restart_after_s: float
+    restart_after_s: float  # SIGKILL: restarted after; SIGSTOP: continued after
+    action: Action = "SIGKILL"
     killed_at: float = 0.0  # wall clock (time.time())
     restarted_at: float = 0.0
     in_flight: list[str] = field(default_factory=list)
@@ -140,14 +148,14 @@ class ChaosReport:
             f"replayed after no result for ALTO_REQUEST_RETRY_S: {self.replayed}",
             f"- latency: median {self.latency_p50_s:.2f} s, max {self.latency_max_s:.2f} s",
             "",
-            "| fault | process | killed at (s) | down (s) | in flight | all cleared after (s)"
+            "| fault | process | at (s) | down (s) | in flight | all cleared after (s)"
             " | longest result gap (s) |",
             "|---|---|---|---|---|---|---|",
         ]
         for f in self.faults:
             cleared = "-" if f.cleared_s is None else f"{f.cleared_s:.1f}"
             lines.append(
-                f"| SIGKILL {f.target} | {f.process} | {f.at_s:.1f} | {f.restart_after_s:.1f} "
+                f"| {f.action} {f.target} | {f.process} | {f.at_s:.1f} | {f.restart_after_s:.1f} "
                 f"| {len(f.in_flight)} | {cleared} | {f.longest_gap_s:.1f} |"
             )
         if self.lost:
@@ -160,8 +168,8 @@ class ChaosReport:
 
 
 def plan_faults(
-    seed: int, window_s: float, targets: tuple[Target, ...], *, min_gap_s: float = 8.0
-) -> list[tuple[Target, float, float]]:
+    seed: int, window_s: float, targets: tuple[Any, ...], *, min_gap_s: float = 8.0
+) -> list[tuple[Any, float, float]]:
     """(target, at_s, restart_after_s) per target, at random moments of the arrival window,
     in random order, at least `min_gap_s` apart (so that each recovery can be told apart)."""
     rng = random.Random(seed)
@@ -258,6 +266,7 @@ def run_chaos(
     rate: float = 5.0,
     seed: int = 7,
     faults: tuple[Target, ...] = TARGETS,
+    pauses: tuple[Target, ...] = (),
     faust_workers: int = 2,
     lm_workers: int = 3,
     drain_timeout_s: float = 240.0,
@@ -273,21 +282,34 @@ def run_chaos(
         offsets.append(t)
         t += arrivals_rng.expovariate(rate)
     window_s = offsets[-1]
-    plan = plan_faults(seed, window_s, faults)
+    kinds: list[tuple[Target, Action]] = [(t, "SIGKILL") for t in faults]
+    kinds += [(t, "SIGSTOP") for t in pauses]
+    plan = plan_faults(seed, window_s, tuple(kinds))
     pick = random.Random(seed + 2)
+    # A pause outlasts what would declare the process dead: its group session, or (an LM
+    # worker) the scheduler's heartbeat timeout.
+    pause_s = max(config.session_timeout_s, 5 * config.lm_status_interval_s, 5.0)
     deployment = _Deployment(config, workdir, faust_workers, lm_workers)
     try:
         _wait_ready(config, deployment, ready_timeout_s)
         chosen = [
-            Fault(target, pick.choice(deployment.names(target)), at, down)
-            for target, at, down in plan
+            Fault(
+                target,
+                pick.choice(deployment.names(target)),
+                at,
+                down if action == "SIGKILL" else pause_s + PAUSE_MARGIN_S + down,
+                action,
+            )
+            for (target, action), at, down in plan
         ]
         report = _drive(config, deployment, work, offsets, chosen, drain_timeout_s)
         if report.lost:
             # Where the lost requests stopped, for whoever reads the report.
-            topics = [*claims.build().topics(config.topic_prefix)]
-            topics += example.build().topics(config.topic_prefix)
-            report.trail_file = workdir / "lost_trail.txt"
+            topics: list[str] = []
+            for topology in (claims.build(), example.build()):
+                topics += topology.topics(config.topic_prefix)
+                topics += state_changelogs(config, topology)
+            report.trail_file = workdir.resolve() / "lost_trail.txt"
             report.trail_file.write_text(trail(config, topics, report.lost[:50]))
     finally:
         deployment.stop()
@@ -332,7 +354,8 @@ def _drive(
         t0 = time.time()
 
         def inject(_: float = 0.0) -> None:
-            """Kill what is due (noting the requests in flight), restart what is due."""
+            """Kill or pause what is due (noting the requests in flight), restart or continue
+            what is due."""
             now = time.time()
             if pending_kills and pending_kills[0].at_s <= now - t0:
                 fault = pending_kills.pop(0)
@@ -340,14 +363,21 @@ def _drive(
                     o.request_id for o in loop.outcomes.values() if o.finished is None
                 ]
                 fault.killed_at = now
-                deployment.procs[fault.process].kill()
-                log.info("chaos: SIGKILL %s at %.1f s", fault.process, now - t0)
+                proc = deployment.procs[fault.process]
+                if fault.action == "SIGKILL":
+                    proc.kill()
+                else:
+                    proc.pause()
+                log.info("chaos: %s %s at %.1f s", fault.action, fault.process, now - t0)
                 pending_restarts.append(fault)
             for fault in [f for f in pending_restarts if now - f.killed_at >= f.restart_after_s]:
-                deployment.start(fault.process)
+                if fault.action == "SIGKILL":
+                    deployment.start(fault.process)
+                else:
+                    deployment.procs[fault.process].resume()
                 fault.restarted_at = time.time()
                 pending_restarts.remove(fault)
-                log.info("chaos: restarted %s", fault.process)
+                log.info("chaos: %s back", fault.process)
 
         loop.run(work, offsets, tick=inject)
         while pending_kills or pending_restarts:  # faults due after the last submission
@@ -423,14 +453,27 @@ def _broker(config: AltoConfig) -> Iterator[AltoConfig]:
 
 
 def run_chaos_command(
-    config: AltoConfig, *, requests: int, rate: float, seed: int, json_path: Path | None
+    config: AltoConfig,
+    *,
+    requests: int,
+    rate: float,
+    seed: int,
+    json_path: Path | None,
+    faults: tuple[Target, ...] = TARGETS,
+    pauses: tuple[Target, ...] = (),
 ) -> int:
     """`alto chaos`: the experiment with short group timeouts, its report on stdout."""
     tuned = config.with_overrides(session_timeout_s=6.0, lm_status_interval_s=0.5, warmup=False)
     with _broker(config) as brokered:
         run_config = tuned.with_overrides(bootstrap_servers=brokered.bootstrap_servers)
         report = run_chaos(
-            run_config, config.data_dir / "chaos", requests=requests, rate=rate, seed=seed
+            run_config,
+            config.data_dir / "chaos",
+            requests=requests,
+            rate=rate,
+            seed=seed,
+            faults=faults,
+            pauses=pauses,
         )
     print(report.markdown())
     if json_path is not None:

@@ -171,7 +171,13 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     from alto.chaos import run_chaos_command
 
     return run_chaos_command(
-        load_config(), requests=args.requests, rate=args.rate, seed=args.seed, json_path=args.json
+        load_config(),
+        requests=args.requests,
+        rate=args.rate,
+        seed=args.seed,
+        json_path=args.json,
+        faults=tuple(args.kill or ("faust", "lm", "scheduler")),
+        pauses=tuple(args.pause or ()),
     )
 
 
@@ -303,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=5.0, help="Poisson arrivals per s (default 5)")
     p.add_argument("--seed", type=int, default=7, help="seeds the workload and the faults")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    kinds = ["faust", "lm", "scheduler"]
+    p.add_argument(
+        "--kill",
+        action="append",
+        choices=kinds,
+        help="SIGKILL and restart one process of this kind (repeatable; default: one of each)",
+    )
+    p.add_argument(
+        "--pause",
+        action="append",
+        choices=kinds,
+        help="SIGSTOP one process of this kind past its session timeout, then SIGCONT "
+        "(repeatable; default: none)",
+    )
     p.set_defaults(func=_cmd_chaos)
 
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
 from infra.topics import client_settings
 from schemas.messages import LMRequest, LMStatus, Mode, PipelineRequest, PipelineResult, Quantum
+from streams.ancestry import request_id_of_key
 
 
 def new_request(
@@ -116,6 +118,22 @@ class TopicReader:
             if msg is not None and msg.error() is None:
                 yield msg.key(), msg.value(), msg.timestamp()[1]
 
+    def drain(
+        self, quiet_s: float = 2.0, max_s: float = 300.0
+    ) -> Iterator[tuple[bytes | None, bytes | None]]:
+        """Yield until nothing has arrived for `quiet_s` (or `max_s` have passed): a whole
+        topic read from the start, however large, where `poll` stops at a moment."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            got = False
+            for record in self.poll(quiet_s):
+                got = True
+                yield record
+                if time.monotonic() >= deadline:
+                    return
+            if not got:
+                return
+
     def close(self) -> None:
         self.consumer.close()
 
@@ -199,24 +217,51 @@ def wait_lm_reporting(
         reader.close()
 
 
+# Faust names a table's changelog topic `<app id>-<table>-changelog`.
+CHANGELOG_SUFFIX = "-changelog"
+
+
+def _state_trail(topic: str, reader: TopicReader, wanted: set[str]) -> list[str]:
+    """A table's changelog records for `wanted` requests: each state write, in order (keys
+    are JSON strings of node keys; None is a deletion)."""
+    lines = []
+    for key, value in reader.drain():
+        try:
+            node = json.loads(key or b"")
+        except ValueError:
+            continue
+        if isinstance(node, str) and request_id_of_key(node) in wanted:
+            shown = "deleted" if value is None else value.decode("utf-8", "replace")[:160]
+            lines.append(f"{topic}: {node} {shown}")
+    return lines
+
+
 def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str]) -> str:
-    """Every record of `request_ids` on `topics` (quanta), on the LM work topic (calls) and on
-    the sink, topic by topic in offset order: where a request that got no result stopped.
-    For diagnosing a lost request; it reads each topic from the start."""
+    """Every record of `request_ids` on the LM topics (calls as stages made them and as the
+    scheduler placed them), on `topics` (quanta) and on the sink, topic by topic in offset
+    order: where a request that got no result stopped. For diagnosing a lost request; it
+    reads each topic whole, from the start."""
     wanted = set(request_ids)
     lines = []
-    reader = TopicReader(config, config.lm_work_topic)
-    for _, value in reader.poll(2.0):
-        with contextlib.suppress(BadInputError):
-            call = LMRequest.decode(value or b"")
-            if call.request_id in wanted:
-                lines.append(
-                    f"lm.work[{call.instance}] attempt={call.attempt} {call.lm_request_id}"
-                )
-    reader.close()
+    for topic in (config.lm_requests_topic, config.lm_work_topic):
+        reader = TopicReader(config, topic)
+        for _, value in reader.drain():
+            with contextlib.suppress(BadInputError):
+                call = LMRequest.decode(value or b"")
+                if call.request_id in wanted:
+                    where = "lm.requests" if topic == config.lm_requests_topic else "lm.work"
+                    lines.append(
+                        f"{where}[instance {call.instance}] attempt={call.attempt} "
+                        f"{call.lm_request_id}"
+                    )
+        reader.close()
     for topic in [*topics, config.sink_topic]:
         reader = TopicReader(config, topic)
-        for _, value in reader.poll(2.0):
+        if topic.endswith(CHANGELOG_SUFFIX):
+            lines += _state_trail(topic, reader, wanted)
+            reader.close()
+            continue
+        for _, value in reader.drain():
             try:
                 q = Quantum.decode(value or b"")
             except BadInputError:

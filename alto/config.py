@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alto.errors import ConfigError
 
@@ -125,6 +133,20 @@ class AltoConfig(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _markers_outlive_the_retry(self) -> AltoConfig:
+        # A replay from the root must find the done markers (they drop replayed inputs and
+        # resend the node's output) and the result (else the request is answered twice).
+        if self.request_retry_s > 0:
+            for name in ("state_retention_s", "results_retention_s"):
+                if getattr(self, name) <= self.request_retry_s:
+                    raise ValueError(
+                        f"{name} ({getattr(self, name)} s) must exceed request_retry_s "
+                        f"({self.request_retry_s} s): a replay must find what the first "
+                        "attempt left"
+                    )
+        return self
 
     @field_validator("topic_prefix")
     @classmethod

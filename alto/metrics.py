@@ -100,6 +100,11 @@ REQUESTS_REPLAYED = Counter(
     "alto_requests_replayed",
     "Requests replayed from their root after ALTO_REQUEST_RETRY_S with no result",
 )
+PRODUCER_FLUSH_WAITS = Counter(
+    "alto_producer_flush_waits",
+    "Producer flushes (before an offset commit) that found the buffer still moving after "
+    "0.1 s, where Faust's own flush returns (agents/transport.py)",
+)
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",
     "Requests this ingest worker admitted that have no result yet (streams/admission.py)",

@@ -98,14 +98,33 @@ class WorkerProcess:
         with contextlib.suppress(OSError):
             self.status_file.unlink()
 
+    def pause(self) -> None:
+        """SIGSTOP (its whole group if it has one): frozen, sockets open, heartbeats gone."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: it wakes up with its old view of the world."""
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        if self.proc.poll() is not None:
+            return
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
+
     def terminate(self) -> None:
         """SIGTERM without waiting: `stop` then waits (several processes stop in parallel)."""
         if self.proc.poll() is None:
+            self._signal_all(signal.SIGCONT)  # a paused process handles nothing until then
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
         if self.proc.poll() is None:
+            self._signal_all(signal.SIGCONT)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)

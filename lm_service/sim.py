@@ -33,7 +33,9 @@ SIMULATED FAULT, for robustness tests only (off by default, never used by a benc
 (invalid UTF-8), UTF-8 cut mid-character (ending in a partial character), control
 characters and odd line breaks, an empty output, an endless line that only max_tokens ends,
 and text with no newline at all. Raw bytes are yielded as `bytes` (the worker's splitter
-decodes them incrementally, as it would an engine's byte-level tokens).
+decodes them incrementally, as it would an engine's byte-level tokens). `crash_rate` is the
+fraction of calls during which the engine raises (`SimCrash`, not an `EngineError`: an
+unexpected failure) after emitting half of its output; which calls, again per call id.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class SimParams:
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
     # SIMULATED FAULT: fraction of calls that emit garbage (see the module docstring).
     garbage_rate: float = 0.0
+    # SIMULATED FAULT: fraction of calls during which the engine raises mid-generation.
+    crash_rate: float = 0.0
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> SimParams:
@@ -223,6 +227,17 @@ def garbage_kind(request_id: str, garbage_rate: float) -> str | None:
     return rng.choice(GARBAGE_KINDS) if rng.random() < garbage_rate else None
 
 
+class SimCrash(RuntimeError):
+    """The SIMULATED engine failing mid-call (`SimParams.crash_rate`)."""
+
+
+def crashes(request_id: str, crash_rate: float) -> bool:
+    """Whether the SIMULATED FAULT makes the engine raise during this call."""
+    if crash_rate <= 0:
+        return False
+    return _rng(f"crash|{_TAG.sub('', request_id, count=1)}").random() < crash_rate
+
+
 def garbage(kind: str, rng: random.Random, max_tokens: int) -> list[str | bytes]:
     """SIMULATED FAULT output of `kind` (one of `GARBAGE_KINDS`), at most `max_tokens`
     pieces."""
@@ -316,10 +331,15 @@ class SimEngine(Engine):
             n_prompt - cached,
             time.monotonic(),
         )
+        crash_at = len(seq.tokens) // 2 if crashes(request_id, self.params.crash_rate) else -1
         self._waiting.append(seq)
         self._wake.set()
         try:
+            emitted = 0
             while (token := await seq.out.get()) is not None:
+                if emitted == crash_at:
+                    raise SimCrash(f"SIMULATED engine crash after {emitted} tokens of {request_id}")
+                emitted += 1
                 yield token
             scale = self.params.time_scale  # report simulated seconds, not wall seconds
             self.usage[request_id] = CallUsage(

@@ -2,7 +2,8 @@
 
 It drives the same processors as the Faust workers, encodes every hop with the real
 Avro codec, and can deliver messages in a shuffled order and more than once, the two
-things a real broker does to a stream-processing job under rebalances and retries.
+things a real broker does to a stream-processing job under rebalances and retries; and it
+can lose chosen messages, to show what repairs a loss (a replay from the request's root).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from streams.processor import (
 )
 
 LMService = Callable[[LMRequest], AsyncIterator[Send | DeadLetterOut]]
+Loss = Callable[[str, Quantum], bool]
+"""Whether to lose the quantum about to be delivered on a topic."""
 
 PREFIX = "local."
 SINK = "local.sink"
@@ -35,9 +38,13 @@ LM_TOPIC = "local.lm.requests"
 
 @dataclass
 class LocalRun:
+    """What one `run` delivered: the results it produced (a request answered in an earlier
+    run is not answered again), dead letters, deliveries and losses."""
+
     results: dict[str, PipelineResult] = field(default_factory=dict)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     delivered: int = 0
+    lost: int = 0
 
 
 class LocalRunner:
@@ -54,10 +61,15 @@ class LocalRunner:
         default_mode: Mode = Mode.STREAMING,
         max_input_chars: int = 100_000,
         lm: LMService | None = None,
+        lose: Loss | None = None,
     ) -> None:
         """`lm` serves LM stages' calls in-process (e.g. `lm_service.serving.serve_call`
-        over a simulated engine); without it a pipeline with LM stages cannot finish."""
+        over a simulated engine); without it a pipeline with LM stages cannot finish.
+        `lose` drops the deliveries it returns True for (counted in `LocalRun.lost`).
+        Stage state persists across `run` calls, as a worker's tables do: running a
+        request again is a replay from its root."""
         self.lm = lm
+        self.lose = lose
         self.routings = {t.pipeline: Routing(t, PREFIX, SINK, LM_TOPIC) for t in topologies}
         self.processors: dict[str, StageProcessor] = {}
         for routing in self.routings.values():
@@ -70,6 +82,7 @@ class LocalRunner:
         self.shuffle = shuffle
         self.duplicate = duplicate
         self.stores: dict[str, dict[str, Any]] = {topic: {} for topic in self.processors}
+        self.emitted: dict[str, PipelineResult] = {}  # the sink's memory, as a results table
 
     async def run(self, requests: list[PipelineRequest]) -> LocalRun:
         run = LocalRun()
@@ -85,10 +98,15 @@ class LocalRunner:
             topic, data = pending.pop(idx)
             if self.duplicate and self.rng.random() < self.duplicate:
                 pending.append((topic, data))
-            run.delivered += 1
             q = Quantum.decode(data)
+            if self.lose is not None and self.lose(topic, q):
+                run.lost += 1
+                continue
+            run.delivered += 1
             if topic == SINK:
-                self.sink.handle(q, run.results)
+                result = self.sink.handle(q, self.emitted)
+                if result is not None:
+                    run.results[result.request_id] = result
                 continue
             outs = [o async for o in self.processors[topic].process(q, self.stores[topic])]
             self._collect(outs, pending, run)

@@ -9,10 +9,11 @@ Aggregator state goes through a `StateStore` (a Faust table in a worker, a dict 
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -507,7 +508,7 @@ class StageProcessor:
         if state is None:
             state = self._new_state(q)
         elif state.get("done"):
-            return []  # a replay after the node was emitted
+            return self._replayed(q, level, state)
         tracker = CompletionTracker.from_json(state["trackers"][q.stage])
         rel = relative_indices(q.path, level)
         if q.kind is QuantumKind.END:
@@ -557,10 +558,32 @@ class StageProcessor:
         }
 
     @staticmethod
-    def _marker(at_ms: int) -> dict[str, Any]:
+    def _marker(at_ms: int, sent: Sequence[Output] = ()) -> dict[str, Any]:
         """What a node keeps once emitted (or failed): late replays of its inputs are
-        recognised and dropped until the marker expires (`expire`)."""
-        return {"done": True, "at": at_ms}
+        recognised, and what the node sent (its output, or its FAILED marker) is kept so
+        that a replay of the node's own END can send it again (`_replayed`). The marker
+        lives until it expires (`expire`)."""
+        kept = [
+            [o.topic, o.key, base64.b64encode(o.quantum.encode()).decode("ascii")]
+            for o in sent
+            if isinstance(o, Send)
+        ]
+        return {"done": True, "at": at_ms, "sent": kept}
+
+    def _replayed(self, q: Quantum, level: int, marker: dict[str, Any]) -> list[Output]:
+        """An input of a node already emitted. Dropped, except the node's own END (or, for a
+        node whose first input has no END, that input at the node itself) from its first
+        upstream: then the node sends its output again. A replay from the request's root
+        (the end-to-end retry) reaches every node again, so it repairs an output lost
+        anywhere below; consumers that already hold the output drop the copy."""
+        if len(q.path) != level or q.stage != self.stage.after[0]:
+            return []
+        if q.kind is not QuantumKind.END and self.topology.input_depth(q.stage) != level:
+            return []
+        return [
+            Send(topic, key, Quantum.decode(base64.b64decode(data)))
+            for topic, key, data in marker.get("sent", ())
+        ]
 
     def expire(
         self, key: str, state: Any, now: int, retention_ms: int, deadline_ms: int
@@ -593,7 +616,8 @@ class StageProcessor:
             request_id_of_key(key), pipeline, Mode.parse(mode), self.name, (), 0,
             QuantumKind.DATA, int(submitted), now,
         )  # fmt: skip
-        return Expiry(self._marker(now), (self.routing.failed(request, self.name, error),))
+        failed = self.routing.failed(request, self.name, error)
+        return Expiry(self._marker(now, (failed,)), (failed,))
 
     def _emit(
         self,
@@ -607,12 +631,10 @@ class StageProcessor:
         try:
             value = self.stage.operator.result(state["acc"])
         except Exception as exc:  # the operator's own code
-            store[key] = self._marker(now_ms())
             text = f"stage {self.name!r} raised {type(exc).__name__}: {exc}"
-            return [
-                DeadLetterOut("stage_error", text, q.request_id, self.name),
-                self.routing.failed(q, self.name, text),
-            ]
+            failed = self.routing.failed(q, self.name, text)
+            store[key] = self._marker(now_ms(), (failed,))
+            return [DeadLetterOut("stage_error", text, q.request_id, self.name), failed]
         end = now_ms()
         spans = [TraceSpan.from_record(s) for s in state["spans"].values()]
         spans.append(
@@ -636,9 +658,11 @@ class StageProcessor:
             created_at_ms=end,
             trace=tuple(spans),
         )
-        # Keep only a marker: late replays of this node's inputs are recognised and dropped.
-        store[key] = self._marker(end)
-        return list(self.routing.sends(self.name, out))
+        # Keep only a marker (and what was sent): late replays of this node's inputs are
+        # recognised, and a replay of its END sends the output again.
+        sends = self.routing.sends(self.name, out)
+        store[key] = self._marker(end, sends)
+        return list(sends)
 
 
 class Sink:

@@ -116,3 +116,41 @@ def test_bad_lm_calls_become_dead_letters_and_failed_results(
     finally:
         for p in [faust_worker, *lms]:
             p.stop()
+
+
+def test_an_engine_raising_mid_call_fails_its_request_and_the_worker_serves_on(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    """The SIMULATED engine raises halfway through some calls (after streaming half of their
+    output): each such request fails with the engine's error and a dead letter, exactly
+    once; the others are answered correctly; the LM worker stays up."""
+    from lm_service.sim import crashes
+    from schemas.messages import DeadLetter
+
+    params = tmp_path / "sim.json"
+    params.write_text(json.dumps({"crash_rate": 0.4}))
+    config = alto_config.with_overrides(lm_status_interval_s=0.5, sim_params=params)
+    faust_worker, lms = _stack(config, tmp_path, 1)
+    try:
+        requests = [new_request("claims", f"subject {i}", mode=Mode.STREAMING) for i in range(16)]
+        crashing = {
+            r.request_id for r in requests if crashes(f"{node_key(r.request_id, ())}#claims", 0.4)
+        }
+        assert 0 < len(crashing) < len(requests), "the seed must give both kinds of call"
+        Submitter(config).submit_all(requests)
+        got, dupes = collect_results(config, [r.request_id for r in requests], timeout_s=90)
+        assert not dupes
+        for req in requests:
+            result = got[req.request_id]
+            if req.request_id in crashing:
+                assert result.status is ResultStatus.FAILED
+                assert "SIMULATED engine crash" in (result.error or ""), result.error
+            else:
+                assert result.status is ResultStatus.OK, result.error
+                assert json.loads(result.output or "") == _expected(req.request_id)
+        letters = [DeadLetter.decode(v) for _, v in TopicReader(config, config.dlq_topic).poll(2.0)]
+        assert {d.request_id for d in letters if d.reason == "engine_error"} == crashing
+        assert all(p.alive() for p in [faust_worker, *lms])
+    finally:
+        for p in [faust_worker, *lms]:
+            p.stop()

@@ -46,3 +46,23 @@ def test_kills_and_restarts_lose_and_duplicate_nothing(
     assert not report.duplicated, report.markdown()
     assert not report.wrong, report.markdown()
     assert report.dead_letters == 0
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+@pytest.mark.slow
+def test_a_worker_paused_past_its_session_loses_and_duplicates_nothing(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    """SIGSTOP a Faust worker for longer than its session timeout, then SIGCONT: the group
+    has moved its partitions on, and the zombie wakes up mid-event with output to produce."""
+    config = alto_config.with_overrides(lm_status_interval_s=0.5, session_timeout_s=6.0)
+    report = run_chaos(
+        config, tmp_path / "chaos", requests=200, rate=5.0, seed=5, faults=(), pauses=("faust",)
+    )
+    print(report.markdown())
+    assert [f.action for f in report.faults] == ["SIGSTOP"]
+    assert report.faults[0].restart_after_s > config.session_timeout_s
+    assert not report.lost, report.markdown()
+    assert not report.duplicated, report.markdown()
+    assert not report.wrong, report.markdown()

@@ -63,8 +63,9 @@ def test_a_done_marker_expires_after_the_retention_and_not_before() -> None:
     assert proc.expire(key, marker, at + 999, retention_ms=1000, deadline_ms=0) is None
     expiry = proc.expire(key, marker, at + 1000, retention_ms=1000, deadline_ms=0)
     assert expiry is not None and expiry.marker is None and not expiry.outputs
-    # Until it expires, the marker drops a replay of the node's inputs.
-    assert _feed(proc, store, _word("r", 0, "a"), _end("r", 1)) == []
+    # Until it expires, the marker drops a replay of the node's inputs (its own END sends
+    # the output again: tests/unit/test_replay_repair.py).
+    assert _feed(proc, store, _word("r", 0, "a")) == []
 
 
 def test_a_marker_without_a_time_is_old() -> None:
@@ -106,3 +107,14 @@ def test_a_nodes_trace_is_capped() -> None:
     assert state["spans_dropped"] == 7
     [out] = _feed(proc, store, _end("r", 1))
     assert len(out.quantum.trace) == 4  # the 3 kept, and the node's own
+
+
+def test_markers_and_results_must_outlive_the_retry() -> None:
+    from alto.config import AltoConfig
+    from alto.errors import ConfigError
+
+    AltoConfig(request_retry_s=120, state_retention_s=600, results_retention_s=600)
+    AltoConfig(request_retry_s=0, state_retention_s=1, results_retention_s=1)
+    for field in ("state_retention_s", "results_retention_s"):
+        with pytest.raises((ConfigError, ValueError), match=f"{field} .* must exceed"):
+            AltoConfig(**{"request_retry_s": 120, field: 60})  # type: ignore[arg-type]

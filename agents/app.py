@@ -9,5 +9,6 @@ from agents.pipelines import all_topologies
 from agents.runtime import create_app
 from alto.config import load_config
 
-alto_app = create_app(load_config(), all_topologies())
+config = load_config()
+alto_app = create_app(config, all_topologies(config))
 app = alto_app.app

@@ -1,14 +1,53 @@
-"""The registry of pipelines a worker serves, by name."""
+"""The registry of pipelines a worker serves, by name: ours, and the user's.
+
+A user serves a pipeline of their own without editing this repository, in one of two ways:
+
+- **A module on the path.** `ALTO_PIPELINE_MODULES=mypipes` (comma-separated; `module` or
+  `module:callable`, the callable defaulting to `build`) names a callable that takes no
+  arguments and returns the pipeline (a `Pipeline` or its built `Topology`). Every process
+  of a stack reads the same variable (`alto up` passes it to its children), so the module
+  must be importable in each: install it, or put its folder on `PYTHONPATH`.
+- **A distribution with an entry point** in the group `alto.pipelines`, for a package of
+  pipelines installed next to ours (`pip install my-pipelines`):
+
+  ```toml
+  [project.entry-points."alto.pipelines"]
+  sentiment = "my_pipelines.sentiment:build"
+  ```
+
+A pipeline is known by its own name (`Pipeline(name)`). Two sources giving one name is a
+configuration error, as is a source that does not import or does not return a pipeline: a
+worker must not start serving a different set of pipelines than its peers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
 
 from agents import claims, example, hop
 from agents.factool import pipeline as factool
-from streams import Topology
+from alto.config import AltoConfig
+from alto.errors import ConfigError
+from streams import Pipeline, Topology
 
-BUILDERS: dict[str, Callable[[], Topology]] = {
+ENTRY_POINT_GROUP = "alto.pipelines"
+
+Builder = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One pipeline of the registry and where it came from (for `alto pipelines`)."""
+
+    topology: Topology
+    source: str  # "built-in", "module mypipes:build", "entry point sentiment (dist 1.0)"
+
+
+BUILT_IN: dict[str, Builder] = {
     example.NAME: example.build,
     hop.NAME: hop.build,
     claims.NAME: claims.build,
@@ -16,5 +55,74 @@ BUILDERS: dict[str, Callable[[], Topology]] = {
 }
 
 
-def all_topologies() -> list[Topology]:
-    return [build() for build in BUILDERS.values()]
+def _topology(built: Any, source: str) -> Topology:
+    if isinstance(built, Pipeline):
+        built = built.build()
+    if not isinstance(built, Topology):
+        raise ConfigError(
+            f"pipeline source {source} returned {type(built).__name__}, not a Pipeline or Topology"
+        )
+    return built
+
+
+def _call(builder: Any, source: str) -> Topology:
+    if not callable(builder):
+        raise ConfigError(f"pipeline source {source} is not callable")
+    try:
+        built = builder()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"pipeline source {source} raised {type(exc).__name__}: {exc}") from exc
+    return _topology(built, source)
+
+
+def _from_module(spec: str) -> tuple[Any, str]:
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "build"
+    source = f"module {module_name}:{attr}"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(
+            f"ALTO_PIPELINE_MODULES names {module_name!r}, which does not import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return getattr(module, attr), source
+    except AttributeError:
+        raise ConfigError(f"{source}: the module has no {attr!r}") from None
+
+
+def _sources(modules: Iterable[str]) -> Iterable[tuple[Any, str]]:
+    for builder in BUILT_IN.values():
+        yield builder, "built-in"
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+        source = f"entry point {ep.name} = {ep.value} ({dist})"
+        try:
+            yield ep.load(), source
+        except Exception as exc:
+            raise ConfigError(f"{source} does not load: {type(exc).__name__}: {exc}") from exc
+    for spec in modules:
+        yield _from_module(spec)
+
+
+def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
+    """Every pipeline this process can serve, by name: built-in ones, those of installed
+    `alto.pipelines` entry points, and those `config.pipeline_modules` names."""
+    modules = config.pipeline_modules if config is not None else ()
+    out: dict[str, Registered] = {}
+    for builder, source in _sources(modules):
+        topology = _call(builder, source)
+        if (known := out.get(topology.pipeline)) is not None:
+            raise ConfigError(
+                f"two pipelines named {topology.pipeline!r}: from {known.source} and {source}"
+            )
+        out[topology.pipeline] = Registered(topology, source)
+    return out
+
+
+def all_topologies(config: AltoConfig | None = None) -> list[Topology]:
+    """Every registered pipeline's topology (see `registry`)."""
+    return [r.topology for r in registry(config).values()]

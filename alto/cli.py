@@ -43,9 +43,19 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     from infra.topics import ensure_topics
 
     config = load_config()
-    counts = ensure_topics(config, create_app(config, all_topologies()).topic_partitions())
+    counts = ensure_topics(config, create_app(config, all_topologies(config)).topic_partitions())
     for name, n in sorted(counts.items()):
         print(f"{name}\t{n}")
+    return 0
+
+
+def _cmd_pipelines(args: argparse.Namespace) -> int:
+    from agents.pipelines import registry
+
+    for name, registered in sorted(registry(load_config()).items()):
+        topology = registered.topology
+        stages = " -> ".join(f"{s}({topology.stages[s].kind.value})" for s in topology.order)
+        print(f"{name}\t{registered.source}\t{stages}")
     return 0
 
 
@@ -59,7 +69,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     watch_parent()
     config = load_config()
-    alto_app = create_app(config, all_topologies())
+    alto_app = create_app(config, all_topologies(config))
     ensure_topics(config, alto_app.topic_partitions())
     worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())
     worker.execute_from_commandline()
@@ -221,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topics", help="create every topic the pipelines need (idempotent)")
     p.set_defaults(func=_cmd_topics)
+
+    p = sub.add_parser(
+        "pipelines",
+        help="list the pipelines this installation serves (built-in, `alto.pipelines` entry "
+        "points, ALTO_PIPELINE_MODULES): name, source, stages",
+    )
+    p.set_defaults(func=_cmd_pipelines)
 
     p = sub.add_parser("worker", help="run a Faust worker serving every pipeline's stages")
     p.add_argument("--loglevel", default=None)

@@ -121,13 +121,16 @@ class AltoConfig(BaseModel):
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
+    # The user's pipelines: modules (`module` or `module:callable`) whose callable returns a
+    # Pipeline, loaded by every process (agents/pipelines.py).
+    pipeline_modules: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     security: KafkaSecurity = KafkaSecurity()
     # Raw client settings, passed unchanged to the Kafka clients that accept them.
     extra: Mapping[str, Any] = Field(default_factory=dict)
 
-    @field_validator("pipelines", "roles", mode="before")
+    @field_validator("pipelines", "roles", "pipeline_modules", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
@@ -233,6 +236,7 @@ _ENV_FIELDS: dict[str, str] = {
     "PRODUCER_LINGER_MS": "producer_linger_ms",
     "STANDBY_REPLICAS": "standby_replicas",
     "PIPELINES": "pipelines",
+    "PIPELINE_MODULES": "pipeline_modules",
     "ROLES": "roles",
     "FETCH_MAX_WAIT_MS": "fetch_max_wait_ms",
     "LM_MAX_INSTANCES": "lm_max_instances",
@@ -294,6 +298,7 @@ def config_env(config: AltoConfig) -> dict[str, str]:
     env.pop(ENV_PREFIX + "WORKER_ID", None)
     env.pop(ENV_PREFIX + "STATUS_FILE", None)
     env[ENV_PREFIX + "PIPELINES"] = ",".join(config.pipelines)
+    env[ENV_PREFIX + "PIPELINE_MODULES"] = ",".join(config.pipeline_modules)
     env[ENV_PREFIX + "ROLES"] = ",".join(config.roles)
     # Kafka security too: a child must reach the same cluster the same way (the password
     # travels in the child's environment only, as it came into ours).

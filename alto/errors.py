@@ -35,6 +35,10 @@ class BrokerError(AltoError):
     """The embedded broker could not be found, started or reached."""
 
 
+class BrokerLost(BrokerError):
+    """The embedded broker exited while the stack ran: everything it held is gone."""
+
+
 class EngineError(AltoError):
     """The inference engine refused or failed one request (the worker keeps serving)."""
 

@@ -8,7 +8,11 @@ foreground command around it.
 Supervision: a Faust or LM worker that exits on its own is logged with the tail of its log
 and **restarted** (same id, same LM instance), at most `max_restarts` times each; after that
 it stays down and the rest keep running. The embedded broker keeps everything in memory, so
-when it exits the data is gone: the stack stops and `alto up` exits 1.
+when it exits every topic, table and request in flight is gone. `alto up` says so, ends the
+workers (they hold nothing worth saving: their offsets and state were on the broker) and
+starts the whole stack again on an empty broker at the same address, at most `max_restarts`
+times; then it exits 1. Clients see their connections drop and must send again the requests
+that had no result; the end-to-end retry cannot help, its requests were on the broker too.
 
 Every child runs in its own process group: a terminal's Ctrl-C reaches only `alto up`, which
 then stops the children in order, and whatever a child leaves behind in its group (vLLM's
@@ -33,7 +37,7 @@ from types import FrameType, TracebackType
 from typing import Literal
 
 from alto.config import AltoConfig
-from alto.errors import AltoError, BrokerError, ConfigError
+from alto.errors import AltoError, BrokerError, BrokerLost, ConfigError
 from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,7 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.listen is not None:
             self._start_broker(self.listen)
-        app = create_app(self.config, all_topologies())
+        app = create_app(self.config, all_topologies(self.config))
         self.topics = ensure_topics(self.config, app.topic_partitions())
         prefix = self.config.topic_prefix
         self._assigned_topics = [
@@ -197,6 +201,9 @@ class Stack:
         host, port = parse_listen(listen)
         connect = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            # As the broker's own listener does: a previous broker's closed connections
+            # (TIME_WAIT) must not make a restart on the same port look taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -354,7 +361,11 @@ class Stack:
             )
             proc.stop()  # closes its log, ends what it left in its process group
             if name == BROKER:
-                raise BrokerError("the embedded broker exited; its data is gone")
+                raise BrokerLost(
+                    f"the embedded broker exited with code {proc.proc.returncode}; it kept "
+                    "every topic in memory, so all topics, tables and requests in flight "
+                    "are gone"
+                )
             if self._restarts[name] >= self.max_restarts:
                 log.error("%s exited %d times: not restarting it", name, self.max_restarts + 1)
                 self._given_up.add(name)
@@ -370,6 +381,21 @@ class Stack:
                 self.max_restarts,
             )
             self._write_state()
+
+    def restart_after_broker_loss(self, ready_timeout_s: float) -> None:
+        """Start the stack again from nothing after the embedded broker exited: end the
+        workers at once (SIGKILL; what they hold was on the broker), then start and wait as
+        `start` and `wait_ready` do, on the same address."""
+        for name, proc in list(self._procs.items()):
+            if name != BROKER and proc.alive():
+                proc.kill()
+        self.stop(timeout_s=5.0)
+        self._procs.clear()
+        self._spawners.clear()
+        self._restarts.clear()
+        self._given_up.clear()
+        self.start()
+        self.wait_ready(ready_timeout_s)
 
     # -- stop --------------------------------------------------------------------------
 
@@ -452,9 +478,25 @@ def run_up(
         stack.wait_ready(ready_timeout_s)
         print(stack.ready_line(), flush=True)
         print(f"  ready in {time.monotonic() - t0:.1f} s\n{stack.summary()}", flush=True)
+        broker_restarts = 0
         while True:
             time.sleep(1.0)
-            stack.supervise()
+            try:
+                stack.supervise()
+            except BrokerLost as exc:
+                if broker_restarts >= stack.max_restarts:
+                    raise
+                broker_restarts += 1
+                print(
+                    f"alto up: {exc}. Starting the whole stack again on an empty broker "
+                    f"(restart {broker_restarts} of at most {stack.max_restarts}); clients "
+                    "must send again the requests that had no result",
+                    flush=True,
+                )
+                t0 = time.monotonic()
+                stack.restart_after_broker_loss(ready_timeout_s)
+                print(stack.ready_line(), flush=True)
+                print(f"  ready again in {time.monotonic() - t0:.1f} s", flush=True)
     except _Interrupted as exc:
         log.info("%s received: stopping", exc)
     except AltoError as exc:

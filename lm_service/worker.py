@@ -398,7 +398,7 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
             config.dlq_topic: config.partitions,
         },
     )
-    worker = LMWorker(config, instance, make_engine(config, engine_name), all_topologies())
+    worker = LMWorker(config, instance, make_engine(config, engine_name), all_topologies(config))
     server = metrics.serve(config, f"LM worker {worker.worker_id}")
     worker.metrics_port = server.port if server else None
 

@@ -341,3 +341,33 @@ def test_a_killed_up_leaves_no_process_behind(tmp_path: Path, engine: str) -> No
         up.close()
         for p in _alive(descendants):  # only after a failure above
             p.kill()
+
+
+@pytest.mark.slow
+def test_a_lost_broker_restarts_the_stack_on_an_empty_one(tmp_path: Path) -> None:
+    """The embedded broker dies (SIGKILL): `alto up` says that everything it held is gone,
+    starts the whole stack again on an empty broker at the same address, and serves."""
+    port = free_port()
+    up = UpProcess(
+        ["--engine", "sim", "--workers", "1", "--lm-instances", "1", "--listen",
+         f"127.0.0.1:{port}", "--timeout", "300"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        ready = up.wait_line("alto up: ready", 330)
+        workdir = Path(_ready_fields(ready)["workdir"])
+        before = json.loads((workdir / "stack.json").read_text())["children"]
+        os.kill(before["broker"], signal.SIGKILL)
+        lost = up.wait_line("alto up: the embedded broker exited", 30)
+        assert "are gone" in lost and "restart 1 of at most" in lost, lost
+        again = up.wait_line("alto up: ready", 330)
+        assert _ready_fields(again)["bootstrap"] == f"127.0.0.1:{port}"
+        after = json.loads((workdir / "stack.json").read_text())["children"]
+        assert set(after) == set(before)
+        assert not set(after.values()) & set(before.values()), "every process is new"
+        _, result = submit_and_wait(f"127.0.0.1:{port}", "example", "One. Two words.", 120)
+        assert result["status"] == "OK", result["error"]
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(120) == 0, up.output()
+    finally:
+        up.close()

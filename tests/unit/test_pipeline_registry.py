@@ -1,0 +1,78 @@
+"""The pipeline registry: built-in pipelines, and the user's from a module named in
+`ALTO_PIPELINE_MODULES` (entry points of the group `alto.pipelines` load the same way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.pipelines import BUILT_IN, registry
+from alto.config import AltoConfig, config_env, load_config
+from alto.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+USER_MODULE = """
+from streams import REQUEST, Pipeline, count
+
+def _words(item):
+    yield from item.value.split()
+
+def build():
+    return (
+        Pipeline("wordcount")
+        .fan_out("words", _words, after=REQUEST)
+        .aggregate("total", count(), after="words", per=REQUEST)
+    )
+
+def broken():
+    return 42
+
+def clash():
+    return Pipeline("example").map("x", lambda item: item.value, after=REQUEST)
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"userpipes_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_built_in_pipelines_are_registered() -> None:
+    assert set(registry()) >= set(BUILT_IN)
+    assert all(r.source.startswith("built-in") for r in registry().values())
+
+
+def test_a_users_module_adds_its_pipeline(user_module: str) -> None:
+    config = AltoConfig(pipeline_modules=(user_module,))
+    pipes = registry(config)
+    assert pipes["wordcount"].source == f"module {user_module}:build"
+    assert pipes["wordcount"].topology.terminal == "total"
+    assert set(pipes) == {*BUILT_IN, "wordcount"}
+
+
+def test_the_modules_reach_child_processes_through_the_environment(user_module: str) -> None:
+    config = AltoConfig(pipeline_modules=(user_module, f"{user_module}:build"))
+    again = load_config(config_env(config))
+    assert again.pipeline_modules == config.pipeline_modules
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("no_such_module_anywhere", "does not import"),
+        ("{m}:missing", "has no 'missing'"),
+        ("{m}:broken", "returned int, not a Pipeline"),
+        ("{m}:clash", "two pipelines named 'example'"),
+    ],
+)
+def test_a_bad_source_is_a_clear_configuration_error(
+    user_module: str, spec: str, error: str
+) -> None:
+    config = AltoConfig(pipeline_modules=(spec.format(m=user_module),))
+    with pytest.raises(ConfigError, match=error):
+        registry(config)

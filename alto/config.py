@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -127,7 +128,7 @@ class AltoConfig(BaseModel):
     roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     security: KafkaSecurity = KafkaSecurity()
-    # Raw client settings, passed unchanged to the Kafka clients that accept them.
+    # Extra Faust app settings, applied over ours (`ALTO_EXTRA`, a JSON object).
     extra: Mapping[str, Any] = Field(default_factory=dict)
 
     @field_validator("pipelines", "roles", "pipeline_modules", mode="before")
@@ -255,6 +256,9 @@ _ENV_FIELDS: dict[str, str] = {
     "SCHEDULER_POLICY": "scheduler_policy",
     "SCHEDULER_SATURATION": "scheduler_saturation",
     "SCHEDULER_QUEUE": "scheduler_queue",
+    "HEARTBEAT_INTERVAL_S": "heartbeat_interval_s",
+    "MAX_MESSAGE_BYTES": "max_message_bytes",
+    "EXTRA": "extra",  # a JSON object
 }
 
 _ENV_SECURITY: dict[str, str] = {
@@ -278,7 +282,7 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> A
     values: dict[str, Any] = {}
     for suffix, field in _ENV_FIELDS.items():
         if (raw := env.get(ENV_PREFIX + suffix)) not in (None, ""):
-            values[field] = raw
+            values[field] = _json_object(ENV_PREFIX + suffix, raw) if field == "extra" else raw
     security = {f: env[ENV_PREFIX + s] for s, f in _ENV_SECURITY.items() if env.get(ENV_PREFIX + s)}
     if security:
         values["security"] = security
@@ -289,12 +293,23 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> A
         raise ConfigError(f"invalid configuration: {exc}") from exc
 
 
+def _json_object(name: str, raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def config_env(config: AltoConfig) -> dict[str, str]:
     """The environment that makes a child process load the same configuration."""
     env = {
         ENV_PREFIX + suffix: str(getattr(config, field)) for suffix, field in _ENV_FIELDS.items()
     }
     env = {k: v for k, v in env.items() if v != "None"}
+    env[ENV_PREFIX + "EXTRA"] = json.dumps(dict(config.extra))
     env.pop(ENV_PREFIX + "WORKER_ID", None)
     env.pop(ENV_PREFIX + "STATUS_FILE", None)
     env[ENV_PREFIX + "PIPELINES"] = ",".join(config.pipelines)

@@ -41,3 +41,21 @@ def test_aiokafka_clients_get_sasl_and_tls() -> None:
 
 def test_plaintext_adds_nothing() -> None:
     assert aiokafka_settings(load_config(environ={})) == {"bootstrap_servers": "127.0.0.1:9092"}
+
+
+def test_a_child_process_loads_every_field_of_its_parents_configuration() -> None:
+    """`config_env` carries every field (issue 14 found three silently dropped)."""
+    from pathlib import Path
+
+    from alto.config import AltoConfig
+
+    parent = AltoConfig(
+        heartbeat_interval_s=2.5,
+        max_message_bytes=2_000_000,
+        extra={"fetch_max_bytes": 1234},
+        pipeline_modules=("a", "b:c"),
+        pipelines=("example",),
+        sim_params=Path("/tmp/params.json"),
+    )
+    child = load_config(environ=config_env(parent))
+    assert child == parent.with_overrides(worker_id=child.worker_id)

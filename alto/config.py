@@ -22,6 +22,9 @@ from pydantic import (
 from alto.errors import ConfigError
 
 Mode = Literal["streaming", "baseline"]
+# The names settings choose from; the code that implements them imports these.
+EngineName = Literal["vllm", "sim"]
+PolicyName = Literal["round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"]
 Role = Literal["ingest", "stages", "sink", "scheduler"]
 
 ENV_PREFIX = "ALTO_"
@@ -96,14 +99,12 @@ class AltoConfig(BaseModel):
     # How long an LM worker's producer gathers quanta into one request: a few ms of latency
     # per quantum buys far fewer produce requests while many generations stream at once.
     lm_linger_ms: int = Field(default=5, ge=0, le=1000)
-    engine: Literal["vllm", "sim"] = "vllm"
+    engine: EngineName = "vllm"
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
     sim_time_scale: float = Field(default=1.0, gt=0)
     # Scheduler: policy (scheduler/policy.py), admission control.
-    scheduler_policy: Literal[
-        "round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"
-    ] = "prompt_aware"
+    scheduler_policy: PolicyName = "prompt_aware"
     scheduler_saturation: int = Field(default=128, ge=1)  # calls per instance = saturated
     scheduler_queue: int = Field(default=256, ge=0)  # calls waiting at the scheduler, at most
     # Retrieval corpus: a JSONL file (id, title, text); None: WordNet (Debian's wordnet-base).

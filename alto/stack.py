@@ -34,15 +34,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Literal
 
-from alto.config import AltoConfig
+from alto.config import AltoConfig, EngineName
 from alto.errors import AltoError, BrokerError, BrokerLost, ConfigError
 from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 
 log = logging.getLogger(__name__)
 
-EngineName = Literal["vllm", "sim"]
 
 DEFAULT_LISTEN = "127.0.0.1:9092"
 BROKER = "broker"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
 
-EngineName = Literal["vllm", "sim"]
+from alto.config import EngineName
 
 
 @dataclass(frozen=True)

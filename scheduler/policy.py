@@ -42,11 +42,11 @@ import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, get_args
 
+from alto.config import PolicyName
 from schemas.messages import LMRequest, LMStatus
 
-PolicyName = Literal["round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 
 CHARS_PER_TOKEN = 4.0  # prompt-size estimate before the engine has tokenized anything

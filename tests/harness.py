@@ -56,3 +56,23 @@ def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:
     }
     values.update(overrides)
     return load_config(environ={}, **values)
+
+
+# A user's own pipeline module, as README's "Serving your own pipeline" shows it: words and
+# letters of a text (tests/unit/test_pipeline_registry.py, tests/integration/test_user_pipeline.py).
+USER_PIPELINE_MODULE = """
+from streams import Pipeline, combine, count, sum_of
+
+
+def _words(item):
+    yield from item.value.split()
+
+
+def build():
+    return (
+        Pipeline("letters")
+        .fan_out("words", _words)
+        .map("length", lambda item: len(item.value), after="words")
+        .aggregate("total", combine(words=count(), letters=sum_of(int)), after="length")
+    )
+"""

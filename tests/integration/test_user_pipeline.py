@@ -12,29 +12,13 @@ from alto.client import Submitter, collect_results, new_request
 from alto.config import AltoConfig
 from infra.processes import WorkerProcess, wait_assigned
 from schemas.messages import Mode, ResultStatus
+from tests.harness import USER_PIPELINE_MODULE
 
 pytestmark = pytest.mark.integration
 
-MODULE = """
-from streams import Pipeline, combine, count, sum_of
-
-
-def _words(item):
-    yield from item.value.split()
-
-
-def build():
-    return (
-        Pipeline("letters")
-        .fan_out("words", _words)
-        .map("length", lambda item: len(item.value), after="words")
-        .aggregate("total", combine(words=count(), letters=sum_of(int)), after="length")
-    )
-"""
-
 
 def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Path) -> None:
-    (tmp_path / "my_letters.py").write_text(MODULE)
+    (tmp_path / "my_letters.py").write_text(USER_PIPELINE_MODULE)
     config = alto_config.with_overrides(pipeline_modules=("my_letters",), pipelines=("letters",))
     worker = WorkerProcess(config, "w1", tmp_path, env={"PYTHONPATH": str(tmp_path)})
     try:

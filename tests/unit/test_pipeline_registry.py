@@ -10,28 +10,22 @@ import pytest
 from agents.pipelines import BUILT_IN, registry
 from alto.config import AltoConfig, config_env, load_config
 from alto.errors import ConfigError
+from tests.harness import USER_PIPELINE_MODULE
 
 pytestmark = pytest.mark.unit
 
-USER_MODULE = """
-from streams import REQUEST, Pipeline, count
-
-def _words(item):
-    yield from item.value.split()
-
-def build():
-    return (
-        Pipeline("wordcount")
-        .fan_out("words", _words, after=REQUEST)
-        .aggregate("total", count(), after="words", per=REQUEST)
-    )
+USER_MODULE = (
+    USER_PIPELINE_MODULE
+    + """
 
 def broken():
     return 42
 
+
 def clash():
-    return Pipeline("example").map("x", lambda item: item.value, after=REQUEST)
+    return Pipeline("example").map("x", lambda item: item.value)
 """
+)
 
 
 @pytest.fixture
@@ -50,9 +44,9 @@ def test_built_in_pipelines_are_registered() -> None:
 def test_a_users_module_adds_its_pipeline(user_module: str) -> None:
     config = AltoConfig(pipeline_modules=(user_module,))
     pipes = registry(config)
-    assert pipes["wordcount"].source == f"module {user_module}:build"
-    assert pipes["wordcount"].topology.terminal == "total"
-    assert set(pipes) == {*BUILT_IN, "wordcount"}
+    assert pipes["letters"].source == f"module {user_module}:build"
+    assert pipes["letters"].topology.terminal == "total"
+    assert set(pipes) == {*BUILT_IN, "letters"}
 
 
 def test_the_modules_reach_child_processes_through_the_environment(user_module: str) -> None:

@@ -57,6 +57,8 @@ from alto import metrics
 log = logging.getLogger(__name__)
 
 PROBE_WAIT_MS = 200
+# Refused acks (see `_Consumer.ack`) are logged at most this often, with their count.
+REFUSED_LOG_EVERY_S = 1.0
 # Faust's flush gives up after this long without a message moving.
 FAUST_FLUSH_S = 0.1
 # A flush that has waited this long for the buffer to drain says so (once per flush).
@@ -123,8 +125,38 @@ class _ConsumerThread(AIOKafkaConsumerThread):
 
 
 class _Consumer(Consumer):
+    # When the last refused ack was logged (monotonic s) and how many since.
+    _refused_logged_at = 0.0
+    _refused_since_log = 0
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack(self, message: Any) -> bool:
+        # A stream that reads a message while a rebalance has suspended the flow, or that
+        # was fetched in an earlier generation, skips it unprocessed and then acks it
+        # anyway (faust/streams.py, `skipped_value`). Acked, its offset joins the offsets
+        # to commit; revocation empties those, but an ack that comes after it lands in the
+        # partition's next assignment, and Faust commits the first run of acked offsets
+        # without checking that it starts at the committed offset. So the commit passed
+        # records no agent had processed: lost, at the next restart or hand-over. A message
+        # a stream processed was tracked first; one it skipped was not. Only the first count.
+        if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
+            message.acked = True
+            metrics.SKIPPED_ACKS_REFUSED.inc()
+            self._refused_since_log += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= REFUSED_LOG_EVERY_S:
+                log.warning(
+                    "refused to count %d messages as processed that the stream skipped "
+                    "during a rebalance (e.g. %s@%d): they are read again",
+                    self._refused_since_log,
+                    message.tp,
+                    message.offset,
+                )
+                self._refused_logged_at, self._refused_since_log = now, 0
+            return False
+        return bool(super().ack(message))
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         # Faust counts offsets a fetch jumped over as processed. After a partition moves

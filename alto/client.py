@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -37,25 +38,39 @@ def new_request(
 
 
 class Submitter:
-    """Produces `PipelineRequest`s to the requests topic (key = request id)."""
+    """Produces `PipelineRequest`s to the requests topic (key = request id). A message the
+    broker refused (its delivery report carries an error) is kept in `refused` and makes
+    `flush` raise: a request that never entered the system must not pass for one the system
+    lost."""
 
     def __init__(self, config: AltoConfig) -> None:
         self.topic = config.requests_topic
         self.producer = Producer(
             {**client_settings(config), "linger.ms": 1, "enable.idempotence": False}
         )
+        self.refused: list[tuple[bytes | None, str]] = []  # (key, error) of each refusal
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.refused.append((msg.key(), str(err)))
 
     def submit(self, request: PipelineRequest) -> None:
-        self.producer.produce(self.topic, key=request.request_id.encode(), value=request.encode())
-        self.producer.poll(0)
+        self.submit_raw(request.request_id.encode(), request.encode())
 
     def submit_raw(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
-        self.producer.produce(topic or self.topic, key=key, value=value)
+        self.producer.produce(
+            topic or self.topic, key=key, value=value, on_delivery=self._delivered
+        )
         self.producer.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         if self.producer.flush(timeout_s) > 0:
             raise BrokerError("requests not delivered in time")
+        if self.refused:
+            key, error = self.refused[0]
+            raise BrokerError(
+                f"the broker refused {len(self.refused)} messages, e.g. key {key!r}: {error}"
+            )
 
     def submit_all(self, requests: Iterable[PipelineRequest]) -> None:
         for request in requests:
@@ -237,12 +252,19 @@ def _state_trail(topic: str, reader: TopicReader, wanted: set[str]) -> list[str]
 
 
 def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str]) -> str:
-    """Every record of `request_ids` on the LM topics (calls as stages made them and as the
+    """Every record of `request_ids` on the requests topic, on the LM topics (calls as stages made them and as the
     scheduler placed them), on `topics` (quanta) and on the sink, topic by topic in offset
     order: where a request that got no result stopped. For diagnosing a lost request; it
     reads each topic whole, from the start."""
     wanted = set(request_ids)
     lines = []
+    reader = TopicReader(config, config.requests_topic)
+    for _, value in reader.drain():
+        with contextlib.suppress(BadInputError):
+            request = PipelineRequest.decode(value or b"")
+            if request.request_id in wanted:
+                lines.append(f"requests: {request.request_id} {request.pipeline} {request.mode}")
+    reader.close()
     for topic in (config.lm_requests_topic, config.lm_work_topic):
         reader = TopicReader(config, topic)
         for _, value in reader.drain():

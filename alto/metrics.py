@@ -105,6 +105,11 @@ PRODUCER_FLUSH_WAITS = Counter(
     "Producer flushes (before an offset commit) that found the buffer still moving after "
     "0.1 s, where Faust's own flush returns (agents/transport.py)",
 )
+SKIPPED_ACKS_REFUSED = Counter(
+    "alto_skipped_acks_refused",
+    "Messages a Faust stream skipped unprocessed during a rebalance and then acked; not "
+    "counted as processed (agents/transport.py)",
+)
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",
     "Requests this ingest worker admitted that have no result yet (streams/admission.py)",

@@ -1,0 +1,42 @@
+"""Our Faust consumer counts as processed only what a stream processed.
+
+Faust's stream skips a message it reads while a rebalance has suspended the flow, or one
+fetched in an earlier generation, and then acks it anyway (`faust/streams.py`). An ack that
+lands after the revocation goes into the partition's next assignment, and Faust commits the
+first run of acked offsets without checking where it starts: past records no agent had
+processed. Those were lost at the next restart or hand-over (`alto chaos`, issue 17)."""
+
+from __future__ import annotations
+
+import pytest
+from faust.types import TP
+from faust.types.tuples import Message
+
+from agents.transport import FaustApp
+
+pytestmark = pytest.mark.unit
+
+
+def _consumer_of(topic_name: str) -> object:
+    app = FaustApp("acks", broker="kafka://127.0.0.1:9", store="memory://")
+    app.topics._acking_topics.add(topic_name)  # as an agent's subscription makes it
+    return app.consumer
+
+
+def _message(offset: int, *, processed: bool) -> Message:
+    tp = TP("in", 0)
+    message = Message("in", 0, offset, 0.0, None, None, b"k", b"v", None, tp=tp)
+    message.tracked = processed  # a stream tracks a message it hands to its agent
+    return message
+
+
+def test_a_message_the_stream_skipped_is_not_counted_as_processed() -> None:
+    consumer = _consumer_of("in")
+    assert consumer.ack(_message(5, processed=False)) is False  # type: ignore[attr-defined]
+    assert not consumer._acked[TP("in", 0)]  # type: ignore[attr-defined]
+
+
+def test_a_processed_message_is() -> None:
+    consumer = _consumer_of("in")
+    assert consumer.ack(_message(6, processed=True)) is True  # type: ignore[attr-defined]
+    assert list(consumer._acked[TP("in", 0)]) == [6]  # type: ignore[attr-defined]

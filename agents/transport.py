@@ -1,6 +1,6 @@
-"""Faust's aiokafka transport with four changes: a configurable fetch wait, Faust's
-partition assignor in every worker, end offsets checked by reading, and a producer flush
-that really drains.
+"""Faust's aiokafka transport with five changes: a configurable fetch wait, Faust's
+partition assignor in every worker, end offsets checked by reading, a producer flush that
+really drains, and no ack for a message a stream skipped (`_Consumer.ack`).
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` at 1,500 ms. Apache Kafka answers a
 fetch as soon as data arrives, so there the value only bounds idle polls; the embedded

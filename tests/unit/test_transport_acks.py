@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from faust.types import TP
-from faust.types.tuples import Message
+from faust.types.tuples import ConsumerMessage
 
 from agents.transport import FaustApp
 
@@ -23,10 +23,12 @@ def _consumer_of(topic_name: str) -> object:
     return app.consumer
 
 
-def _message(offset: int, *, processed: bool) -> Message:
-    tp = TP("in", 0)
-    message = Message("in", 0, offset, 0.0, None, None, b"k", b"v", None, tp=tp)
-    message.tracked = processed  # a stream tracks a message it hands to its agent
+def _message(offset: int, *, processed: bool) -> ConsumerMessage:
+    """A message as the consumer makes it (untracked); a stream tracks the ones it hands to
+    its agent, and skips the others."""
+    message = ConsumerMessage("in", 0, offset, 0.0, None, None, b"k", b"v", None, tp=TP("in", 0))
+    assert not message.tracked
+    message.tracked = processed
     return message
 
 

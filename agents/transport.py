@@ -159,18 +159,23 @@ class _Consumer(Consumer):
         return bool(super().ack(message))
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        # Faust counts offsets a fetch jumped over as processed. After a partition moves
-        # between workers that is normal (its last read offset here is stale; the others
-        # were processed elsewhere and committed): seen on every rebalance in `alto chaos`.
-        # Anywhere else it would mean records committed unprocessed, a candidate for the
-        # loss the end-to-end retry papers over (streams/admission.py). DEBUG, for that hunt.
-        log.debug(
-            "fetch of %s jumped from offset %d to %d: Faust counts the offsets between as "
-            "processed",
+        # Faust counts offsets a fetch jumped over as processed. Below the committed offset
+        # that is harmless (processed before, here or elsewhere: a stale read offset after a
+        # partition moved, seen on rebalances in `alto chaos`). At or above it, nothing
+        # processed those records and the commit will pass them: say so, loudly.
+        committed = self._committed_offset.get(tp)
+        uncommitted = committed is None or offset_to > committed
+        log.log(
+            logging.WARNING if uncommitted else logging.DEBUG,
+            "fetch of %s jumped from offset %d to %d (committed: %s): Faust counts the "
+            "offsets between as processed",
             tp,
             offset_from - 1,
             offset_to,
+            committed,
         )
+        if uncommitted:
+            metrics.UNCOMMITTED_GAPS.inc()
         await super()._add_gap(tp, offset_from, offset_to)
 
 

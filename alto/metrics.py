@@ -110,6 +110,11 @@ SKIPPED_ACKS_REFUSED = Counter(
     "Messages a Faust stream skipped unprocessed during a rebalance and then acked; not "
     "counted as processed (agents/transport.py)",
 )
+UNCOMMITTED_GAPS = Counter(
+    "alto_fetch_gaps_uncommitted",
+    "Fetches that jumped over offsets at or above the committed one, which Faust counts as "
+    "processed (agents/transport.py)",
+)
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",
     "Requests this ingest worker admitted that have no result yet (streams/admission.py)",

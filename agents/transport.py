@@ -1,6 +1,8 @@
-"""Faust's aiokafka transport with five changes: a configurable fetch wait, Faust's
-partition assignor in every worker, end offsets checked by reading, a producer flush that
-really drains, and no ack for a message a stream skipped (`_Consumer.ack`).
+"""Faust's aiokafka transport with our changes: a configurable fetch wait, Faust's
+partition assignor in every worker, end offsets checked by reading, and three fixes that
+keep Faust from committing records nothing processed (a producer flush that really drains,
+commits that start at the committed offset with fetch gaps read again, and no ack for a
+message a stream skipped). README, "Where the loss under chaos came from".
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` at 1,500 ms. Apache Kafka answers a
 fetch as soon as data arrives, so there the value only bounds idle polls; the embedded

@@ -112,9 +112,8 @@ SKIPPED_ACKS_REFUSED = Counter(
 )
 UNCOMMITTED_GAPS = Counter(
     "alto_fetch_gaps_uncommitted",
-    "Fetches that jumped over offsets at or above the committed one (Faust would count them "
-    "as processed); the partition is read again from the committed offset "
-    "(agents/transport.py)",
+    "Fetches that jumped over offsets at or above the committed one, which Faust counts as "
+    "processed (agents/transport.py)",
 )
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",

@@ -110,10 +110,10 @@ SKIPPED_ACKS_REFUSED = Counter(
     "Messages a Faust stream skipped unprocessed during a rebalance and then acked; not "
     "counted as processed (agents/transport.py)",
 )
-UNCOMMITTED_GAPS = Counter(
-    "alto_fetch_gaps_uncommitted",
-    "Fetches that jumped over offsets at or above the committed one, which Faust counts as "
-    "processed (agents/transport.py)",
+PARTITION_REREADS = Counter(
+    "alto_partition_rereads",
+    "Partitions read again from the committed offset because that record stayed "
+    "unprocessed while later ones were processed (agents/transport.py)",
 )
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",

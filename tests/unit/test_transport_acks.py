@@ -9,6 +9,8 @@ run has logged such an ack yet.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -43,3 +45,45 @@ def test_a_processed_message_is() -> None:
     consumer = _consumer_of("in")
     assert consumer.ack(_message(6, processed=True)) is True  # type: ignore[attr-defined]
     assert list(consumer._acked[TP("in", 0)]) == [6]  # type: ignore[attr-defined]
+
+
+def _ack(consumer: Any, *offsets: int) -> None:
+    for offset in offsets:
+        assert consumer.ack(_message(offset, processed=True))
+
+
+def test_no_record_is_dropped_or_counted_by_a_read_offset() -> None:
+    """Faust drops a fetched record below its read offset and counts the offsets between
+    its read offset and a record further on as processed; ours has none to go by."""
+    consumer: Any = _consumer_of("in")
+    tp = TP("in", 0)
+    consumer._read_offset[tp] = 52  # what Faust's fetch loop writes after each record
+    assert consumer._read_offset[tp] is None
+    consumer._read_offset.update({tp: 48})  # what Faust's seek to the committed does
+    assert consumer._read_offset.get(tp) is None
+
+
+def test_a_commit_starts_at_the_committed_offset() -> None:
+    """Faust would commit 53 here (it treats the committed offset, the next record to
+    process, as processed): `alto chaos --seed 4` lost offsets 48-51 that way."""
+    consumer: Any = _consumer_of("in")
+    tp = TP("in", 0)
+    consumer._committed_offset[tp] = 48
+    _ack(consumer, 49, 50, 51, 52)
+    assert consumer._new_offset(tp) is None
+    _ack(consumer, 48)
+    assert consumer._new_offset(tp) == 53
+
+
+def test_a_partition_stalled_at_its_committed_offset_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agents.transport as transport
+
+    monkeypatch.setattr(transport, "REREAD_AFTER_S", 0.0)
+    consumer: Any = _consumer_of("in")
+    tp = TP("in", 0)
+    consumer._committed_offset[tp] = 48
+    _ack(consumer, 52)  # a fetch that started past 48
+    assert consumer._new_offset(tp) is None
+    assert consumer._reread_due == {tp: 48}  # sought back before the next fetch round

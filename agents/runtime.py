@@ -709,7 +709,9 @@ def consumer_lags(app: Any, topics: set[str]) -> dict[tuple[str, int], int]:
     of `topics` this worker holds. The end is the highwater aiokafka caches from fetch
     responses, the position the offset Faust last committed (else the one after the last
     it read, else 0): no broker request. Faust keeps those offsets in private attributes
-    (`_committed_offset`, `_read_offset`); a Faust without them reads as lag from offset 0."""
+    (`_committed_offset`, `_read_offset`); a Faust without them reads as lag from offset 0,
+    and so does our consumer for a partition it has not committed yet (it keeps no read
+    offsets: `agents/transport.py`)."""
     consumer = app.consumer
     committed = getattr(consumer, "_committed_offset", {})
     read = getattr(consumer, "_read_offset", {})

@@ -234,13 +234,10 @@ def _results_on_topic(config: AltoConfig, quiet_s: float = 3.0) -> list[Pipeline
     reader = TopicReader(config, config.results_topic)
     out: list[PipelineResult] = []
     try:
-        while True:
-            batch = list(reader.poll(quiet_s))
-            if not batch:
-                return out
-            for _, value in batch:
-                with contextlib.suppress(BadInputError):
-                    out.append(PipelineResult.decode(value))
+        for _, value in reader.drain(quiet_s):
+            with contextlib.suppress(BadInputError):
+                out.append(PipelineResult.decode(value))
+        return out
     finally:
         reader.close()
 

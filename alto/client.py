@@ -236,11 +236,20 @@ def wait_lm_reporting(
 CHANGELOG_SUFFIX = "-changelog"
 
 
-def _state_trail(topic: str, reader: TopicReader, wanted: set[str]) -> list[str]:
+def _whole(config: AltoConfig, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Every record of `topic`, read from the start until it is quiet (`TopicReader.drain`)."""
+    reader = TopicReader(config, topic)
+    try:
+        yield from reader.drain()
+    finally:
+        reader.close()
+
+
+def _state_trail(config: AltoConfig, topic: str, wanted: set[str]) -> list[str]:
     """A table's changelog records for `wanted` requests: each state write, in order (keys
     are JSON strings of node keys; None is a deletion)."""
     lines = []
-    for key, value in reader.drain():
+    for key, value in _whole(config, topic):
         try:
             node = json.loads(key or b"")
         except ValueError:
@@ -252,22 +261,20 @@ def _state_trail(topic: str, reader: TopicReader, wanted: set[str]) -> list[str]
 
 
 def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str]) -> str:
-    """Every record of `request_ids` on the requests topic, on the LM topics (calls as stages made them and as the
-    scheduler placed them), on `topics` (quanta) and on the sink, topic by topic in offset
-    order: where a request that got no result stopped. For diagnosing a lost request; it
-    reads each topic whole, from the start."""
+    """Every record of `request_ids` on the requests topic, on the LM topics (calls as
+    stages made them and as the scheduler placed them), on `topics` (quanta; state writes
+    for changelogs) and on the sink, topic by topic in offset order: where a request that
+    got no result stopped. For diagnosing a lost request; it reads each topic whole, from
+    the start."""
     wanted = set(request_ids)
     lines = []
-    reader = TopicReader(config, config.requests_topic)
-    for _, value in reader.drain():
+    for _, value in _whole(config, config.requests_topic):
         with contextlib.suppress(BadInputError):
             request = PipelineRequest.decode(value or b"")
             if request.request_id in wanted:
                 lines.append(f"requests: {request.request_id} {request.pipeline} {request.mode}")
-    reader.close()
     for topic in (config.lm_requests_topic, config.lm_work_topic):
-        reader = TopicReader(config, topic)
-        for _, value in reader.drain():
+        for _, value in _whole(config, topic):
             with contextlib.suppress(BadInputError):
                 call = LMRequest.decode(value or b"")
                 if call.request_id in wanted:
@@ -276,14 +283,11 @@ def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str])
                         f"{where}[instance {call.instance}] attempt={call.attempt} "
                         f"{call.lm_request_id}"
                     )
-        reader.close()
     for topic in [*topics, config.sink_topic]:
-        reader = TopicReader(config, topic)
         if topic.endswith(CHANGELOG_SUFFIX):
-            lines += _state_trail(topic, reader, wanted)
-            reader.close()
+            lines += _state_trail(config, topic, wanted)
             continue
-        for _, value in reader.drain():
+        for _, value in _whole(config, topic):
             try:
                 q = Quantum.decode(value or b"")
             except BadInputError:
@@ -294,5 +298,4 @@ def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str])
                     f"{topic}: {q.request_id} {q.kind} {path} seq={q.seq} count={q.count} "
                     f"by={[s.worker for s in q.trace][-1:]} {q.payload!r:.40}"
                 )
-        reader.close()
     return "\n".join(lines)

@@ -1,13 +1,13 @@
-"""The Faust application module: `faust -A agents.app worker` (or `alto worker`) runs it.
+"""The Faust application module: `faust -A alto.agents.app worker` (or `alto worker`) runs it.
 
 Configuration comes from `ALTO_*` environment variables (see `alto.config`).
 """
 
 from __future__ import annotations
 
-from agents.pipelines import all_topologies
-from agents.runtime import create_app
+from alto.agents.runtime import create_app
 from alto.config import load_config
+from alto.streams.registry import all_topologies
 
 config = load_config()
 alto_app = create_app(config, all_topologies(config))

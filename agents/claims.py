@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import REQUEST, Item, Pipeline, Topology, collect, combine, count
-from streams.pipeline import LMCall
+from alto.streams import REQUEST, Item, Pipeline, Topology, collect, combine, count
+from alto.streams.pipeline import LMCall
 
 NAME = "claims"
 

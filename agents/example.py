@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from streams import (
+from alto.streams import (
     REQUEST,
     Item,
     Pipeline,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import REQUEST, Item, Pipeline, Topology
+from alto.streams import REQUEST, Item, Pipeline, Topology
 
 NAME = "hop"
 

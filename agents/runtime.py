@@ -1,6 +1,6 @@
 """Faust wiring: one agent per stage topic, plus ingest (requests) and sink (results).
 
-Stage logic lives in `streams.processor`; this module only moves bytes: it decodes
+Stage logic lives in `alto.streams.processor`; this module only moves bytes: it decodes
 each event (anything undecodable becomes a dead letter and, where the request id can be
 read from the key, a FAILED result), runs the processor, and produces what it returns.
 
@@ -12,7 +12,7 @@ Correctness notes:
   were produced (Faust commits the longest contiguous run of acked offsets and flushes
   the producer first): at-least-once, and replays are deduplicated downstream.
 - The results table's changelog *is* the results topic, so emitting a result and
-  remembering that it was emitted are the same write (see `streams.processor.Sink`).
+  remembering that it was emitted are the same write (see `alto.streams.processor.Sink`).
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ from aiokafka.errors import MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.types import EventT, StreamT
 
-from agents.transport import FaustApp
 from alto import metrics
+from alto.agents.transport import FaustApp
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
-from infra.topics import aiokafka_settings, follow
-from scheduler.agent import Overloaded, SchedulerCore
-from schemas import faust_codecs
-from schemas.messages import LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
-from streams.admission import Admission
-from streams.ancestry import request_id_of_key
-from streams.pipeline import REQUEST, StageKind, Topology
-from streams.processor import (
+from alto.kafka import aiokafka_settings, follow
+from alto.scheduler.agent import Overloaded, SchedulerCore
+from alto.schemas import faust_codecs
+from alto.schemas.messages import LMRequest, Mode, PipelineRequest, Quantum, QuantumKind
+from alto.streams.admission import Admission
+from alto.streams.ancestry import request_id_of_key
+from alto.streams.pipeline import REQUEST, StageKind, Topology
+from alto.streams.processor import (
     OVERLOADED,
     CallLM,
     DeadLetterOut,
@@ -559,7 +559,7 @@ class AltoApp:
                         )
 
     def _define_scheduler(self) -> None:
-        """Assign LM calls to LM instances (`scheduler/agent.py`; policy: `scheduler.policy`)."""
+        """Assign LM calls to LM instances (`scheduler/agent.py`; policy: `alto.scheduler.policy`)."""
 
         async def send(topic: str, key: bytes, value: bytes, partition: int | None) -> None:
             await self.app.producer.send(topic, key, value, partition, None, None)

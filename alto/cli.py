@@ -17,7 +17,7 @@ log = logging.getLogger("alto")
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from infra.broker import EmbeddedBroker, parse_listen
+    from alto.infra.broker import EmbeddedBroker, parse_listen
 
     host, port = parse_listen(args.listen)
     broker = EmbeddedBroker(host, port, quiet=not args.verbose).start()
@@ -38,9 +38,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from agents.pipelines import all_topologies
-    from agents.runtime import create_app
-    from infra.topics import ensure_topics
+    from alto.agents.runtime import create_app
+    from alto.kafka import ensure_topics
+    from alto.streams.registry import all_topologies
 
     config = load_config()
     counts = ensure_topics(config, create_app(config, all_topologies(config)).topic_partitions())
@@ -50,7 +50,7 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipelines(args: argparse.Namespace) -> int:
-    from agents.pipelines import registry
+    from alto.streams.registry import registry
 
     for name, registered in sorted(registry(load_config()).items()):
         topology = registered.topology
@@ -62,10 +62,10 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from agents.pipelines import all_topologies
-    from agents.runtime import create_app
-    from infra.lifetime import watch_parent
-    from infra.topics import ensure_topics
+    from alto.agents.runtime import create_app
+    from alto.infra.lifetime import watch_parent
+    from alto.kafka import ensure_topics
+    from alto.streams.registry import all_topologies
 
     watch_parent()
     config = load_config()
@@ -77,8 +77,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from alto.client import Submitter, new_request
-    from schemas.messages import Mode
+    from alto.infra.client import Submitter, new_request
+    from alto.schemas.messages import Mode
 
     config = load_config()
     texts = list(args.text)
@@ -99,8 +99,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from alto.client import TopicReader
-    from schemas.messages import PipelineResult
+    from alto.infra.client import TopicReader
+    from alto.schemas.messages import PipelineResult
 
     config = load_config()
     reader = TopicReader(config, config.results_topic, from_beginning=not args.new)
@@ -124,8 +124,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm_worker(args: argparse.Namespace) -> int:
-    from infra.lifetime import watch_parent
-    from lm_service.worker import run_lm_worker
+    from alto.infra.lifetime import watch_parent
+    from alto.lm_service.worker import run_lm_worker
 
     watch_parent()
     config = load_config()
@@ -133,7 +133,7 @@ def _cmd_lm_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from lm_service.model import model_dir
+    from alto.lm_service.model import model_dir
 
     path = model_dir(load_config(), prepare=True)
     print(path)
@@ -142,10 +142,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.pipeline == "example":
-        from alto.demo import run_demo
+        from alto.infra.demo import run_demo
 
         return run_demo(requests=args.requests, workers=args.workers, mode=args.mode)
-    from alto.demo_factool import run_factool_demo
+    from alto.infra.demo_factool import run_factool_demo
 
     return run_factool_demo(
         n_questions=args.questions,
@@ -157,7 +157,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from alto.stack import DEFAULT_LISTEN, run_up
+    from alto.infra.stack import DEFAULT_LISTEN, run_up
 
     config = load_config()
     # A broker named in the environment (ALTO_BOOTSTRAP_SERVERS) is used as it is.
@@ -178,7 +178,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from alto.chaos import run_chaos_command
+    from alto.infra.chaos import run_chaos_command
 
     return run_chaos_command(
         load_config(),
@@ -192,7 +192,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
-    from alto.soak import run_soak_command
+    from alto.infra.soak import run_soak_command
 
     return run_soak_command(
         load_config(),
@@ -207,7 +207,7 @@ def _cmd_soak(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bench import run_bench
+    from alto.bench import run_bench
 
     options: dict[str, object] = {}
     if args.tier:

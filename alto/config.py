@@ -124,7 +124,7 @@ class AltoConfig(BaseModel):
     # Which pipelines (empty: all registered) and which agents this worker runs.
     pipelines: tuple[str, ...] = ()
     # The user's pipelines: modules (`module` or `module:callable`) whose callable returns a
-    # Pipeline, loaded by every process (agents/pipelines.py).
+    # Pipeline, loaded by every process (streams/registry.py).
     pipeline_modules: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -304,10 +304,18 @@ def _json_object(name: str, raw: str) -> dict[str, Any]:
     return value
 
 
+def _env_value(value: Any) -> str:
+    return str(value.resolve() if isinstance(value, Path) else value)
+
+
 def config_env(config: AltoConfig) -> dict[str, str]:
-    """The environment that makes a child process load the same configuration."""
+    """The environment that makes a child process load the same configuration.
+
+    Paths are made absolute here, in the parent: a child may start in another folder, and a
+    relative data folder must name the same place for both."""
     env = {
-        ENV_PREFIX + suffix: str(getattr(config, field)) for suffix, field in _ENV_FIELDS.items()
+        ENV_PREFIX + suffix: _env_value(getattr(config, field))
+        for suffix, field in _ENV_FIELDS.items()
     }
     env = {k: v for k, v in env.items() if v != "None"}
     env[ENV_PREFIX + "EXTRA"] = json.dumps(dict(config.extra))

@@ -14,27 +14,27 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
     if set(options) - allowed:
         raise SystemExit(f"options {sorted(set(options) - allowed)} do not apply to {name!r}")
     if name == "hop":
-        from bench.hop import main
+        from alto.bench.hop import main
 
         return main(quick=quick, json_path=json_path, **options)
     if name == "lm":
-        from bench.lm import main as lm_main
+        from alto.bench.lm import main as lm_main
 
         return lm_main(quick=quick, json_path=json_path)
     if name == "scheduler":
-        from bench.scheduler import main as scheduler_main
+        from alto.bench.scheduler import main as scheduler_main
 
         return scheduler_main(quick=quick, json_path=json_path)
     if name == "bm25":
-        from bench.bm25 import main as bm25_main
+        from alto.bench.bm25 import main as bm25_main
 
         return bm25_main(quick=quick, json_path=json_path)
     if name == "factool":
-        from bench.factool import main as factool_main
+        from alto.bench.factool import main as factool_main
 
         return factool_main(quick=quick, json_path=json_path, **options)
     if name == "overload":
-        from bench.overload import main as overload_main
+        from alto.bench.overload import main as overload_main
 
         return overload_main(quick=quick, json_path=json_path)
     raise SystemExit(f"unknown benchmark {name!r}")

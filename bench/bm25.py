@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from agents.factool.bm25 import BM25Index, tokenize
-from agents.factool.corpus import load_corpus
+from alto.agents.factool.bm25 import BM25Index, tokenize
+from alto.agents.factool.corpus import load_corpus
+from alto.bench.common import progress, write_json
 from alto.config import load_config
-from bench.common import progress, write_json
 
 
 def _queries(texts: list[list[str]], n: int, seed: int) -> list[list[str]]:

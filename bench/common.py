@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from alto.config import AltoConfig, load_config
-from infra.broker import EmbeddedBroker
-from infra.processes import tree_usage
+from alto.infra.broker import EmbeddedBroker
+from alto.infra.processes import tree_usage
 
 OUT_DIR = Path("bench-out")
 

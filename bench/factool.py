@@ -4,7 +4,7 @@ Open-loop load: Poisson arrivals at a sweep of offered loads; at each load every
 the same questions (drawn from WordNet, seeded) at the same arrival times, one system after
 the other (the order alternates from load to load, so drift on a shared machine does not
 favour one side). Request ids `p<load>-<i>~<system>` make the SIMULATED engines write the
-same text for a question in every system (`lm_service.sim.sim_text`): equal work. Per
+same text for a question in every system (`alto.lm_service.sim.sim_text`): equal work. Per
 point: median and P99 end-to-end latency, the achieved load and the CPU used. A point passes when the median is within the target (`TARGET_MEDIAN_S`, the paper's 4 s) and
 the achieved load is at least 80% of the offered one (the paper's rule). Reported per
 system: the highest passing load (sustained load) and the P99 at the lowest load.
@@ -59,14 +59,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.factool import pipeline as factool
-from agents.factool.corpus import load_corpus, questions
-from agents.factool.resources import resources
-from alto.client import new_request, stage_windows
-from alto.config import AltoConfig, load_config
-from alto.openloop import OpenLoop
-from alto.stack import Stack
-from bench.common import (
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.corpus import load_corpus, questions
+from alto.agents.factool.resources import resources
+from alto.bench.common import (
     OUT_DIR,
     cpu_seconds,
     percentile,
@@ -74,8 +70,12 @@ from bench.common import (
     stdout_to_stderr,
     write_json,
 )
-from infra.broker import free_port
-from schemas.messages import Mode, PipelineResult, ResultStatus
+from alto.config import AltoConfig, load_config
+from alto.infra.broker import free_port
+from alto.infra.client import new_request, stage_windows
+from alto.infra.openloop import OpenLoop
+from alto.infra.stack import Stack
+from alto.schemas.messages import Mode, PipelineResult, ResultStatus
 
 TARGET_MEDIAN_S = 4.0
 PASS_ACHIEVED = 0.8
@@ -237,10 +237,10 @@ class _Pool:
 
 def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
     if tier == "sim":
-        from lm_service.sim import SimEngine, SimParams
+        from alto.lm_service.sim import SimEngine, SimParams
 
         return [SimEngine(SimParams(time_scale=config.sim_time_scale)) for _ in range(n)]
-    from lm_service.vllm_engine import VLLMEngine
+    from alto.lm_service.vllm_engine import VLLMEngine
 
     return [VLLMEngine.from_config(config)]
 
@@ -308,7 +308,7 @@ def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float
         ) -> tuple[list[Any], float]:
             """The runs, and the CPU they used, measured while the engines are up (vLLM's
             engine core is a child process, counted only while it lives)."""
-            from bench.langgraph_factool import run_open_loop
+            from alto.bench.langgraph_factool import run_open_loop
 
             engines = _engines(tier, base, lm_instances)
             for e in engines:

@@ -19,14 +19,14 @@ from typing import Any
 import psutil
 from confluent_kafka import Producer
 
-from agents import hop
-from alto.client import TopicReader
-from bench.common import OUT_DIR, bench_config, percentile, progress, write_json
-from infra.logstats import log_stats
-from infra.processes import WorkerProcess, wait_assigned
-from infra.topics import client_settings, ensure_topics
-from schemas.messages import Mode, Quantum, QuantumKind
-from streams.pipeline import REQUEST
+from alto.agents import hop
+from alto.bench.common import OUT_DIR, bench_config, percentile, progress, write_json
+from alto.infra.client import TopicReader
+from alto.infra.logstats import log_stats
+from alto.infra.processes import WorkerProcess, wait_assigned
+from alto.kafka import client_settings, ensure_topics
+from alto.schemas.messages import Mode, Quantum, QuantumKind
+from alto.streams.pipeline import REQUEST
 
 
 def _quantum(i: int, sent_ns: int) -> bytes:

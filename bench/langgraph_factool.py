@@ -1,6 +1,6 @@
 """The FacTool pipeline as a LangGraph graph: the baseline system of `alto bench factool`.
 
-Same work as `agents.factool.pipeline`, step for step: the same prompts (the `LMCall` render
+Same work as `alto.agents.factool.pipeline`, step for step: the same prompts (the `LMCall` render
 functions), the same LM request ids (so the SIMULATED engine writes the same text), the same
 quantum rules, BM25 index, MiniLM encoder, rerank, evidence, backfill, verdict parsing and
 report code. What differs is only how the steps are run, as a LangGraph user would run them:
@@ -32,23 +32,23 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
-from agents.factool import pipeline as factool
-from agents.factool.bm25 import ScoreAccumulator, tokenize
-from agents.factool.resources import pack, resources
-from lm_service.engine import GenerationParams, Prompt
-from lm_service.quanta import QuantumRule, split_all
-from schemas.messages import PathEntry
-from streams import REQUEST
-from streams.ancestry import node_key
-from streams.operators import Item
-from streams.pipeline import LMCall
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.bm25 import ScoreAccumulator, tokenize
+from alto.agents.factool.resources import pack, resources
+from alto.lm_service.engine import GenerationParams, Prompt
+from alto.lm_service.quanta import QuantumRule, split_all
+from alto.schemas.messages import PathEntry
+from alto.streams import REQUEST
+from alto.streams.ancestry import node_key
+from alto.streams.operators import Item
+from alto.streams.pipeline import LMCall
 
 Path = tuple[PathEntry, ...]
 Span = tuple[str, float, float]  # (step, start, end) in time.monotonic() seconds
 
 
 class Generator(Protocol):
-    """What the graph needs of an LM engine: `lm_service.engine.Engine.generate` (an
+    """What the graph needs of an LM engine: `alto.lm_service.engine.Engine.generate` (an
     `Engine`, or a pool that spreads calls over several)."""
 
     def generate(
@@ -300,10 +300,10 @@ async def run_open_loop(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.langgraph_factool --engine sim --n 5 --rate 0.5`: a manual check."""
-    from agents.factool.corpus import questions as ask
+    """`python -m alto.bench.langgraph_factool --engine sim --n 5 --rate 0.5`: a manual check."""
+    from alto.agents.factool.corpus import questions as ask
     from alto.config import load_config
-    from lm_service.worker import make_engine
+    from alto.lm_service.worker import make_engine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("sim", "vllm"), default="sim")

@@ -24,14 +24,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents import claims, example
+from alto.agents import claims, example
+from alto.bench.common import OUT_DIR, bench_config, progress, write_json
 from alto.config import AltoConfig
-from bench.common import OUT_DIR, bench_config, progress, write_json
-from infra.topics import ensure_topics
-from lm_service.engine import Engine, GenerationParams, Prompt
-from lm_service.sim import SimEngine, SimParams
-from lm_service.worker import LMWorker
-from schemas.messages import (
+from alto.kafka import ensure_topics
+from alto.lm_service.engine import Engine, GenerationParams, Prompt
+from alto.lm_service.sim import SimEngine, SimParams
+from alto.lm_service.worker import LMWorker
+from alto.schemas.messages import (
     ChatMessage,
     LMRequest,
     Mode,
@@ -39,7 +39,7 @@ from schemas.messages import (
     QuantumKind,
     QuantumRule,
 )
-from streams.pipeline import REQUEST
+from alto.streams.pipeline import REQUEST
 
 CONCURRENCY = (1, 4, 16)
 MAX_TOKENS = 128
@@ -196,7 +196,7 @@ def _median(samples: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def _measure_all(config: AltoConfig, prompts: list[Prompt], repeats: int) -> dict[str, Any]:
-    from lm_service.vllm_engine import VLLMEngine
+    from alto.lm_service.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.from_config(config)
     runs: dict[str, dict[int, list[dict[str, float]]]] = {

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alto.client import new_request
+from alto.bench.common import OUT_DIR, percentile, progress, write_json
 from alto.config import AltoConfig, load_config
-from alto.openloop import OpenLoop, Outcome
-from alto.stack import Stack
-from bench.common import OUT_DIR, percentile, progress, write_json
-from infra.broker import free_port
-from infra.processes import tree_usage
-from schemas.messages import Mode, PipelineRequest, ResultStatus
+from alto.infra.broker import free_port
+from alto.infra.client import new_request
+from alto.infra.openloop import OpenLoop, Outcome
+from alto.infra.processes import tree_usage
+from alto.infra.stack import Stack
+from alto.schemas.messages import Mode, PipelineRequest, ResultStatus
 
 PIPELINE = "claims"
 FAUST_WORKERS = 2

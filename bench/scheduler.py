@@ -1,6 +1,6 @@
 """`alto bench scheduler`: the scheduling policies on a SIMULATED cluster (virtual time).
 
-What it measures. Every policy in `scheduler.policy.POLICY_NAMES` routes the same stream of
+What it measures. Every policy in `alto.scheduler.policy.POLICY_NAMES` routes the same stream of
 LM calls over a virtual-time, discrete-event cluster of `N_INSTANCES` LM instances; no
 broker, no asyncio, no wall clock: a run is a pure function of (policy, load, seed). The
 scheduler side drives the policy exactly as `scheduler/agent.py` does:
@@ -10,7 +10,7 @@ prefill and decode tokens, KV usage, as `SimEngine.stats()` computes them); on a
 `state.completed(Completion(...))` then `policy.on_completion(state, done)`, with
 queue_s = admitted - arrived and service_s = finished - admitted.
 
-Each instance is `lm_service.sim.SimEngine`'s continuous-batching model, event for event
+Each instance is `alto.lm_service.sim.SimEngine`'s continuous-batching model, event for event
 (same cost model as the SIMULATED LM workers: `iteration_s` and `PrefixCache` with the
 default `SimParams()`): at the start of an iteration it admits waiting calls up to
 `max_batch`; the iteration lasts `iteration_s(params, running, uncached prompt tokens of the
@@ -101,9 +101,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
-from lm_service.sim import PrefixCache, SimParams, iteration_s
-from scheduler.policy import (
+from alto.bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
+from alto.lm_service.sim import PrefixCache, SimParams, iteration_s
+from alto.scheduler.policy import (
     CHARS_PER_TOKEN,
     POLICY_NAMES,
     Call,
@@ -732,7 +732,7 @@ async def _vllm_policy_run(
 ) -> dict[str, Any]:
     import asyncio
 
-    from lm_service.engine import GenerationParams, Prompt
+    from alto.lm_service.engine import GenerationParams, Prompt
 
     policy = make_policy(policy_name)
     state = ClusterState(heartbeat_timeout_ms=3_600_000)
@@ -829,8 +829,8 @@ def real_vllm_hit_rates(
     import asyncio
 
     from alto.config import load_config
-    from lm_service.model import model_dir
-    from lm_service.vllm_engine import VLLMEngine
+    from alto.lm_service.model import model_dir
+    from alto.lm_service.vllm_engine import VLLMEngine
 
     model = model_dir(load_config())
 
@@ -843,7 +843,7 @@ def real_vllm_hit_rates(
             for k, engine in enumerate(engines):
                 progress(f"real vLLM: starting engine {k}")
                 await engine.start()
-            from lm_service.engine import GenerationParams, Prompt
+            from alto.lm_service.engine import GenerationParams, Prompt
 
             for k, engine in enumerate(engines):  # warm-up, unrelated text
                 warm = Prompt("warmup", (("user", f"warm up {k}"),), 0)

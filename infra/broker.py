@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from alto.errors import BrokerError
-from infra import lifetime
+from alto.infra import lifetime
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         out = subprocess.DEVNULL if self.quiet else None
-        # SIGKILL when we die (memory storage: nothing to flush); see infra.lifetime.
+        # SIGKILL when we die (memory storage: nothing to flush); see alto.infra.lifetime.
         self.proc = subprocess.Popen(
             self.command(), stdout=out, stderr=out, env=env, preexec_fn=lifetime.preexec()
         )

@@ -19,7 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from alto.config import AltoConfig
-from infra.topics import aiokafka_settings
+from alto.kafka import aiokafka_settings
 
 FETCH_BYTES = 8 * 2**20
 # Tansu answers a fetch with no wait before reading anything: wait a little.

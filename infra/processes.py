@@ -1,7 +1,7 @@
 """Launching our own processes (Faust workers, LM workers, the broker) and waiting until
 they own their partitions.
 
-Used by `alto up` (alto/stack.py), `alto demo`, the benchmarks and the integration tests.
+Used by `alto up` (infra/stack.py), `alto demo`, the benchmarks and the integration tests.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from alto.config import AltoConfig, config_env
-from infra import lifetime
+from alto.infra import lifetime
 
+# The repository checkout this package runs from (tests and demos use its files); a child
+# process never depends on it: it starts in our own working folder, with absolute paths.
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -33,7 +35,7 @@ class WorkerProcess:
 
     The child ends with this process however it ends (SIGKILL included): our own Python
     children watch their parent (`ALTO_PARENT_PID`) and take their process group with them;
-    any other command (the broker) gets SIGKILL from the kernel (`infra.lifetime`).
+    any other command (the broker) gets SIGKILL from the kernel (`alto.infra.lifetime`).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         own_group: bool = False,
     ) -> None:
+        workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         self.worker_id = worker_id
         self.own_group = own_group
@@ -66,7 +69,6 @@ class WorkerProcess:
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(
             argv,
-            cwd=REPO,
             env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

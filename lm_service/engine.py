@@ -1,7 +1,7 @@
 """The engine interface: what an LM worker needs from an inference engine.
 
-Two implementations: `lm_service.vllm_engine.VLLMEngine` (the real vLLM) and
-`lm_service.sim.SimEngine` (a continuous-batching timing model, labelled SIMULATED).
+Two implementations: `alto.lm_service.vllm_engine.VLLMEngine` (the real vLLM) and
+`alto.lm_service.sim.SimEngine` (a continuous-batching timing model, labelled SIMULATED).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Serving one LM call: generate, split into quanta, emit each as a child of the LM stage.
 
-Transport-free (like `streams.processor`): the LM worker process and the in-process runner
+Transport-free (like `alto.streams.processor`): the LM worker process and the in-process runner
 both use it. A call's children carry the parent's ancestry plus (stage, index), so the
 derived keys route them exactly as an in-process fan-out's would.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from alto.errors import BadInputError, EngineError
-from lm_service.engine import Engine, GenerationParams, Prompt
-from lm_service.quanta import LineWords, Splitter
-from schemas.messages import LMRequest, Mode, Quantum, QuantumKind
-from streams.processor import Children, DeadLetterOut, Routing, Send, now_ms
+from alto.lm_service.engine import Engine, GenerationParams, Prompt
+from alto.lm_service.quanta import LineWords, Splitter
+from alto.schemas.messages import LMRequest, Mode, Quantum, QuantumKind
+from alto.streams.processor import Children, DeadLetterOut, Routing, Send, now_ms
 
 
 def prompt_of(request: LMRequest) -> Prompt:

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.errors import ConfigError, EngineError
-from lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
+from alto.lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
 
 _VOCAB = (
     "the moon earth orbit distance light star planet system element carbon water river city "

@@ -18,7 +18,7 @@ from typing import Any
 
 from alto.config import AltoConfig
 from alto.errors import ConfigError, EngineError
-from lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
+from alto.lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class VLLMEngine(Engine):
 
     @classmethod
     def from_config(cls, config: AltoConfig) -> VLLMEngine:
-        from lm_service.model import model_dir
+        from alto.lm_service.model import model_dir
 
         return cls(model_dir(config))
 

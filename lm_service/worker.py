@@ -25,10 +25,10 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from infra.topics import aiokafka_settings
-from lm_service.engine import Engine
-from lm_service.serving import serve_call
-from schemas.messages import (
+from alto.kafka import aiokafka_settings
+from alto.lm_service.engine import Engine
+from alto.lm_service.serving import serve_call
+from alto.schemas.messages import (
     LMCompletion,
     LMRequest,
     LMStatus,
@@ -36,8 +36,8 @@ from schemas.messages import (
     Quantum,
     QuantumKind,
 )
-from streams.pipeline import Topology
-from streams.processor import DeadLetterOut, Routing, Send, now_ms
+from alto.streams.pipeline import Topology
+from alto.streams.processor import DeadLetterOut, Routing, Send, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -373,21 +373,21 @@ def _rid(key: bytes | None) -> str | None:
 
 def make_engine(config: AltoConfig, name: str) -> Engine:
     if name == "sim":
-        from lm_service.sim import SimEngine, SimParams
+        from alto.lm_service.sim import SimEngine, SimParams
 
         if config.sim_params is not None:
             return SimEngine(
                 SimParams.from_file(config.sim_params, time_scale=config.sim_time_scale)
             )
         return SimEngine(SimParams(time_scale=config.sim_time_scale))
-    from lm_service.vllm_engine import VLLMEngine
+    from alto.lm_service.vllm_engine import VLLMEngine
 
     return VLLMEngine.from_config(config)
 
 
 def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
-    from agents.pipelines import all_topologies
-    from infra.topics import ensure_topics
+    from alto.kafka import ensure_topics
+    from alto.streams.registry import all_topologies
 
     ensure_topics(
         config,

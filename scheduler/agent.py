@@ -37,10 +37,10 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from infra.topics import aiokafka_settings, follow
-from scheduler.policy import Call, ClusterState, Completion, Load, make_policy
-from schemas.messages import LMAssignment, LMRequest, LMStatus
-from streams.processor import DeadLetterOut
+from alto.kafka import aiokafka_settings, follow
+from alto.scheduler.policy import Call, ClusterState, Completion, Load, make_policy
+from alto.schemas.messages import LMAssignment, LMRequest, LMStatus
+from alto.streams.processor import DeadLetterOut
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, get_args
 
 from alto.config import PolicyName
-from schemas.messages import LMRequest, LMStatus
+from alto.schemas.messages import LMRequest, LMStatus
 
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 

@@ -1,7 +1,7 @@
 """Message schemas: the `.avsc` files are the source of truth; Python types are checked against them."""
 
-from schemas.codec import AvroSchema, load_schema
-from schemas.messages import (
+from alto.schemas.codec import AvroSchema, load_schema
+from alto.schemas.messages import (
     DeadLetter,
     Mode,
     PathEntry,

@@ -12,11 +12,11 @@ from typing import Any
 
 from faust.serializers import codecs
 
-from schemas.messages import MESSAGE_TYPES
+from alto.schemas.messages import MESSAGE_TYPES
 
 
 class AvroCodec(codecs.Codec):
-    """Encodes one message type (a dataclass from `schemas.messages`) as single-object Avro."""
+    """Encodes one message type (a dataclass from `alto.schemas.messages`) as single-object Avro."""
 
     def __init__(self, message_type: Any, **kwargs: Any) -> None:
         self.message_type = message_type

@@ -10,7 +10,7 @@ import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
-from schemas.codec import AvroSchema, load_schema
+from alto.schemas.codec import AvroSchema, load_schema
 
 
 class Mode(enum.StrEnum):

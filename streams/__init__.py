@@ -1,6 +1,6 @@
 """The streaming runtime: quanta, ancestry, the stage API, keyed routing, aggregation, completion."""
 
-from streams.operators import (
+from alto.streams.operators import (
     Item,
     Operator,
     by_source,
@@ -12,7 +12,7 @@ from streams.operators import (
     sum_of,
     top_k,
 )
-from streams.pipeline import REQUEST, Pipeline, Stage, StageKind, Topology
+from alto.streams.pipeline import REQUEST, Pipeline, Stage, StageKind, Topology
 
 __all__ = [
     "REQUEST",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.messages import PathEntry
+from alto.schemas.messages import PathEntry
 
 KEY_SEPARATOR = "|"
 LEVEL_SEPARATOR = "/"

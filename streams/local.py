@@ -13,9 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import DeadLetter, LMRequest, Mode, PipelineRequest, PipelineResult, Quantum
-from streams.pipeline import Topology
-from streams.processor import (
+from alto.schemas.messages import (
+    DeadLetter,
+    LMRequest,
+    Mode,
+    PipelineRequest,
+    PipelineResult,
+    Quantum,
+)
+from alto.streams.pipeline import Topology
+from alto.streams.processor import (
     CallLM,
     DeadLetterOut,
     Ingest,
@@ -63,7 +70,7 @@ class LocalRunner:
         lm: LMService | None = None,
         lose: Loss | None = None,
     ) -> None:
-        """`lm` serves LM stages' calls in-process (e.g. `lm_service.serving.serve_call`
+        """`lm` serves LM stages' calls in-process (e.g. `alto.lm_service.serving.serve_call`
         over a simulated engine); without it a pipeline with LM stages cannot finish.
         `lose` drops the deliveries it returns True for (counted in `LocalRun.lost`).
         Stage state persists across `run` calls, as a worker's tables do: running a

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.messages import PathEntry
+from alto.schemas.messages import PathEntry
 
 
 @dataclass(frozen=True, slots=True)

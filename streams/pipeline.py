@@ -4,7 +4,7 @@ A stage says what it consumes (`after`), whether it maps, fans out (and whether 
 fan-out may stream) or aggregates, and for an aggregate the level it aggregates at
 (`per`: the fan-out stage whose nodes it folds, or "request"). Everything else is
 derived here, with no hand-written tags: each stage's input topic, the ancestry depth
-of every edge, the partition key each consumer needs (see `streams.ancestry`), which
+of every edge, the partition key each consumer needs (see `alto.streams.ancestry`), which
 END markers each aggregator counts, and which it only forwards.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alto.errors import PipelineError
-from streams.operators import Item, Operator
+from alto.streams.operators import Item, Operator
 
 REQUEST = "request"
 """Name of the pipeline's input (the root of every ancestry tree) and of its level."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from alto.errors import BadInputError
-from schemas.messages import (
+from alto.schemas.messages import (
     ChatMessage,
     DeadLetter,
     LMRequest,
@@ -32,8 +32,8 @@ from schemas.messages import (
     ResultStatus,
     TraceSpan,
 )
-from streams.admission import Admission
-from streams.ancestry import (
+from alto.streams.admission import Admission
+from alto.streams.ancestry import (
     KEY_SEPARATOR,
     key_at_level,
     node_key,
@@ -41,9 +41,9 @@ from streams.ancestry import (
     relative_indices,
     request_id_of_key,
 )
-from streams.completion import CompletionTracker
-from streams.operators import Item
-from streams.pipeline import REQUEST, StageKind, Topology
+from alto.streams.completion import CompletionTracker
+from alto.streams.operators import Item
+from alto.streams.pipeline import REQUEST, StageKind, Topology
 
 StateStore = MutableMapping[str, Any]
 """Where aggregator state lives: node key -> JSON value."""

@@ -25,7 +25,7 @@ def bootstrap_servers() -> Iterator[str]:
         with kafka_container() as bootstrap:
             yield bootstrap
     else:
-        from infra.broker import EmbeddedBroker
+        from alto.infra.broker import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             yield broker.bootstrap_servers

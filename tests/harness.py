@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alto.config import AltoConfig, load_config
-from infra.processes import REPO, WorkerProcess, wait_assigned
+from alto.infra.processes import REPO, WorkerProcess, wait_assigned
 
 __all__ = [
     "REPO",
@@ -61,7 +61,7 @@ def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:
 # A user's own pipeline module, as README's "Serving your own pipeline" shows it: words and
 # letters of a text (tests/unit/test_pipeline_registry.py, tests/integration/test_user_pipeline.py).
 USER_PIPELINE_MODULE = """
-from streams import Pipeline, combine, count, sum_of
+from alto.streams import Pipeline, combine, count, sum_of
 
 
 def _words(item):

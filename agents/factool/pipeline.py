@@ -28,14 +28,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
-from agents.factool.encoder import maxsim
-from agents.factool.resources import pack, resources, unpack
-from agents.factool.verdict import SUPPORTED, parse_verdict
-from streams import REQUEST, Item, Pipeline, Topology, by_source, collect, combine
-from streams.ancestry import node_key
-from streams.operators import Operator
-from streams.pipeline import LMCall
+from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
+from alto.agents.factool.encoder import maxsim
+from alto.agents.factool.resources import pack, resources, unpack
+from alto.agents.factool.verdict import SUPPORTED, parse_verdict
+from alto.streams import REQUEST, Item, Pipeline, Topology, by_source, collect, combine
+from alto.streams.ancestry import node_key
+from alto.streams.operators import Operator
+from alto.streams.pipeline import LMCall
 
 NAME = "factool"
 BM25_K = 10  # candidates per query from BM25

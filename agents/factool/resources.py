@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.factool.bm25 import BM25Index, tokenize
-from agents.factool.corpus import Document, load_corpus
-from agents.factool.encoder import Encoder, Matrix
+from alto.agents.factool.bm25 import BM25Index, tokenize
+from alto.agents.factool.corpus import Document, load_corpus
+from alto.agents.factool.encoder import Encoder, Matrix
 from alto.config import AltoConfig, load_config
 
 _lock = threading.Lock()

@@ -12,9 +12,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.transport import true_end_offsets
+from alto.agents.transport import true_end_offsets
 from alto.errors import BrokerError
-from infra.broker import free_port, wait_for_port
+from alto.infra.broker import free_port, wait_for_port
 from tests.harness import REPO
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ async def _ends_after_batches(bootstrap: str) -> list[tuple[int, int, int]]:
 def test_end_offsets_are_checked_by_reading(bootstrap_servers: str) -> None:
     """Tansu 0.6 reports the last batch's base offset + 1 as a partition's end (2 after a
     batch at offsets 1-3); Faust's table recovery reads changelogs up to the end it is given,
-    so our transport checks it by reading (`agents.transport.true_end_offsets`)."""
+    so our transport checks it by reading (`alto.agents.transport.true_end_offsets`)."""
     ends = asyncio.run(_ends_after_batches(bootstrap_servers))
     assert [read for _, _, read in ends] == [total for total, _, _ in ends], ends
     print("produced / reported / read:", ends)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.processes import REPO
+from alto.infra.processes import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

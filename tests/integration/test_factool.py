@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agents.factool import pipeline as factool
-from agents.factool.corpus import load_wordnet, questions
-from agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.corpus import load_wordnet, questions
+from alto.agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from schemas.messages import Mode, Quantum, QuantumKind, ResultStatus
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.schemas.messages import Mode, Quantum, QuantumKind, ResultStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""`faust -A agents.app worker` (Faust's own CLI) runs the same stage agents as `alto worker`."""
+"""`faust -A alto.agents.app worker` (Faust's own CLI) runs the same stage agents as `alto worker`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agents import example
-from alto.client import Submitter, collect_results, new_request
+from alto.agents import example
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, wait_assigned
-from schemas.messages import Mode, ResultStatus
+from alto.infra.client import Submitter, collect_results, new_request
+from alto.infra.processes import WorkerProcess, wait_assigned
+from alto.schemas.messages import Mode, ResultStatus
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_faust_cli_worker_serves_requests(alto_config: AltoConfig, tmp_path: Pat
         alto_config,
         "faust-cli",
         tmp_path,
-        command=[faust_bin, "-A", "agents.app", "worker", "-l", "warn"],
+        command=[faust_bin, "-A", "alto.agents.app", "worker", "-l", "warn"],
     )
     try:
         topology = example.build()

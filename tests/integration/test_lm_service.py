@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agents import claims
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.agents import claims
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from lm_service.quanta import split_all
-from lm_service.sim import sim_text
-from schemas.messages import LMStatus, Mode, PipelineResult, ResultStatus
-from streams.ancestry import node_key
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.lm_service.quanta import split_all
+from alto.lm_service.sim import sim_text
+from alto.schemas.messages import LMStatus, Mode, PipelineResult, ResultStatus
+from alto.streams.ancestry import node_key
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_lm_calls_stream_through_sim_workers_and_survive_a_kill(
 def test_bad_lm_calls_become_dead_letters_and_failed_results(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
-    from schemas.messages import DeadLetter
+    from alto.schemas.messages import DeadLetter
 
     config = alto_config.with_overrides(lm_status_interval_s=0.5)
     faust_worker, lms = _stack(config, tmp_path, 1)
@@ -124,8 +124,8 @@ def test_an_engine_raising_mid_call_fails_its_request_and_the_worker_serves_on(
     """The SIMULATED engine raises halfway through some calls (after streaming half of their
     output): each such request fails with the engine's error and a dead letter, exactly
     once; the others are answered correctly; the LM worker stays up."""
-    from lm_service.sim import crashes
-    from schemas.messages import DeadLetter
+    from alto.lm_service.sim import crashes
+    from alto.schemas.messages import DeadLetter
 
     params = tmp_path / "sim.json"
     params.write_text(json.dumps({"crash_rate": 0.4}))

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import claims
-from alto.client import Submitter, collect_results, new_request, wait_lm_reporting
+from alto.agents import claims
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from schemas.messages import Mode, ResultStatus
+from alto.infra.client import Submitter, collect_results, new_request, wait_lm_reporting
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.schemas.messages import Mode, ResultStatus
 
 pytestmark = pytest.mark.integration
 

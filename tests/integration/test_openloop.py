@@ -1,4 +1,4 @@
-"""The open-loop driver (`alto.openloop`) against a real broker, with a responder thread in
+"""The open-loop driver (`alto.infra.openloop`) against a real broker, with a responder thread in
 place of a deployment: submissions keep their schedule, each outcome gets its first result,
 duplicates are counted, and what is not ours or does not decode is ignored."""
 
@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from alto.client import Submitter, TopicReader, new_request
 from alto.config import AltoConfig
-from alto.openloop import OpenLoop
-from infra.topics import ensure_topics
-from schemas.messages import Mode, PipelineRequest, PipelineResult, ResultStatus
+from alto.infra.client import Submitter, TopicReader, new_request
+from alto.infra.openloop import OpenLoop
+from alto.kafka import ensure_topics
+from alto.schemas.messages import Mode, PipelineRequest, PipelineResult, ResultStatus
 
 pytestmark = pytest.mark.integration
 

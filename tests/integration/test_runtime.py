@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from agents import example
-from alto.client import Submitter, TopicReader, collect_results, new_request, trail
+from alto.agents import example
 from alto.config import AltoConfig
-from infra.topics import ensure_topics
-from schemas.messages import (
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request, trail
+from alto.kafka import ensure_topics
+from alto.schemas.messages import (
     DeadLetter,
     Mode,
     PathEntry,
@@ -23,7 +23,7 @@ from schemas.messages import (
     PipelineResult,
     ResultStatus,
 )
-from streams.ancestry import key_at_level
+from alto.streams.ancestry import key_at_level
 from tests.harness import WorkerProcess, wait_assigned
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from agents import claims
-from alto.client import Submitter, TopicReader, collect_results, new_request, trail
+from alto.agents import claims
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from schemas.messages import LMAssignment, LMRequest, LMStatus, Mode, ResultStatus
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request, trail
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.schemas.messages import LMAssignment, LMRequest, LMStatus, Mode, ResultStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
 

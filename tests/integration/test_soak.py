@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alto.soak import run_soak, verdict_text
+from alto.infra.soak import run_soak, verdict_text
 from tests.harness import fresh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agents import example
-from alto.client import Submitter, TopicReader, new_request
+from alto.agents import example
 from alto.config import AltoConfig
-from schemas.messages import Mode, PipelineResult, Quantum, QuantumKind, ResultStatus
-from streams.ancestry import key_at_level
-from streams.processor import DEADLINE
+from alto.infra.client import Submitter, TopicReader, new_request
+from alto.schemas.messages import Mode, PipelineResult, Quantum, QuantumKind, ResultStatus
+from alto.streams.ancestry import key_at_level
+from alto.streams.processor import DEADLINE
 from tests.harness import WorkerProcess, fresh_config, wait_assigned
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.transport import FaustApp
+from alto.agents.transport import FaustApp
 
 pytestmark = pytest.mark.integration
 

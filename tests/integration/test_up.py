@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from infra.broker import free_port
+from alto.infra.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -110,19 +110,28 @@ def submit_and_wait(
 class UpProcess:
     """`alto up ...` with stdout read line by line (in a thread) and stderr in a file."""
 
-    def __init__(self, args: list[str], tmp: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        tmp: Path,
+        *,
+        cwd: Path = REPO,
+        data_dir: str | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
             if k not in ("ALTO_BOOTSTRAP_SERVERS", "ALTO_TOPIC_PREFIX", "ALTO_APP_ID")
         }
-        env["ALTO_DATA_DIR"] = str(tmp / "data")
+        env["ALTO_DATA_DIR"] = data_dir or str(tmp / "data")
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(env_extra or {})
         self.stderr_path = tmp / "up.stderr"
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "alto", "up", *args],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -199,9 +208,11 @@ def run_up_and_submit(
     text: str = "Who was Marie Curie?",
     ready_timeout_s: float,
     result_timeout_s: float,
+    **up_options: Any,
 ) -> dict[str, Any]:
     """Start `alto up`, wait for its ready line, serve one request of `pipeline` through an
     external client, then SIGINT it: it must exit 0 and leave no process behind.
+    `up_options` go to `UpProcess` (another working folder, a relative data folder...).
     Returns the decoded PipelineResult."""
     port = free_port()
     t0 = time.monotonic()
@@ -219,6 +230,7 @@ def run_up_and_submit(
             str(ready_timeout_s),
         ],
         tmp,
+        **up_options,
     )
     descendants: list[psutil.Process] = []
     try:
@@ -288,6 +300,54 @@ def test_up_serves_an_external_client_on_the_sim_engine(tmp_path: Path) -> None:
         result_timeout_s=120,
     )
     _assert_claims(result)
+
+
+def test_an_installed_copy_serves_from_another_folder_with_a_relative_data_dir(
+    tmp_path: Path,
+) -> None:
+    """`pip install .` puts one name, `alto`, into site-packages; that copy (not this
+    checkout) runs `alto up` from a folder of its own with `ALTO_DATA_DIR=data`, and its child
+    processes find the same data folder (the parent resolves paths before it starts them)."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("alto_kafka-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    top = {p.name for p in site.iterdir() if p.name != "bin"}  # bin: the `alto` script
+    assert top == {"alto", wheel.name.split("-py3")[0] + ".dist-info"}, top
+    assert not any(p.is_symlink() for p in (site / "alto").iterdir())  # real files
+    assert (site / "alto" / "schemas" / "pipeline_request.avsc").is_file()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import alto.agents.app, alto; print(alto.__file__)"],
+        cwd=elsewhere,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.strip() == str(site / "alto" / "__init__.py")
+    result = run_up_and_submit(
+        elsewhere,
+        engine="sim",
+        workers=1,
+        lm_instances=1,
+        pipeline="claims",
+        ready_timeout_s=180,
+        result_timeout_s=120,
+        cwd=elsewhere,
+        data_dir="data",
+        env_extra=env,
+    )
+    assert result["status"] == "OK", result["error"]
+    assert (elsewhere / "data" / "up" / "worker-1.log").is_file()
 
 
 @pytest.mark.vllm

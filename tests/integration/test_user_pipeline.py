@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alto.client import Submitter, collect_results, new_request
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, wait_assigned
-from schemas.messages import Mode, ResultStatus
+from alto.infra.client import Submitter, collect_results, new_request
+from alto.infra.processes import WorkerProcess, wait_assigned
+from alto.schemas.messages import Mode, ResultStatus
 from tests.harness import USER_PIPELINE_MODULE
 
 pytestmark = pytest.mark.integration

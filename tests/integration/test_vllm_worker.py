@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agents import claims
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.agents import claims
 from alto.config import AltoConfig
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from schemas.messages import LMStatus, Mode, Quantum, QuantumKind, ResultStatus
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.schemas.messages import LMStatus, Mode, Quantum, QuantumKind, ResultStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
 

@@ -32,16 +32,16 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents import claims
-from agents.factool import pipeline as factool
-from agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE
-from alto.client import TopicReader
+from alto.agents import claims
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE
 from alto.config import AltoConfig, load_config
 from alto.errors import BadInputError
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from lm_service.quanta import split_all
-from lm_service.serving import serve_call
-from lm_service.sim import (
+from alto.infra.client import TopicReader
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.lm_service.quanta import split_all
+from alto.lm_service.serving import serve_call
+from alto.lm_service.sim import (
     GARBAGE_KINDS,
     SimEngine,
     SimParams,
@@ -50,8 +50,8 @@ from lm_service.sim import (
     sim_output,
     sim_text,
 )
-from scheduler.agent import SchedulerCore
-from schemas.messages import (
+from alto.scheduler.agent import SchedulerCore
+from alto.schemas.messages import (
     ChatMessage,
     DeadLetter,
     LMAssignment,
@@ -67,10 +67,10 @@ from schemas.messages import (
     ResultStatus,
     TraceSpan,
 )
-from streams.ancestry import node_key
-from streams.completion import CompletionTracker
-from streams.local import LocalRunner, make_request
-from streams.processor import (
+from alto.streams.ancestry import node_key
+from alto.streams.completion import CompletionTracker
+from alto.streams.local import LocalRunner, make_request
+from alto.streams.processor import (
     CallLM,
     DeadLetterOut,
     Ingest,

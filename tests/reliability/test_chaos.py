@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alto.chaos import expected_output, plan_faults, run_chaos, workload
 from alto.config import AltoConfig
+from alto.infra.chaos import expected_output, plan_faults, run_chaos, workload
 
 
 @pytest.mark.unit

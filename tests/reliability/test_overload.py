@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from alto.bench.overload import run_overload
 from alto.config import AltoConfig
-from bench.overload import run_overload
-from schemas.messages import ResultStatus
+from alto.schemas.messages import ResultStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import example
-from alto.client import Submitter, TopicReader, collect_results, new_request
+from alto.agents import example
 from alto.config import AltoConfig
-from schemas.messages import Mode, PipelineResult, Quantum, ResultStatus
+from alto.infra.client import Submitter, TopicReader, collect_results, new_request
+from alto.schemas.messages import Mode, PipelineResult, Quantum, ResultStatus
 from tests.harness import WorkerProcess, wait_assigned
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents import example
-from schemas.messages import Mode, PipelineRequest, QuantumKind
-from streams.admission import Admission
-from streams.processor import OVERLOADED, DeadLetterOut, Ingest, Routing, Send
+from alto.agents import example
+from alto.schemas.messages import Mode, PipelineRequest, QuantumKind
+from alto.streams.admission import Admission
+from alto.streams.processor import OVERLOADED, DeadLetterOut, Ingest, Routing, Send
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.messages import PathEntry
-from streams.ancestry import key_at_level, node_key, path_str, relative_indices, request_id_of_key
+from alto.schemas.messages import PathEntry
+from alto.streams.ancestry import (
+    key_at_level,
+    node_key,
+    path_str,
+    relative_indices,
+    request_id_of_key,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point, _summary
+from alto.bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point, _summary
 
 pytestmark = pytest.mark.unit
 
@@ -43,8 +43,8 @@ def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> No
 
 
 def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
-    from bench.factool import _evidence_ready_s
-    from schemas.messages import Mode, PipelineResult, ResultStatus, TraceSpan
+    from alto.bench.factool import _evidence_ready_s
+    from alto.schemas.messages import Mode, PipelineResult, ResultStatus, TraceSpan
 
     spans = (
         TraceSpan("answer", "0", "w", 1_000, 1_500),

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.scheduler import (
+from alto.bench.scheduler import (
     Arrival,
     Template,
     Workload,
@@ -14,8 +14,8 @@ from bench.scheduler import (
     measure,
     simulate,
 )
-from lm_service.sim import SimParams, iteration_s
-from scheduler.policy import Call, ClusterState, Completion, SchedulingPolicy, make_policy
+from alto.lm_service.sim import SimParams, iteration_s
+from alto.scheduler.policy import Call, ClusterState, Completion, SchedulingPolicy, make_policy
 
 pytestmark = pytest.mark.unit
 

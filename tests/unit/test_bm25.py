@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rank_bm25 import BM25Okapi
 
-from agents.example import _real_sentences
-from agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
+from alto.agents.example import _real_sentences
+from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
 
 pytestmark = pytest.mark.unit
 

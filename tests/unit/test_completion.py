@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alto.errors import BadInputError
-from streams.completion import CompletionTracker
+from alto.streams.completion import CompletionTracker
 
 pytestmark = pytest.mark.unit
 

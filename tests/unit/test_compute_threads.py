@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alto.config import config_env, load_config
-from alto.stack import Stack
+from alto.infra.stack import Stack
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.factool.corpus import (
+from alto.agents.factool.corpus import (
     WORDNET_DIR,
     load_corpus,
     load_jsonl,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.factool.corpus import WORDNET_DIR, load_wordnet
-from agents.factool.encoder import DIM, Encoder, maxsim, rerank
+from alto.agents.factool.corpus import WORDNET_DIR, load_wordnet
+from alto.agents.factool.encoder import DIM, Encoder, maxsim, rerank
 
 pytestmark = pytest.mark.unit
 

@@ -12,17 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.factool import pipeline as factool
-from agents.factool.bm25 import BM25Index, tokenize
-from agents.factool.corpus import load_wordnet, questions
-from agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE, parse_verdict
-from lm_service.quanta import split_all
-from lm_service.serving import serve_call
-from lm_service.sim import SimEngine, SimParams, sim_text
-from schemas.messages import Mode, PathEntry, ResultStatus
-from streams.ancestry import node_key
-from streams.local import LocalRunner, make_request
-from streams.operators import Item
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.bm25 import BM25Index, tokenize
+from alto.agents.factool.corpus import load_wordnet, questions
+from alto.agents.factool.verdict import REFUTED, SUPPORTED, UNVERIFIABLE, parse_verdict
+from alto.lm_service.quanta import split_all
+from alto.lm_service.serving import serve_call
+from alto.lm_service.sim import SimEngine, SimParams, sim_text
+from alto.schemas.messages import Mode, PathEntry, ResultStatus
+from alto.streams.ancestry import node_key
+from alto.streams.local import LocalRunner, make_request
+from alto.streams.operators import Item
 
 pytestmark = pytest.mark.unit
 

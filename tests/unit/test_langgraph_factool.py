@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from agents.factool import pipeline as factool
-from agents.factool.corpus import load_wordnet, questions
-from lm_service.serving import serve_call
-from lm_service.sim import SimEngine, SimParams
-from schemas.messages import Mode, ResultStatus
-from streams.local import LocalRunner, make_request
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.corpus import load_wordnet, questions
+from alto.lm_service.serving import serve_call
+from alto.lm_service.sim import SimEngine, SimParams
+from alto.schemas.messages import Mode, ResultStatus
+from alto.streams.local import LocalRunner, make_request
 
 pytest.importorskip("langgraph")
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_langgraph_reports_equal_our_pipelines_on_the_simulated_engine() -> None:
-    from bench.langgraph_factool import run_open_loop
+    from alto.bench.langgraph_factool import run_open_loop
 
     asked = questions(load_wordnet(), 2, seed=5)
     ids = [f"lg{i}" for i in range(len(asked))]

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from agents import claims
-from lm_service.quanta import split_all
-from lm_service.serving import serve_call
-from lm_service.sim import SimEngine, SimParams, sim_text
-from schemas.messages import Mode, ResultStatus
-from streams.ancestry import node_key
-from streams.local import LocalRunner, make_request
+from alto.agents import claims
+from alto.lm_service.quanta import split_all
+from alto.lm_service.serving import serve_call
+from alto.lm_service.sim import SimEngine, SimParams, sim_text
+from alto.schemas.messages import Mode, ResultStatus
+from alto.streams.ancestry import node_key
+from alto.streams.local import LocalRunner, make_request
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import example
-from schemas.messages import Mode, QuantumKind, ResultStatus
-from streams import REQUEST, Item, Pipeline, collect, count, sum_of
-from streams.local import LocalRunner, make_request
+from alto.agents import example
+from alto.schemas.messages import Mode, QuantumKind, ResultStatus
+from alto.streams import REQUEST, Item, Pipeline, collect, count, sum_of
+from alto.streams.local import LocalRunner, make_request
 
 pytestmark = pytest.mark.unit
 
@@ -110,8 +110,8 @@ def test_empty_fan_out_completes() -> None:
 @pytest.mark.parametrize("mode", [Mode.STREAMING, Mode.BASELINE])
 def test_streaming_forwards_children_before_the_generator_ends(mode: Mode) -> None:
     """In streaming mode the first child leaves before the fan-out finishes; in baseline, after."""
-    from schemas.messages import Quantum
-    from streams.processor import Routing, Send, StageProcessor
+    from alto.schemas.messages import Quantum
+    from alto.streams.processor import Routing, Send, StageProcessor
 
     events: list[str] = []
 

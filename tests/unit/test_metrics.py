@@ -11,11 +11,11 @@ from typing import NamedTuple
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.runtime import consumer_lags
 from alto import metrics
+from alto.agents.runtime import consumer_lags
 from alto.config import AltoConfig, config_env, load_config
-from scheduler.agent import Overloaded, SchedulerCore, _now_ms
-from schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule
+from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
+from alto.schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule
 
 pytestmark = pytest.mark.unit
 

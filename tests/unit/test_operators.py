@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.messages import PathEntry
-from streams.operators import (
+from alto.schemas.messages import PathEntry
+from alto.streams.operators import (
     Item,
     by_source,
     collect,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents import example
+from alto.agents import example
 from alto.errors import PipelineError
-from streams import REQUEST, Pipeline, collect, count
+from alto.streams import REQUEST, Pipeline, collect, count
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.policy import (
+from alto.scheduler.policy import (
     POLICY_NAMES,
     CacheAware,
     Call,
@@ -325,7 +325,7 @@ def test_prefix_hash_moves_only_the_keys_of_an_instance_that_leaves_or_joins() -
 
 def test_prefix_hash_is_stable_across_processes() -> None:
     script = (
-        "from scheduler.policy import Call, ClusterState, Load, make_policy\n"
+        "from alto.scheduler.policy import Call, ClusterState, Load, make_policy\n"
         "s = ClusterState()\n"
         "[s.report(Load(i)) for i in range(5)]\n"
         "p = make_policy('prefix_hash')\n"

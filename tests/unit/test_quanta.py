@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lm_service.quanta import RULES, LineWords, Splitter, split_all
+from alto.lm_service.quanta import RULES, LineWords, Splitter, split_all
 
 pytestmark = pytest.mark.unit
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from agents import example
-from schemas.messages import Mode, PathEntry, Quantum, QuantumKind, ResultStatus
-from streams import Pipeline, collect
-from streams.local import LocalRunner, make_request
-from streams.processor import Routing, Send, StageProcessor
+from alto.agents import example
+from alto.schemas.messages import Mode, PathEntry, Quantum, QuantumKind, ResultStatus
+from alto.streams import Pipeline, collect
+from alto.streams.local import LocalRunner, make_request
+from alto.streams.processor import Routing, Send, StageProcessor
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from alto.config import AltoConfig
-from scheduler.agent import Overloaded, SchedulerCore, _now_ms
-from scheduler.policy import Call
-from schemas.messages import (
+from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
+from alto.scheduler.policy import Call
+from alto.schemas.messages import (
     ChatMessage,
     LMAssignment,
     LMCompletion,

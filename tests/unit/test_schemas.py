@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alto.errors import BadInputError
-from schemas import codec
-from schemas.messages import (
+from alto.schemas import codec
+from alto.schemas.messages import (
     MESSAGE_TYPES,
     ChatMessage,
     DeadLetter,
@@ -153,7 +153,8 @@ def _avro_types(avro_type: object) -> set[object]:
 
 def _named(py: set[object]) -> set[object]:
     return {
-        t.__name__ if isinstance(t, type) and t.__module__ == "schemas.messages" else t for t in py
+        t.__name__ if isinstance(t, type) and t.__module__ == "alto.schemas.messages" else t
+        for t in py
     }
 
 
@@ -254,7 +255,7 @@ def test_random_bytes_never_escape_as_other_errors(junk: bytes, cls: type) -> No
 def test_faust_codecs_round_trip_through_the_registry(message: object) -> None:
     from faust.serializers import codecs
 
-    from schemas.faust_codecs import codec_name, register
+    from alto.schemas.faust_codecs import codec_name, register
 
     register()
     name = codec_name(type(message))

@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from alto.config import config_env, load_config
-from infra.topics import aiokafka_settings, client_settings
+from alto.kafka import aiokafka_settings, client_settings
 
 pytestmark = pytest.mark.unit
 
@@ -58,4 +58,8 @@ def test_a_child_process_loads_every_field_of_its_parents_configuration() -> Non
         sim_params=Path("/tmp/params.json"),
     )
     child = load_config(environ=config_env(parent))
-    assert child == parent.with_overrides(worker_id=child.worker_id)
+    # The relative data folder reaches the child as the same place, made absolute by the
+    # parent (a child may start elsewhere).
+    assert parent.data_dir == Path(".alto-data")
+    assert child.data_dir == Path.cwd() / ".alto-data"
+    assert child == parent.with_overrides(worker_id=child.worker_id, data_dir=child.data_dir)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from alto.errors import ConfigError, EngineError
-from lm_service.engine import GenerationParams, Prompt
-from lm_service.quanta import split_all
-from lm_service.sim import PrefixCache, SimEngine, SimParams, sim_text
+from alto.lm_service.engine import GenerationParams, Prompt
+from alto.lm_service.quanta import split_all
+from alto.lm_service.sim import PrefixCache, SimEngine, SimParams, sim_text
 
 pytestmark = pytest.mark.unit
 

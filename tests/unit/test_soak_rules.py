@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from alto.soak import Window, judge
-from bench.hop import drift, windows
+from alto.bench.hop import drift, windows
+from alto.infra.soak import Window, judge
 
 pytestmark = pytest.mark.unit
 

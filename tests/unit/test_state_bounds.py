@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from schemas.messages import Mode, PathEntry, Quantum, QuantumKind
-from streams import REQUEST, Pipeline, collect
-from streams.ancestry import node_key
-from streams.pipeline import Topology
-from streams.processor import DEADLINE, Routing, Send, StageProcessor, now_ms
+from alto.schemas.messages import Mode, PathEntry, Quantum, QuantumKind
+from alto.streams import REQUEST, Pipeline, collect
+from alto.streams.ancestry import node_key
+from alto.streams.pipeline import Topology
+from alto.streams.processor import DEADLINE, Routing, Send, StageProcessor, now_ms
 
 pytestmark = pytest.mark.unit
 
@@ -97,7 +97,7 @@ def test_a_node_open_past_the_deadline_fails_its_request_naming_the_stage() -> N
 
 
 def test_a_nodes_trace_is_capped() -> None:
-    from schemas.messages import TraceSpan
+    from alto.schemas.messages import TraceSpan
 
     proc, store = _processor(max_spans=3), {}
     spans = tuple(TraceSpan(REQUEST, f"x{i}", "w", 0, 1) for i in range(10))

@@ -15,7 +15,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from agents.transport import FaustApp
+from alto.agents.transport import FaustApp
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,7 @@ def test_a_commit_starts_at_the_committed_offset() -> None:
 def test_a_partition_stalled_at_its_committed_offset_is_read_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import agents.transport as transport
+    import alto.agents.transport as transport
 
     monkeypatch.setattr(transport, "REREAD_AFTER_S", 0.0)
     consumer: Any = _consumer_of("in")

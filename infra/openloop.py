@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from alto.client import Submitter, TopicReader
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from schemas.messages import PipelineRequest, PipelineResult, ResultStatus
+from alto.infra.client import Submitter, TopicReader
+from alto.schemas.messages import PipelineRequest, PipelineResult, ResultStatus
 
 POLL_S = 0.05  # the longest a submission can be late because the driver was reading results
 

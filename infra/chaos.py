@@ -34,17 +34,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agents import claims, example
-from agents.runtime import state_changelogs
-from alto.client import TopicReader, new_request, trail, wait_lm_reporting
+from alto.agents import claims, example
+from alto.agents.runtime import state_changelogs
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from alto.openloop import OpenLoop
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from lm_service.quanta import split_all
-from lm_service.sim import sim_text
-from schemas.messages import DeadLetter, Mode, PipelineRequest, PipelineResult, ResultStatus
-from streams.ancestry import node_key
+from alto.infra.client import TopicReader, new_request, trail, wait_lm_reporting
+from alto.infra.openloop import OpenLoop
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.lm_service.quanta import split_all
+from alto.lm_service.sim import sim_text
+from alto.schemas.messages import DeadLetter, Mode, PipelineRequest, PipelineResult, ResultStatus
+from alto.streams.ancestry import node_key
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ def _broker(config: AltoConfig) -> Iterator[AltoConfig]:
     if "bootstrap_servers" in config.model_fields_set:
         yield config
         return
-    from infra.broker import EmbeddedBroker
+    from alto.infra.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield config.with_overrides(bootstrap_servers=broker.bootstrap_servers)

@@ -1,4 +1,6 @@
-"""Topic administration: idempotent creation with partition counts (confluent-kafka admin)."""
+"""How every process reaches Kafka (foundation layer): client settings for confluent-kafka and
+aiokafka (security included), idempotent topic creation with partition counts, and a reader
+that follows every partition of a topic."""
 
 from __future__ import annotations
 

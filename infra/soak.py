@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.config import AltoConfig
-from infra.logstats import PartitionLog, log_stats
+from alto.infra.logstats import PartitionLog, log_stats
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class _Sampler:
 
     def sample(self) -> tuple[dict[str, float], dict[str, float]]:
         """(RSS MB, CPU % since the last sample) per child of the stack, its own included."""
-        from infra.processes import tree_usage
+        from alto.infra.processes import tree_usage
 
         now = time.monotonic()
         elapsed = max(1e-6, now - self._at)
@@ -243,7 +243,7 @@ def broker_records(config: AltoConfig) -> dict[str, int]:
     broker reports: on the embedded broker an end is short by the last batch's tail)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from alto.client import client_settings
+    from alto.infra.client import client_settings
 
     consumer = Consumer(
         {**client_settings(config), "group.id": "alto-soak-probe", "enable.auto.commit": False}
@@ -278,8 +278,8 @@ def measure_sustainable(
     """The sustainable load of the running stack on the soak's workload: a closed loop
     keeping `in_flight` requests outstanding for `duration_s`; requests per second that
     finish after the first third (warm-up). The stack is drained before this returns."""
-    from alto.chaos import workload
-    from alto.openloop import OpenLoop
+    from alto.infra.chaos import workload
+    from alto.infra.openloop import OpenLoop
 
     with OpenLoop(config) as loop:
         t0 = time.time()
@@ -321,10 +321,10 @@ def run_soak(
     default, unless ALTO_BOOTSTRAP_SERVERS is set), drive it at `rate` requests/s for
     `minutes`, print a line per `window_s`, and judge the run (`exempt`: processes whose RSS
     is reported but not judged). Everything started is stopped."""
-    from alto.chaos import workload, wrong_reason
-    from alto.openloop import OpenLoop
-    from alto.stack import Stack
-    from infra.broker import free_port
+    from alto.infra.broker import free_port
+    from alto.infra.chaos import workload, wrong_reason
+    from alto.infra.openloop import OpenLoop
+    from alto.infra.stack import Stack
 
     if config.pipelines:
         pipelines = config.pipelines

@@ -15,14 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents import example
-from agents.runtime import create_app
-from alto.client import Submitter, TopicReader, new_request, stage_windows
+from alto.agents import example
+from alto.agents.runtime import create_app
 from alto.config import load_config
-from infra.broker import EmbeddedBroker
-from infra.processes import WorkerProcess, wait_assigned
-from infra.topics import ensure_topics
-from schemas.messages import Mode, PipelineResult, ResultStatus
+from alto.infra.broker import EmbeddedBroker
+from alto.infra.client import Submitter, TopicReader, new_request, stage_windows
+from alto.infra.processes import WorkerProcess, wait_assigned
+from alto.kafka import ensure_topics
+from alto.schemas.messages import Mode, PipelineResult, ResultStatus
 
 
 def run_demo(*, requests: int, workers: int, mode: str) -> int:

@@ -20,9 +20,16 @@ from confluent_kafka import (
 
 from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
-from infra.topics import client_settings
-from schemas.messages import LMRequest, LMStatus, Mode, PipelineRequest, PipelineResult, Quantum
-from streams.ancestry import request_id_of_key
+from alto.kafka import client_settings
+from alto.schemas.messages import (
+    LMRequest,
+    LMStatus,
+    Mode,
+    PipelineRequest,
+    PipelineResult,
+    Quantum,
+)
+from alto.streams.ancestry import request_id_of_key
 
 
 def new_request(

@@ -1,6 +1,6 @@
 """`alto demo`: the FacTool pipeline end to end on the embedded defaults, in the foreground.
 
-Brings the stack up (`alto.stack.Stack`: embedded broker, Faust workers with the scheduler,
+Brings the stack up (`alto.infra.stack.Stack`: embedded broker, Faust workers with the scheduler,
 one LM worker with the packaged SmolLM2 on vLLM), asks a few questions drawn from WordNet,
 shows each request's partial outputs as they stream between stages (the answer, each claim,
 each search query, each claim's evidence and verdict) with a progress line per request,
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.factool import pipeline as factool
-from agents.factool.corpus import load_corpus, questions
-from alto.client import Submitter, TopicReader, new_request, stage_windows
+from alto.agents.factool import pipeline as factool
+from alto.agents.factool.corpus import load_corpus, questions
 from alto.config import AltoConfig, load_config
-from alto.stack import Stack
-from infra.broker import free_port
-from schemas.messages import Mode, PipelineRequest, PipelineResult, Quantum, QuantumKind
+from alto.infra.broker import free_port
+from alto.infra.client import Submitter, TopicReader, new_request, stage_windows
+from alto.infra.stack import Stack
+from alto.schemas.messages import Mode, PipelineRequest, PipelineResult, Quantum, QuantumKind
 
 # Which stage input shows which partial output (the topic a stage reads is what the stage
 # before it produced).

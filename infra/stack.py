@@ -37,7 +37,7 @@ from types import FrameType, TracebackType
 
 from alto.config import AltoConfig, EngineName
 from alto.errors import AltoError, BrokerError, BrokerLost, ConfigError
-from infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        from agents.pipelines import all_topologies
-        from agents.runtime import create_app
-        from infra.topics import ensure_topics
+        from alto.agents.runtime import create_app
+        from alto.kafka import ensure_topics
+        from alto.streams.registry import all_topologies
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.listen is not None:
@@ -194,7 +194,7 @@ class Stack:
         # EmbeddedBroker gives the command line and the address; the process itself runs as
         # a WorkerProcess, for its log file and its own process group (EmbeddedBroker.start
         # would leave it in ours, where a terminal's Ctrl-C would stop it before the workers).
-        from infra.broker import EmbeddedBroker, parse_listen, wait_for_port
+        from alto.infra.broker import EmbeddedBroker, parse_listen, wait_for_port
 
         host, port = parse_listen(listen)
         connect = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
@@ -266,7 +266,7 @@ class Stack:
                 self.faust_workers(), self._assigned_topics, self.config.partitions, timeout_s
             )
             if self.lm_instances:
-                from alto.client import wait_lm_reporting
+                from alto.infra.client import wait_lm_reporting
 
                 wait_lm_reporting(
                     self.config,

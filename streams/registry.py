@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from agents import claims, example, hop
-from agents.factool import pipeline as factool
 from alto.config import AltoConfig
 from alto.errors import ConfigError
-from streams import Pipeline, Topology
+from alto.streams import Pipeline, Topology
 
 ENTRY_POINT_GROUP = "alto.pipelines"
 
@@ -47,12 +45,14 @@ class Registered:
     source: str  # "built-in", "module mypipes:build", "entry point sentiment (dist 1.0)"
 
 
-BUILT_IN: dict[str, Builder] = {
-    example.NAME: example.build,
-    hop.NAME: hop.build,
-    claims.NAME: claims.build,
-    factool.NAME: factool.build,
-}
+# Our own pipelines, named like a user's (`module:callable`) and loaded by the same code: the
+# stream runtime imports no pipeline, so the layering holds (pipelines sit above it).
+BUILT_IN: tuple[str, ...] = (
+    "alto.agents.example:build",
+    "alto.agents.hop:build",
+    "alto.agents.claims:build",
+    "alto.agents.factool.pipeline:build",
+)
 
 
 def _topology(built: Any, source: str) -> Topology:
@@ -77,16 +77,15 @@ def _call(builder: Any, source: str) -> Topology:
     return _topology(built, source)
 
 
-def _from_module(spec: str) -> tuple[Any, str]:
+def _from_module(spec: str, source: str | None = None) -> tuple[Any, str]:
     module_name, _, attr = spec.partition(":")
     attr = attr or "build"
-    source = f"module {module_name}:{attr}"
+    source = source or f"module {module_name}:{attr}"
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise ConfigError(
-            f"ALTO_PIPELINE_MODULES names {module_name!r}, which does not import: "
-            f"{type(exc).__name__}: {exc}"
+            f"{source}: the module {module_name!r} does not import: {type(exc).__name__}: {exc}"
         ) from exc
     try:
         return getattr(module, attr), source
@@ -95,8 +94,8 @@ def _from_module(spec: str) -> tuple[Any, str]:
 
 
 def _sources(modules: Iterable[str]) -> Iterable[tuple[Any, str]]:
-    for builder in BUILT_IN.values():
-        yield builder, "built-in"
+    for spec in BUILT_IN:
+        yield _from_module(spec, "built-in")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
         source = f"entry point {ep.name} = {ep.value} ({dist})"

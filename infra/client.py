@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -110,8 +111,9 @@ class TopicReader:
             assignment += [TopicPartition(name, p, start) for p in parts]
         self.consumer.assign(assignment)
 
-    def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """Yield what arrives within the next `timeout_s` seconds."""
+    def messages(self, timeout_s: float) -> Iterator[Any]:
+        """Yield the messages (confluent-kafka `Message`s: topic, partition, offset, key,
+        value) that arrive within the next `timeout_s` seconds."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             # consume(n, t) waits for n messages or t seconds: drain what is there without
@@ -122,7 +124,12 @@ class TopicReader:
                 msgs = [first] if first is not None else []
             for msg in msgs:
                 if msg.error() is None:
-                    yield msg.key(), msg.value()
+                    yield msg
+
+    def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
+        """Yield what arrives within the next `timeout_s` seconds, as (key, value)."""
+        for msg in self.messages(timeout_s):
+            yield msg.key(), msg.value()
 
     def poll_topics(self, timeout_s: float) -> Iterator[tuple[str, bytes | None]]:
         """Like `poll`, as (topic, value) (for a reader of several topics)."""
@@ -143,14 +150,20 @@ class TopicReader:
     def drain(
         self, quiet_s: float = 2.0, max_s: float = 300.0
     ) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """Yield until nothing has arrived for `quiet_s` (or `max_s` have passed): a whole
-        topic read from the start, however large, where `poll` stops at a moment."""
+        """Yield (key, value) until nothing has arrived for `quiet_s` (or `max_s` have
+        passed): a whole topic read from the start, however large, where `poll` stops at a
+        moment."""
+        for msg in self.drain_messages(quiet_s, max_s):
+            yield msg.key(), msg.value()
+
+    def drain_messages(self, quiet_s: float = 2.0, max_s: float = 300.0) -> Iterator[Any]:
+        """`drain`, as messages (with partition and offset)."""
         deadline = time.monotonic() + max_s
         while time.monotonic() < deadline:
             got = False
-            for record in self.poll(quiet_s):
+            for msg in self.messages(quiet_s):
                 got = True
-                yield record
+                yield msg
                 if time.monotonic() >= deadline:
                     return
             if not got:
@@ -243,58 +256,89 @@ def wait_lm_reporting(
 CHANGELOG_SUFFIX = "-changelog"
 
 
-def _whole(config: AltoConfig, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """Every record of `topic`, read from the start until it is quiet (`TopicReader.drain`)."""
-    reader = TopicReader(config, topic)
-    try:
-        yield from reader.drain()
-    finally:
-        reader.close()
+class _Whole:
+    """Every record of one topic, read from the start until it is quiet
+    (`TopicReader.drain`), each with its place (`topic[partition]@offset`); `gaps()` then
+    names the offsets missing between the first and last record read of each partition.
+    Kafka's offsets are consecutive on a topic that is neither compacted nor transactional
+    (ours), so a gap is a record the broker did not serve."""
+
+    def __init__(self, config: AltoConfig, topic: str) -> None:
+        self.config, self.topic = config, topic
+        self.offsets: dict[int, list[int]] = {}
+
+    def __iter__(self) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+        reader = TopicReader(self.config, self.topic)
+        try:
+            for msg in reader.drain_messages():
+                partition, offset = msg.partition(), msg.offset()
+                self.offsets.setdefault(partition, []).append(offset)
+                yield f"{self.topic}[{partition}]@{offset}", msg.key(), msg.value()
+        finally:
+            reader.close()
+
+    def gaps(self) -> list[str]:
+        out = []
+        for partition, offsets in sorted(self.offsets.items()):
+            seen = sorted(set(offsets))
+            missing = [(a + 1, b - 1) for a, b in itertools.pairwise(seen) if b > a + 1]
+            out += [
+                f"{self.topic}[{partition}]: offsets {lo}-{hi} not served "
+                f"(read {seen[0]}..{seen[-1]})"
+                for lo, hi in missing
+            ]
+        return out
 
 
-def _state_trail(config: AltoConfig, topic: str, wanted: set[str]) -> list[str]:
+def _state_trail(whole: _Whole, wanted: set[str]) -> list[str]:
     """A table's changelog records for `wanted` requests: each state write, in order (keys
     are JSON strings of node keys; None is a deletion)."""
     lines = []
-    for key, value in _whole(config, topic):
+    for where, key, value in whole:
         try:
             node = json.loads(key or b"")
         except ValueError:
             continue
         if isinstance(node, str) and request_id_of_key(node) in wanted:
             shown = "deleted" if value is None else value.decode("utf-8", "replace")[:160]
-            lines.append(f"{topic}: {node} {shown}")
+            lines.append(f"{where}: {node} {shown}")
     return lines
 
 
 def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str]) -> str:
     """Every record of `request_ids` on the requests topic, on the LM topics (calls as
     stages made them and as the scheduler placed them), on `topics` (quanta; state writes
-    for changelogs) and on the sink, topic by topic in offset order: where a request that
-    got no result stopped. For diagnosing a lost request; it reads each topic whole, from
-    the start."""
+    for changelogs) and on the sink, topic by topic in offset order, each with its place
+    (`topic[partition]@offset`): where a request that got no result stopped. Ends with any
+    offsets a topic's partitions skipped. For diagnosing a lost request; it reads each
+    topic whole, from the start."""
     wanted = set(request_ids)
-    lines = []
-    for _, value in _whole(config, config.requests_topic):
+    lines: list[str] = []
+    read: list[_Whole] = []
+
+    def whole(topic: str) -> _Whole:
+        read.append(_Whole(config, topic))
+        return read[-1]
+
+    for where, _, value in whole(config.requests_topic):
         with contextlib.suppress(BadInputError):
             request = PipelineRequest.decode(value or b"")
             if request.request_id in wanted:
-                lines.append(f"requests: {request.request_id} {request.pipeline} {request.mode}")
+                lines.append(f"{where}: {request.request_id} {request.pipeline} {request.mode}")
     for topic in (config.lm_requests_topic, config.lm_work_topic):
-        for _, value in _whole(config, topic):
+        for where, _, value in whole(topic):
             with contextlib.suppress(BadInputError):
                 call = LMRequest.decode(value or b"")
                 if call.request_id in wanted:
-                    where = "lm.requests" if topic == config.lm_requests_topic else "lm.work"
                     lines.append(
-                        f"{where}[instance {call.instance}] attempt={call.attempt} "
+                        f"{where}: instance {call.instance} attempt={call.attempt} "
                         f"{call.lm_request_id}"
                     )
     for topic in [*topics, config.sink_topic]:
         if topic.endswith(CHANGELOG_SUFFIX):
-            lines += _state_trail(config, topic, wanted)
+            lines += _state_trail(whole(topic), wanted)
             continue
-        for _, value in _whole(config, topic):
+        for where, _, value in whole(topic):
             try:
                 q = Quantum.decode(value or b"")
             except BadInputError:
@@ -302,7 +346,10 @@ def trail(config: AltoConfig, topics: Iterable[str], request_ids: Iterable[str])
             if q.request_id in wanted:
                 path = "/".join(f"{e.stage}{e.index}" for e in q.path)
                 lines.append(
-                    f"{topic}: {q.request_id} {q.kind} {path} seq={q.seq} count={q.count} "
+                    f"{where}: {q.request_id} {q.kind} {path} seq={q.seq} count={q.count} "
                     f"by={[s.worker for s in q.trace][-1:]} {q.payload!r:.40}"
                 )
+    gaps = [gap for w in read for gap in w.gaps()]
+    lines.append(f"offsets not served: {len(gaps)}")
+    lines += gaps
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,10 +309,19 @@ def test_an_installed_copy_serves_from_another_folder_with_a_relative_data_dir(
     """`pip install .` puts one name, `alto`, into site-packages; that copy (not this
     checkout) runs `alto up` from a folder of its own with `ALTO_DATA_DIR=data`, and its child
     processes find the same data folder (the parent resolves paths before it starts them)."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # A copy of the sources (symlinks as links): setuptools builds inside the tree it builds.
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "bench-out", "*.egg-info", "__pycache__", "tests"
+        ),
+    )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         check=True,
         cwd=tmp_path,
     )

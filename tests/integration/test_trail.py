@@ -26,7 +26,10 @@ def test_the_trail_places_each_record_of_a_request(alto_config: AltoConfig) -> N
 
     lines = trail(config, [], ["trail-me"]).splitlines()
 
-    assert lines == [f"{config.requests_topic}[0]@3: trail-me example None", "offsets not served: 0"]
+    assert lines == [
+        f"{config.requests_topic}[0]@3: trail-me example None",
+        "offsets not served: 0",
+    ]
 
 
 def test_offsets_a_partition_skipped_are_named() -> None:

@@ -12,11 +12,12 @@ from alto.streams.operators import (
     sum_of,
     top_k,
 )
-from alto.streams.pipeline import REQUEST, Pipeline, Stage, StageKind, Topology
+from alto.streams.pipeline import REQUEST, LMCall, Pipeline, Stage, StageKind, Topology
 
 __all__ = [
     "REQUEST",
     "Item",
+    "LMCall",
     "Operator",
     "Pipeline",
     "Stage",

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -334,20 +334,43 @@ class AltoApp:
 
     # -- agents --------------------------------------------------------------------
 
+    async def _each(
+        self, stream: StreamT, stage: str, handle: Callable[[EventT], Awaitable[None]]
+    ) -> None:
+        await handle_each(stream, handle, lambda event, exc: self._stage_failed(stage, event, exc))
+
+    async def _stage_failed(self, stage: str, event: EventT, exc: Exception) -> None:
+        """An exception of ours while handling `event`: logged, and its request fails with a
+        FAILED result naming it (never silently dropped)."""
+        msg = event.message
+        log.error(
+            "stage %s failed on %s[%d]@%d",
+            stage,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        request_id = _readable_key(msg.key, node_key=True)
+        if request_id is not None:
+            await self._send_failed(request_id, stage, f"stage_error: {exc!r}")
+
     def _define_ingest(self) -> None:
+        async def one(event: EventT) -> None:
+            started = time.perf_counter()
+            try:
+                request = PipelineRequest.decode(event.value)
+            except BadInputError as exc:
+                metrics.meter(metrics.UNKNOWN, "ingest").inputs.inc()
+                await self._undecodable(event, exc, REQUEST)
+                return
+            meter = metrics.meter(self._pipeline_label(request.pipeline), "ingest")
+            meter.inputs.inc()
+            await self._deliver(self.ingest.handle(request), event, meter)
+            meter.seconds.observe(time.perf_counter() - started)
+
         async def ingest(stream: StreamT) -> None:
-            async for event in stream.events():
-                started = time.perf_counter()
-                try:
-                    request = PipelineRequest.decode(event.value)
-                except BadInputError as exc:
-                    metrics.meter(metrics.UNKNOWN, "ingest").inputs.inc()
-                    await self._undecodable(event, exc, REQUEST)
-                    continue
-                meter = metrics.meter(self._pipeline_label(request.pipeline), "ingest")
-                meter.inputs.inc()
-                await self._deliver(self.ingest.handle(request), event, meter)
-                meter.seconds.observe(time.perf_counter() - started)
+            await self._each(stream, "ingest", one)
 
         self._consumed.add(self.config.requests_topic)
         self.app.agent(self._topic(self.config.requests_topic), name="alto.ingest")(ingest)
@@ -388,15 +411,17 @@ class AltoApp:
             self._aggregates[name] = (table, processor, topic_name)
 
             async def aggregate(stream: StreamT) -> None:
-                async for event in stream.events():
-                    await handle(event, _PartitionStore(table, event.message.partition))
+                await self._each(
+                    stream,
+                    stage,
+                    lambda event: handle(event, _PartitionStore(table, event.message.partition)),
+                )
 
             self.app.agent(topic, name=name)(aggregate)
         elif spec.concurrency <= 1:
 
             async def inline(stream: StreamT) -> None:
-                async for event in stream.events():
-                    await handle(event, None)
+                await self._each(stream, stage, lambda event: handle(event, None))
 
             self.app.agent(topic, name=name)(inline)
         else:
@@ -410,9 +435,11 @@ class AltoApp:
                 async def one(event: EventT) -> None:
                     try:
                         await handle(event, None)
+                    except Exception as exc:
+                        await self._stage_failed(stage, event, exc)
                     finally:
-                        await manual.ack(event)
                         slots.release()
+                    await manual.ack(event)  # not when cancelled: then it is read again
 
                 async for event in manual.events():
                     await slots.acquire()
@@ -437,31 +464,33 @@ class AltoApp:
         emitted = self._results = _ResultsStore(table)
         self._consumed.add(self.config.sink_topic)
 
+        async def one(event: EventT) -> None:
+            started = time.perf_counter()
+            try:
+                quantum = Quantum.decode(event.value)
+            except BadInputError as exc:  # its FAILED marker comes back here
+                await self._undecodable(event, exc, "sink")
+                return
+            meter = metrics.meter(self._pipeline_label(quantum.pipeline), "sink")
+            meter.inputs.inc()
+            if (rejected := self.sink.reject(quantum)) is not None:
+                await self._dead_letter(event, rejected)
+            result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
+            if result is not None:
+                log.debug(
+                    "result %s %s in %d ms", result.request_id, result.status, result.latency_ms
+                )
+                labels = (
+                    self._pipeline_label(result.pipeline),
+                    result.mode.value,
+                    result.status.value,
+                )
+                metrics.RESULTS.labels(*labels).inc()
+                metrics.REQUEST_SECONDS.labels(*labels).observe(result.latency_ms / 1000)
+            meter.seconds.observe(time.perf_counter() - started)
+
         async def sink(stream: StreamT) -> None:
-            async for event in stream.events():
-                started = time.perf_counter()
-                try:
-                    quantum = Quantum.decode(event.value)
-                except BadInputError as exc:  # its FAILED marker comes back here
-                    await self._undecodable(event, exc, "sink")
-                    continue
-                meter = metrics.meter(self._pipeline_label(quantum.pipeline), "sink")
-                meter.inputs.inc()
-                if (rejected := self.sink.reject(quantum)) is not None:
-                    await self._dead_letter(event, rejected)
-                result = self.sink.handle(quantum, emitted)  # type: ignore[arg-type]
-                if result is not None:
-                    log.debug(
-                        "result %s %s in %d ms", result.request_id, result.status, result.latency_ms
-                    )
-                    labels = (
-                        self._pipeline_label(result.pipeline),
-                        result.mode.value,
-                        result.status.value,
-                    )
-                    metrics.RESULTS.labels(*labels).inc()
-                    metrics.REQUEST_SECONDS.labels(*labels).observe(result.latency_ms / 1000)
-                meter.seconds.observe(time.perf_counter() - started)
+            await self._each(stream, "sink", one)
 
         self.app.agent(self._topic(self.config.sink_topic), name="alto.sink")(sink)
 
@@ -593,11 +622,10 @@ class AltoApp:
 
             async def one(event: EventT) -> None:
                 try:
-                    try:
-                        request = LMRequest.decode(event.value)
-                    except BadInputError as exc:
-                        await self._undecodable(event, exc, "scheduler")
-                        return
+                    request = LMRequest.decode(event.value)
+                except BadInputError as exc:
+                    await self._undecodable(event, exc, "scheduler")
+                else:
                     try:
                         await place(request)
                     except Exception as exc:  # a bug of ours: fail the request, never lose it
@@ -605,8 +633,8 @@ class AltoApp:
                         await self._send_failed(
                             request.request_id, request.stage, f"scheduler_error: {exc!r}"
                         )
-                finally:
-                    await manual.ack(event)
+                # Not when cancelled (a worker stopping): the call is then read again.
+                await manual.ack(event)
 
             async for event in manual.events():
                 task = asyncio.ensure_future(one(event))
@@ -683,6 +711,28 @@ class AltoApp:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(status))
             tmp.replace(path)
+
+
+async def handle_each(
+    stream: StreamT,
+    handle: Callable[[EventT], Awaitable[None]],
+    failed: Callable[[EventT, Exception], Awaitable[None]],
+) -> None:
+    """Handle a stream's events in order, acknowledging each only once it is handled.
+
+    Faust's own iteration (`async for event in stream.events()`) acknowledges an event in a
+    `finally` around its `yield` (faust/streams.py): when the loop moves on, and also when
+    the loop is abandoned, so an agent cancelled mid-event (a worker stopping) had that
+    event counted as processed, and committed, unprocessed. Here a cancelled `handle`
+    leaves its event unacknowledged (read again), and one that raises goes to `failed`
+    (which fails the request) and is then acknowledged."""
+    manual = stream.noack()  # type: ignore[attr-defined]
+    async for event in manual.events():
+        try:
+            await handle(event)
+        except Exception as exc:
+            await failed(event, exc)
+        await manual.ack(event)
 
 
 def changelog_topic(config: AltoConfig, table_name: str) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alto.agents import claims, example
-from alto.agents.runtime import state_changelogs
+from alto.agents.faust_settings import state_changelogs
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from alto.infra.client import TopicReader, new_request, trail, wait_lm_reporting

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from alto import metrics
-from alto.agents.runtime import consumer_lags
+from alto.agents.faust_settings import consumer_lags
 from alto.config import AltoConfig, config_env, load_config
 from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
 from alto.schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule

@@ -188,6 +188,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         json_path=args.json,
         faults=tuple(args.kill or ("faust", "lm", "scheduler")),
         pauses=tuple(args.pause or ()),
+        busy=args.busy,
     )
 
 
@@ -339,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=kinds,
         help="SIGSTOP one process of this kind past its session timeout, then SIGCONT "
         "(repeatable; default: none)",
+    )
+    p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="run this many CPU-bound processes beside the stack (a starved machine; default 0)",
     )
     p.set_defaults(func=_cmd_chaos)
 

@@ -27,6 +27,9 @@ import contextlib
 import json
 import logging
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +41,7 @@ from alto.agents import claims, example
 from alto.agents.faust_settings import state_changelogs
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from alto.infra import lifetime
 from alto.infra.client import TopicReader, new_request, trail, wait_lm_reporting
 from alto.infra.openloop import OpenLoop
 from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
@@ -438,6 +442,24 @@ def _check(
 
 
 @contextlib.contextmanager
+def _busy(n: int) -> Iterator[None]:
+    """`n` processes that spin on a CPU each until the block ends (they end with us too)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            preexec_fn=lifetime.preexec(signal.SIGKILL),
+        )
+        for _ in range(n)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
 def _broker(config: AltoConfig) -> Iterator[AltoConfig]:
     """The embedded broker on a free port unless the configuration names one."""
     if "bootstrap_servers" in config.model_fields_set:
@@ -458,10 +480,13 @@ def run_chaos_command(
     json_path: Path | None,
     faults: tuple[Target, ...] = TARGETS,
     pauses: tuple[Target, ...] = (),
+    busy: int = 0,
 ) -> int:
-    """`alto chaos`: the experiment with short group timeouts, its report on stdout."""
+    """`alto chaos`: the experiment with short group timeouts, its report on stdout. `busy`
+    CPU-bound processes run beside the stack for the whole run (a machine starved by other
+    work: slow rebalances, events still in hand when partitions move)."""
     tuned = config.with_overrides(session_timeout_s=6.0, lm_status_interval_s=0.5, warmup=False)
-    with _broker(config) as brokered:
+    with _broker(config) as brokered, _busy(busy):
         run_config = tuned.with_overrides(bootstrap_servers=brokered.bootstrap_servers)
         report = run_chaos(
             run_config,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
-import json
-import time
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,22 +18,16 @@ from typing import Any
 from alto.errors import BadInputError
 from alto.schemas.messages import (
     ChatMessage,
-    DeadLetter,
     LMRequest,
     Mode,
     PathEntry,
-    PipelineRequest,
-    PipelineResult,
     Quantum,
     QuantumKind,
     QuantumRule,
-    ResultStatus,
     TraceSpan,
 )
-from alto.streams.admission import Admission
 from alto.streams.ancestry import (
     KEY_SEPARATOR,
-    key_at_level,
     node_key,
     path_str,
     relative_indices,
@@ -43,97 +35,23 @@ from alto.streams.ancestry import (
 )
 from alto.streams.completion import CompletionTracker
 from alto.streams.operators import Item
-from alto.streams.pipeline import REQUEST, StageKind, Topology
+from alto.streams.outputs import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    OVERLOADED,
+    CallLM,
+    Children,
+    DeadLetterOut,
+    Output,
+    Routing,
+    Send,
+    now_ms,
+    payload_text,
+    payload_value,
+)
+from alto.streams.pipeline import StageKind
 
 StateStore = MutableMapping[str, Any]
 """Where aggregator state lives: node key -> JSON value."""
-
-# The error prefix of a FAILED quantum that the sink reports as an OVERLOADED result.
-OVERLOADED = "overloaded"
-
-# The producers' request limit unless told otherwise (`AltoConfig.max_message_bytes`).
-DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
-# Room a dead letter keeps for its own fields' framing and the record around it.
-LETTER_MARGIN_BYTES = 4096
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Produce `quantum` to `topic` under `key`."""
-
-    topic: str
-    key: str
-    quantum: Quantum
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterOut:
-    """Record the input as a dead letter with `reason` (the request, if known, fails)."""
-
-    reason: str
-    error: str
-    request_id: str | None = None
-    stage: str | None = None
-
-    def letter(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        worker: str,
-        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> DeadLetter:
-        """The dead letter for the input at `topic`[`partition`]@`offset`, bytes as read.
-
-        The letter, produced under the letter's `key`, must fit in `max_bytes` (the
-        producer's request limit): an input near that size would otherwise make a letter
-        the producer refuses, and the input would be lost instead of dead-lettered. Then
-        the original key and value are cut to what fits, and `error` says so."""
-        error = self.error
-        # Key twice (record key and field), value once, the rest small; a margin for the
-        # record and batch framing.
-        budget = max_bytes - LETTER_MARGIN_BYTES - len(error) - len(topic) - len(worker)
-        budget -= len(self.request_id or "") + len(self.stage or "")
-        sizes = (len(key or b""), len(value or b""))
-        if 2 * sizes[0] + sizes[1] > budget:
-            key_budget = max(0, min(sizes[0], budget // 4))
-            key = None if key is None else key[:key_budget]
-            value = None if value is None else value[: max(0, budget - 2 * key_budget)]
-            error += (
-                f" (original key of {sizes[0]} bytes and value of {sizes[1]} bytes cut to "
-                f"{len(key or b'')} and {len(value or b'')} to fit a dead letter)"
-            )
-        return DeadLetter(
-            reason=self.reason,
-            error=error,
-            source_topic=topic,
-            partition=partition,
-            offset=offset,
-            worker=worker,
-            at_ms=now_ms(),
-            key=key,
-            value=value,
-            request_id=self.request_id,
-            stage=self.stage,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CallLM:
-    """Produce an LM call to the LM service's request topic."""
-
-    topic: str
-    key: str
-    request: LMRequest
-
-
-Output = Send | DeadLetterOut | CallLM
 
 # The error prefix of a FAILED result for a request that passed its deadline.
 DEADLINE = "deadline"
@@ -148,202 +66,6 @@ class Expiry:
 
     marker: dict[str, Any] | None = None
     outputs: tuple[Output, ...] = ()
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Where quanta go: topic names and the keys their consumers need."""
-
-    topology: Topology
-    prefix: str
-    sink_topic: str
-    lm_requests_topic: str = ""
-
-    def sends(self, producer: str, quantum: Quantum) -> list[Send]:
-        """One Send per consumer of `producer` (the sink for the final stage)."""
-        consumers = self.topology.consumers[producer]
-        if not consumers:
-            return [Send(self.sink_topic, quantum.request_id, quantum)]
-        sends = []
-        for c in consumers:
-            if self.topology.stages[c].kind is StageKind.LM_WORDS:
-                # No topic: the LM worker emits its children itself. It forwards ENDs as
-                # any stateless stage would, so they go straight on to its consumers.
-                if quantum.kind is QuantumKind.END:
-                    sends += self.sends(c, replace(quantum, stage=c))
-                continue
-            key = key_at_level(quantum.request_id, quantum.path, self.topology.key_level(c))
-            sends.append(Send(self.topology.stage_topic(self.prefix, c), key, quantum))
-        return sends
-
-    def failed(self, quantum_like: Quantum, stage: str, error: str) -> Send:
-        """A FAILED marker for the request, addressed to the sink."""
-        q = replace(
-            quantum_like,
-            stage=stage,
-            kind=QuantumKind.FAILED,
-            error=error,
-            payload=None,
-            count=None,
-            created_at_ms=now_ms(),
-        )
-        return Send(self.sink_topic, q.request_id, q)
-
-
-def _value(q: Quantum) -> Any:
-    if q.payload is None:
-        raise BadInputError("bad_payload", f"DATA quantum from {q.stage!r} has no payload")
-    try:
-        return json.loads(q.payload)
-    except ValueError as exc:
-        raise BadInputError("bad_payload", f"payload from {q.stage!r} is not JSON: {exc}") from exc
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class Children:
-    """Emits the children of one parent quantum for a fan-out stage, then their END.
-
-    In streaming mode (and for a stage that may stream) each child is returned for sending
-    the moment it is added; otherwise children are held and released with the END, which
-    is the paper's baseline. Shared by in-process fan-outs and the LM workers.
-    """
-
-    def __init__(
-        self,
-        routing: Routing,
-        stage: str,
-        worker: str,
-        parent: Quantum,
-        *,
-        stream: bool = True,
-        simulated: bool = False,
-    ) -> None:
-        self.routing = routing
-        self.stage = stage
-        self.worker = worker
-        self.parent = parent
-        self.stream = stream and parent.mode is Mode.STREAMING
-        self.simulated = simulated  # the children are SIMULATED LM output
-        self.start_ms = now_ms()
-        self.count = 0
-        self._held: list[Send] = []
-
-    def add(self, value: Any) -> list[Send]:
-        child = self.child(self.count, value)
-        self.count += 1
-        sends = self.routing.sends(self.stage, child)
-        if self.stream:
-            return sends
-        self._held.extend(sends)
-        return []
-
-    def child(self, index: int, value: Any) -> Quantum:
-        """Child number `index` with `value` (also the parent of a nested level's children
-        before the child itself is complete, as in `Pipeline.lm_words`)."""
-        q = self.parent
-        end = now_ms()
-        span = TraceSpan(
-            self.stage,
-            path_str(q.path),
-            self.worker,
-            self.start_ms,
-            end,
-            (self.worker,),
-            self.simulated,
-        )
-        return replace(
-            q,
-            stage=self.stage,
-            path=(*q.path, PathEntry(self.stage, index)),
-            seq=index,
-            kind=QuantumKind.DATA,
-            count=None,
-            payload=_dumps(value),
-            created_at_ms=end,
-            trace=(*q.trace, span),
-        )
-
-    def end(self) -> list[Send]:
-        """Held children (baseline) and the END carrying the child count."""
-        end = replace(
-            self.parent,
-            stage=self.stage,
-            kind=QuantumKind.END,
-            count=self.count,
-            payload=None,
-            seq=self.count,
-            created_at_ms=now_ms(),
-            trace=(),
-        )
-        held, self._held = self._held, []
-        return [*held, *self.routing.sends(self.stage, end)]
-
-
-class Ingest:
-    """Turns a `PipelineRequest` into the root quantum of its pipeline."""
-
-    def __init__(
-        self,
-        routings: dict[str, Routing],
-        worker: str,
-        default_mode: Mode,
-        max_input_chars: int,
-        sink_topic: str,
-        admission: Admission[PipelineRequest] | None = None,
-    ) -> None:
-        self.routings = routings
-        self.worker = worker
-        self.default_mode = default_mode
-        self.max_input_chars = max_input_chars
-        self.sink_topic = sink_topic
-        self.admission = admission
-
-    def handle(self, req: PipelineRequest) -> list[Output]:
-        if not req.request_id:
-            # No id to send a FAILED result under (and one empty id would stand for many).
-            return [DeadLetterOut("bad_request_id", "the request id is empty", None, REQUEST)]
-        start = now_ms()
-        mode = req.mode or self.default_mode
-        root = Quantum(
-            request_id=req.request_id,
-            pipeline=req.pipeline,
-            mode=mode,
-            stage=REQUEST,
-            path=(),
-            seq=0,
-            kind=QuantumKind.DATA,
-            submitted_at_ms=req.submitted_at_ms,
-            created_at_ms=start,
-            payload=_dumps(req.input),
-        )
-        routing = self.routings.get(req.pipeline)
-        error: tuple[str, str] | None = None
-        if routing is None:
-            known = ", ".join(sorted(self.routings)) or "none"
-            error = ("unknown_pipeline", f"unknown pipeline {req.pipeline!r} (known: {known})")
-        elif len(req.input) > self.max_input_chars:
-            error = (
-                "input_too_large",
-                f"input has {len(req.input)} characters, the limit is {self.max_input_chars}",
-            )
-        if error is not None:
-            reason, text = error
-            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=f"{reason}: {text}")
-            return [
-                DeadLetterOut(reason, text, req.request_id, REQUEST),
-                Send(self.sink_topic, req.request_id, failed),
-            ]
-        assert routing is not None  # narrowed above; not input validation
-        if self.admission is not None and not self.admission.admit(req.request_id, start, req):
-            limit = self.admission.capacity
-            why = f"{OVERLOADED}: {limit} requests already in flight at this ingest worker"
-            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=why)
-            return [Send(self.sink_topic, req.request_id, failed)]
-        span = TraceSpan(REQUEST, "", self.worker, req.submitted_at_ms, start, (self.worker,))
-        return list(routing.sends(REQUEST, replace(root, trace=(span,))))
 
 
 class StageProcessor:
@@ -397,7 +119,7 @@ class StageProcessor:
         return replace(q, stage=self.name, created_at_ms=now_ms(), trace=())
 
     def _item(self, q: Quantum) -> Item:
-        return Item(_value(q), q.request_id, q.path, q.stage)
+        return Item(payload_value(q), q.request_id, q.path, q.stage)
 
     def _child(
         self, q: Quantum, path: tuple[PathEntry, ...], seq: int, value: Any, start: int
@@ -411,7 +133,7 @@ class StageProcessor:
             seq=seq,
             kind=QuantumKind.DATA,
             count=None,
-            payload=_dumps(value),
+            payload=payload_text(value),
             created_at_ms=end,
             trace=(*q.trace, span),
         )
@@ -519,7 +241,7 @@ class StageProcessor:
             changed = tracker.add_leaf(rel)
             if changed:
                 assert self.stage.operator is not None
-                item = Item(_value(q), q.request_id, q.path, q.stage)
+                item = Item(payload_value(q), q.request_id, q.path, q.stage)
                 state["acc"] = self.stage.operator.add(state["acc"], item)
                 spans = state["spans"]
                 for span in q.trace:
@@ -654,7 +376,7 @@ class StageProcessor:
             seq=node[-1].index if node else 0,
             kind=QuantumKind.DATA,
             count=None,
-            payload=_dumps(value),
+            payload=payload_text(value),
             created_at_ms=end,
             trace=tuple(spans),
         )
@@ -665,73 +387,6 @@ class StageProcessor:
         return list(sends)
 
 
-class Sink:
-    """Turns the final stage's output (or a FAILED marker) into the request's one result.
-
-    `emitted` maps request id -> encoded result. In a worker it is the table whose
-    changelog *is* the results topic, so writing a result and remembering it are one
-    write; a replayed request finds its result there and is not emitted again.
-
-    Only final outputs and FAILED markers are routed to the sink. Anything else there is
-    bad input (a forged or misrouted quantum): `reject` says so, for the caller to
-    dead-letter, and `handle` fails its request (if it has no result yet).
-    """
-
-    def __init__(self, topologies: dict[str, Topology]) -> None:
-        self.terminals = {name: t.terminal for name, t in topologies.items()}
-
-    def _final(self, q: Quantum) -> bool:
-        return (
-            q.kind is QuantumKind.DATA
-            and q.path == ()
-            and q.stage == self.terminals.get(q.pipeline)
-        )
-
-    def reject(self, q: Quantum) -> DeadLetterOut | None:
-        """The dead letter for a quantum that is neither a final output nor FAILED."""
-        if q.kind is QuantumKind.FAILED or self._final(q):
-            return None
-        return DeadLetterOut("not_final", _not_final(q), q.request_id, "sink")
-
-    def handle(self, q: Quantum, emitted: MutableMapping[str, Any]) -> PipelineResult | None:
-        if q.request_id in emitted:
-            return None
-        if self._final(q):
-            status, output, error = ResultStatus.OK, q.payload, None
-        elif q.kind is QuantumKind.FAILED:
-            error = q.error or "failed"
-            overloaded = error.startswith(f"{OVERLOADED}:")
-            status = ResultStatus.OVERLOADED if overloaded else ResultStatus.FAILED
-            output = None
-        else:
-            status, output, error = ResultStatus.FAILED, None, f"not_final: {_not_final(q)}"
-        done = now_ms()
-        result = PipelineResult(
-            request_id=q.request_id,
-            pipeline=q.pipeline,
-            status=status,
-            output=output,
-            error=error,
-            # Any submitted_at_ms decodes (a client's clock, or a forged quantum's); the
-            # difference must still be an Avro long, or the result could not be written.
-            latency_ms=min(max(done - q.submitted_at_ms, -(2**63)), 2**63 - 1),
-            submitted_at_ms=q.submitted_at_ms,
-            completed_at_ms=done,
-            mode=q.mode,
-            trace=q.trace,
-            simulated=any(span.simulated for span in q.trace),
-        )
-        emitted[q.request_id] = result
-        return result
-
-
-def _not_final(q: Quantum) -> str:
-    return (
-        f"not a final output: {q.kind} from {q.pipeline!r} stage {q.stage!r} "
-        f"at {path_str(q.path) or 'the request'}"
-    )
-
-
 async def _aiter(produced: Any) -> AsyncIterator[Any]:
     if hasattr(produced, "__aiter__"):
         async for value in produced:
@@ -739,3 +394,27 @@ async def _aiter(produced: Any) -> AsyncIterator[Any]:
     else:
         for value in produced:
             yield value
+
+
+# The stage runtime's values, from the modules that define them (callers import them here).
+from alto.streams.ingest import Ingest  # noqa: E402
+from alto.streams.sink import Sink  # noqa: E402
+
+__all__ = [
+    "DEADLINE",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_SPANS",
+    "OVERLOADED",
+    "CallLM",
+    "Children",
+    "DeadLetterOut",
+    "Expiry",
+    "Ingest",
+    "Output",
+    "Routing",
+    "Send",
+    "Sink",
+    "StageProcessor",
+    "StateStore",
+    "now_ms",
+]

@@ -1,0 +1,245 @@
+"""What a stage produces, as values: a quantum to send, an LM call, a dead letter; and
+where quanta go (`Routing`: topic names and the keys their consumers need) with the
+bookkeeping of one node's children (`Children`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from alto.errors import BadInputError
+from alto.schemas.messages import (
+    DeadLetter,
+    LMRequest,
+    Mode,
+    PathEntry,
+    Quantum,
+    QuantumKind,
+    TraceSpan,
+)
+from alto.streams.ancestry import (
+    key_at_level,
+    path_str,
+)
+from alto.streams.pipeline import StageKind, Topology
+
+# The error prefix of a FAILED quantum that the sink reports as an OVERLOADED result.
+OVERLOADED = "overloaded"
+
+# The producers' request limit unless told otherwise (`AltoConfig.max_message_bytes`).
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+# Room a dead letter keeps for its own fields' framing and the record around it.
+LETTER_MARGIN_BYTES = 4096
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Produce `quantum` to `topic` under `key`."""
+
+    topic: str
+    key: str
+    quantum: Quantum
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOut:
+    """Record the input as a dead letter with `reason` (the request, if known, fails)."""
+
+    reason: str
+    error: str
+    request_id: str | None = None
+    stage: str | None = None
+
+    def letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        worker: str,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> DeadLetter:
+        """The dead letter for the input at `topic`[`partition`]@`offset`, bytes as read.
+
+        The letter, produced under the letter's `key`, must fit in `max_bytes` (the
+        producer's request limit): an input near that size would otherwise make a letter
+        the producer refuses, and the input would be lost instead of dead-lettered. Then
+        the original key and value are cut to what fits, and `error` says so."""
+        error = self.error
+        # Key twice (record key and field), value once, the rest small; a margin for the
+        # record and batch framing.
+        budget = max_bytes - LETTER_MARGIN_BYTES - len(error) - len(topic) - len(worker)
+        budget -= len(self.request_id or "") + len(self.stage or "")
+        sizes = (len(key or b""), len(value or b""))
+        if 2 * sizes[0] + sizes[1] > budget:
+            key_budget = max(0, min(sizes[0], budget // 4))
+            key = None if key is None else key[:key_budget]
+            value = None if value is None else value[: max(0, budget - 2 * key_budget)]
+            error += (
+                f" (original key of {sizes[0]} bytes and value of {sizes[1]} bytes cut to "
+                f"{len(key or b'')} and {len(value or b'')} to fit a dead letter)"
+            )
+        return DeadLetter(
+            reason=self.reason,
+            error=error,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            worker=worker,
+            at_ms=now_ms(),
+            key=key,
+            value=value,
+            request_id=self.request_id,
+            stage=self.stage,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallLM:
+    """Produce an LM call to the LM service's request topic."""
+
+    topic: str
+    key: str
+    request: LMRequest
+
+
+Output = Send | DeadLetterOut | CallLM
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where quanta go: topic names and the keys their consumers need."""
+
+    topology: Topology
+    prefix: str
+    sink_topic: str
+    lm_requests_topic: str = ""
+
+    def sends(self, producer: str, quantum: Quantum) -> list[Send]:
+        """One Send per consumer of `producer` (the sink for the final stage)."""
+        consumers = self.topology.consumers[producer]
+        if not consumers:
+            return [Send(self.sink_topic, quantum.request_id, quantum)]
+        sends = []
+        for c in consumers:
+            if self.topology.stages[c].kind is StageKind.LM_WORDS:
+                # No topic: the LM worker emits its children itself. It forwards ENDs as
+                # any stateless stage would, so they go straight on to its consumers.
+                if quantum.kind is QuantumKind.END:
+                    sends += self.sends(c, replace(quantum, stage=c))
+                continue
+            key = key_at_level(quantum.request_id, quantum.path, self.topology.key_level(c))
+            sends.append(Send(self.topology.stage_topic(self.prefix, c), key, quantum))
+        return sends
+
+    def failed(self, quantum_like: Quantum, stage: str, error: str) -> Send:
+        """A FAILED marker for the request, addressed to the sink."""
+        q = replace(
+            quantum_like,
+            stage=stage,
+            kind=QuantumKind.FAILED,
+            error=error,
+            payload=None,
+            count=None,
+            created_at_ms=now_ms(),
+        )
+        return Send(self.sink_topic, q.request_id, q)
+
+
+def payload_value(q: Quantum) -> Any:
+    if q.payload is None:
+        raise BadInputError("bad_payload", f"DATA quantum from {q.stage!r} has no payload")
+    try:
+        return json.loads(q.payload)
+    except ValueError as exc:
+        raise BadInputError("bad_payload", f"payload from {q.stage!r} is not JSON: {exc}") from exc
+
+
+def payload_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Children:
+    """Emits the children of one parent quantum for a fan-out stage, then their END.
+
+    In streaming mode (and for a stage that may stream) each child is returned for sending
+    the moment it is added; otherwise children are held and released with the END, which
+    is the paper's baseline. Shared by in-process fan-outs and the LM workers.
+    """
+
+    def __init__(
+        self,
+        routing: Routing,
+        stage: str,
+        worker: str,
+        parent: Quantum,
+        *,
+        stream: bool = True,
+        simulated: bool = False,
+    ) -> None:
+        self.routing = routing
+        self.stage = stage
+        self.worker = worker
+        self.parent = parent
+        self.stream = stream and parent.mode is Mode.STREAMING
+        self.simulated = simulated  # the children are SIMULATED LM output
+        self.start_ms = now_ms()
+        self.count = 0
+        self._held: list[Send] = []
+
+    def add(self, value: Any) -> list[Send]:
+        child = self.child(self.count, value)
+        self.count += 1
+        sends = self.routing.sends(self.stage, child)
+        if self.stream:
+            return sends
+        self._held.extend(sends)
+        return []
+
+    def child(self, index: int, value: Any) -> Quantum:
+        """Child number `index` with `value` (also the parent of a nested level's children
+        before the child itself is complete, as in `Pipeline.lm_words`)."""
+        q = self.parent
+        end = now_ms()
+        span = TraceSpan(
+            self.stage,
+            path_str(q.path),
+            self.worker,
+            self.start_ms,
+            end,
+            (self.worker,),
+            self.simulated,
+        )
+        return replace(
+            q,
+            stage=self.stage,
+            path=(*q.path, PathEntry(self.stage, index)),
+            seq=index,
+            kind=QuantumKind.DATA,
+            count=None,
+            payload=payload_text(value),
+            created_at_ms=end,
+            trace=(*q.trace, span),
+        )
+
+    def end(self) -> list[Send]:
+        """Held children (baseline) and the END carrying the child count."""
+        end = replace(
+            self.parent,
+            stage=self.stage,
+            kind=QuantumKind.END,
+            count=self.count,
+            payload=None,
+            seq=self.count,
+            created_at_ms=now_ms(),
+            trace=(),
+        )
+        held, self._held = self._held, []
+        return [*held, *self.routing.sends(self.stage, end)]

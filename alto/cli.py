@@ -157,7 +157,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from alto.infra.stack import DEFAULT_LISTEN, run_up
+    from alto.infra.stack import DEFAULT_LISTEN
+    from alto.infra.up import run_up
 
     config = load_config()
     # A broker named in the environment (ALTO_BOOTSTRAP_SERVERS) is used as it is.

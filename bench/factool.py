@@ -53,7 +53,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,51 +70,28 @@ from alto.bench.common import (
     stdout_to_stderr,
     write_json,
 )
+from alto.bench.factool_point import (
+    DRAIN_S,
+    FAUST_WORKERS,
+    FETCH_WAIT_MS,
+    IDLE_S,
+    PARTITIONS,
+    PASS_ACHIEVED,
+    SEED,
+    SIM_LM_INSTANCES,
+    SIM_LOADS,
+    SIM_TIME_SCALE,
+    TARGET_MEDIAN_S,
+    VLLM_LOADS,
+    Point,
+)
+from alto.bench.factool_report import describe, plot_points, print_points, summarize
 from alto.config import AltoConfig, load_config
 from alto.infra.broker import free_port
 from alto.infra.client import new_request, stage_windows
 from alto.infra.openloop import OpenLoop
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineResult, ResultStatus
-
-TARGET_MEDIAN_S = 4.0
-PASS_ACHIEVED = 0.8
-SIM_TIME_SCALE = 0.25
-SIM_LM_INSTANCES = 7
-FAUST_WORKERS = 2
-SEED = 11
-# Our deployment on this 2-core machine (see "Deployment" above): one partition per Faust
-# worker, only the FacTool pipeline's topics, a 25 ms fetch wait.
-PARTITIONS = FAUST_WORKERS
-FETCH_WAIT_MS = 25
-
-# (loads in req/s, requests per point) per tier and size
-SIM_LOADS = {
-    "quick": ((0.25, 0.5, 1.0), 8),
-    "full": ((0.25, 0.5, 0.75, 1.0, 1.25, 1.5), 30),
-}
-VLLM_LOADS = {"quick": ((0.05,), 3), "full": ((0.03, 0.06), 6)}
-IDLE_S = 10.0  # how long the idle stack's CPU use is measured, per tier
-DRAIN_S = 120.0  # how long a point waits for its last results after its last arrival
-
-
-@dataclass
-class Point:
-    tier: str
-    system: str
-    offered_rps: float
-    sent: int
-    completed: int
-    p50_s: float
-    p99_s: float
-    achieved_rps: float
-    passed: bool = False
-    cpu_s_per_request: float = math.nan  # CPU of everything under test / requests sent
-    # Arrival -> every claim has its evidence: the paper's endpoint (its pipeline ended at
-    # reranking; ours goes on to verify and report).
-    evidence_p50_s: float = math.nan
-    evidence_p99_s: float = math.nan
-    stages_s: dict[str, float] = field(default_factory=dict)  # median window per stage
 
 
 def _arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -292,7 +269,7 @@ def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float
             for mode in systems if k % 2 == 0 else systems[::-1]:
                 point = _run_kafka(config, tier, mode, asked, arrivals, f"p{k}", rate)
                 points.append(point)
-                progress(_describe(point))
+                progress(describe(point))
     finally:
         stack.stop()
     progress(f"{tier}: LangGraph at the same loads")
@@ -342,7 +319,7 @@ def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float
         point = _point(tier, "langgraph", rate, n, lat, done, ready)
         point.cpu_s_per_request = round(cpu_used / n, 3)
         points.append(point)
-        progress(_describe(point))
+        progress(describe(point))
     return points, idle_cores
 
 
@@ -354,166 +331,6 @@ def _idle_cores() -> float:
     before = cpu_seconds()
     time.sleep(IDLE_S)
     return (cpu_seconds() - before) / IDLE_S
-
-
-def _describe(p: Point) -> str:
-    return (
-        f"{p.tier} {p.system:9} offered {p.offered_rps:g}/s: {p.completed}/{p.sent} done, "
-        f"p50 {p.p50_s:.1f} s, p99 {p.p99_s:.1f} s, achieved {p.achieved_rps:.2f}/s, "
-        f"{p.cpu_s_per_request:.2f} CPU s/request "
-        f"{'PASS' if p.passed else 'fail'}"
-    )
-
-
-def _summary(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (tier, system), pts in _group(points).items():
-        pts.sort(key=lambda p: p.offered_rps)
-        passing = [p.offered_rps for p in pts if p.passed]
-        out.setdefault(tier, {})[system] = {
-            "sustained_load_rps": max(passing) if passing else 0.0,
-            "p99_low_load_s": pts[0].p99_s,
-            "p50_low_load_s": pts[0].p50_s,
-            "low_load_rps": pts[0].offered_rps,
-            "evidence_p99_low_load_s": pts[0].evidence_p99_s,
-            "evidence_p50_low_load_s": pts[0].evidence_p50_s,
-        }
-    return out
-
-
-def _group(points: list[Point]) -> dict[tuple[str, str], list[Point]]:
-    groups: dict[tuple[str, str], list[Point]] = collections.defaultdict(list)
-    for p in points:
-        groups[(p.tier, p.system)].append(p)
-    return groups
-
-
-def _print(
-    points: list[Point],
-    summary: dict[str, dict[str, dict[str, Any]]],
-    idle: dict[str, float],
-    time_scale: float,
-) -> None:
-    print("## alto bench factool: streaming vs baseline vs LangGraph\n")
-    print(
-        f"Target: median <= {TARGET_MEDIAN_S:g} s and achieved >= {PASS_ACHIEVED:.0%} of offered. "
-        f"Tier `sim`: SIMULATED LM engines ({SIM_LM_INSTANCES} instances, time scale "
-        f"{time_scale:g}); tier `vllm`: one real vLLM worker (SmolLM2-135M, CPU).\n"
-    )
-    print(
-        "| tier | system | sustained load (req/s) | P99 at low load (s) | median at low load (s) "
-        "| evidence-ready P99 / median at low load (s) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for tier, systems in summary.items():
-        for system, s in systems.items():
-            print(
-                f"| {tier} | {system} | {s['sustained_load_rps']:g} | {s['p99_low_load_s']:.1f} "
-                f"| {s['p50_low_load_s']:.1f} | {s['evidence_p99_low_load_s']:.1f} / "
-                f"{s['evidence_p50_low_load_s']:.1f} |"
-            )
-    for tier, systems in summary.items():
-        st, bl = systems.get("streaming"), systems.get("baseline")
-        if st and bl:
-            load_ratio = (
-                st["sustained_load_rps"] / bl["sustained_load_rps"]
-                if bl["sustained_load_rps"]
-                else math.nan
-            )
-            p99_ratio = (
-                bl["p99_low_load_s"] / st["p99_low_load_s"] if st["p99_low_load_s"] else math.nan
-            )
-            evidence_ratio = (
-                bl["evidence_p99_low_load_s"] / st["evidence_p99_low_load_s"]
-                if st["evidence_p99_low_load_s"]
-                else math.nan
-            )
-            print(
-                f"\n{tier}: streaming / baseline sustained load {load_ratio:.2f}x (goal 3x); "
-                f"baseline / streaming P99 at low load {p99_ratio:.2f}x (goal 1.8x), "
-                f"{evidence_ratio:.2f}x until the evidence is ready (the paper's endpoint)"
-            )
-    print(
-        "\nCPU s/request: CPU time of everything under test (our stack: broker, Faust and LM "
-        "workers; LangGraph: its process) over the point, per request sent. The idle stack "
-        "alone uses "
-        + ", ".join(f"{cores:.2f} cores ({tier})" for tier, cores in idle.items())
-        + " of the machine's 2 polling the embedded broker; LangGraph has no broker."
-    )
-    print(
-        "\nEvidence ready: from arrival until every claim has its evidence, where the paper's "
-        "pipeline ended (ours goes on to verify each claim and report)."
-    )
-    print("\n### every point\n")
-    print(
-        "| tier | system | offered | done | p50 s | p99 s | evidence p50 / p99 s | achieved "
-        "| CPU s/request | pass |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for p in points:
-        print(
-            f"| {p.tier} | {p.system} | {p.offered_rps:g} | {p.completed}/{p.sent} | {p.p50_s:.1f} "
-            f"| {p.p99_s:.1f} | {p.evidence_p50_s:.1f} / {p.evidence_p99_s:.1f} "
-            f"| {p.achieved_rps:.2f} | {p.cpu_s_per_request:.2f} | {'yes' if p.passed else 'no'} |"
-        )
-    print("\n### median time per stage at the lowest load (s, first to last span)\n")
-    for tier in summary:
-        low = [p for p in points if p.tier == tier and p.stages_s]
-        if not low:
-            continue
-        first = min(p.offered_rps for p in low)
-        rows = {p.system: p.stages_s for p in low if p.offered_rps == first}
-        names = list(rows)
-        print(f"{tier} at {first:g} req/s:\n")
-        print("| stage | " + " | ".join(names) + " |")
-        print("|---|" + "---|" * len(names))
-        for stage in dict.fromkeys(s for r in rows.values() for s in r):
-            print(
-                f"| {stage} | "
-                + " | ".join(f"{rows[s].get(stage, math.nan):.2f}" for s in names)
-                + " |"
-            )
-        print()
-
-
-def _plot(points: list[Point], time_scale: float) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    tiers = sorted({p.tier for p in points})
-    fig, axes = plt.subplots(1, len(tiers), figsize=(6 * len(tiers), 4.5), squeeze=False)
-    for ax, tier in zip(axes[0], tiers, strict=True):
-        for (t, system), pts in sorted(_group(points).items()):
-            if t != tier:
-                continue
-            pts.sort(key=lambda p: p.offered_rps)
-            xs = [p.offered_rps for p in pts]
-            (line,) = ax.plot(xs, [p.p50_s for p in pts], marker="o", label=f"{system} median")
-            ax.plot(
-                xs,
-                [p.p99_s for p in pts],
-                marker="x",
-                linestyle="--",
-                color=line.get_color(),
-                label=f"{system} P99",
-            )
-        ax.axhline(TARGET_MEDIAN_S, color="grey", linewidth=0.8, linestyle=":")
-        sim = f" (SIMULATED LM engines, time scale {time_scale:g})" if tier == "sim" else ""
-        ax.set_title(f"FacTool, {tier}{sim}", fontsize=10)
-        ax.set_xlabel("offered load (req/s)")
-        ax.set_ylabel("latency (s)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    ablation = "" if time_scale == SIM_TIME_SCALE else f"_scale{time_scale:g}"
-    path = OUT_DIR / f"factool_latency{ablation}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
 
 
 def main(
@@ -532,9 +349,9 @@ def main(
         with stdout_to_stderr():  # vLLM logs to stdout; stdout keeps only the markdown
             tier_points, idle[tier] = _tier(tier, quick, sim_time_scale)
             points += tier_points
-    summary = _summary(points)
-    _print(points, summary, idle, sim_time_scale)
-    plot = _plot(points, sim_time_scale)
+    summary = summarize(points)
+    print_points(points, summary, idle, sim_time_scale)
+    plot = plot_points(points, sim_time_scale)
     elapsed = time.perf_counter() - started
     print(f"\n(plot: {plot}; bench took {elapsed / 60:.1f} min{' with --quick' if quick else ''})")
     raw: dict[str, Any] = {

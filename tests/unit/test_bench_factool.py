@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from alto.bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point, _summary
+from alto.bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point
+from alto.bench.factool_report import summarize
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +38,7 @@ def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> No
         _point("sim", "baseline", 1.0, 10, [3.0] * 10, done),
         _point("sim", "baseline", 2.0, 10, [8.0] * 10, done),
     ]
-    s = _summary(points)["sim"]["baseline"]
+    s = summarize(points)["sim"]["baseline"]
     assert s["sustained_load_rps"] == 1.0
     assert s["p99_low_load_s"] == 9.0
 
@@ -59,4 +60,4 @@ def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
     assert _evidence_ready_s(dataclasses.replace(result, trace=spans[:1])) is None
     point = _point("sim", "streaming", 1.0, 3, [3.0] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 9.0])
     assert point.evidence_p50_s == 2.0 and point.evidence_p99_s == 9.0
-    assert _summary([point])["sim"]["streaming"]["evidence_p99_low_load_s"] == 9.0
+    assert summarize([point])["sim"]["streaming"]["evidence_p99_low_load_s"] == 9.0

@@ -21,7 +21,8 @@ from pydantic import (
 
 from alto.errors import ConfigError
 
-Mode = Literal["streaming", "baseline"]
+# The setting's spelling of the wire enum `alto.schemas.messages.Mode` (a literal, for pydantic).
+ModeName = Literal["streaming", "baseline"]
 # The names settings choose from; the code that implements them imports these.
 EngineName = Literal["vllm", "sim"]
 PolicyName = Literal["round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"]
@@ -53,7 +54,7 @@ class AltoConfig(BaseModel):
     replication_factor: int = Field(default=1, ge=1)
     app_id: str = "alto"
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    mode: Mode = "streaming"
+    mode: ModeName = "streaming"
     data_dir: Path = Path(".alto-data")
     # Short group timeouts keep rebalances (and tests) fast; see the design notes.
     session_timeout_s: float = Field(default=10.0, gt=0)

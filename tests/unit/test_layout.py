@@ -26,3 +26,12 @@ def test_no_module_of_the_package_is_over_500_lines() -> None:
     assert len(modules) > 50
     sizes = {str(m.relative_to(PACKAGE)): len(m.read_text().splitlines()) for m in modules}
     assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_mode_setting_spells_the_wire_enum() -> None:
+    from typing import get_args
+
+    from alto.config import ModeName
+    from alto.schemas.messages import Mode
+
+    assert set(get_args(ModeName)) == {m.value for m in Mode}

@@ -34,4 +34,4 @@ def test_the_mode_setting_spells_the_wire_enum() -> None:
     from alto.config import ModeName
     from alto.schemas.messages import Mode
 
-    assert set(get_args(ModeName)) == {m.value for m in Mode}
+    assert {Mode.parse(name) for name in get_args(ModeName)} == set(Mode)

@@ -131,7 +131,7 @@ def measure_sustainable(
     """The sustainable load of the running stack on the soak's workload: a closed loop
     keeping `in_flight` requests outstanding for `duration_s`; requests per second that
     finish after the first third (warm-up). The stack is drained before this returns."""
-    from alto.infra.chaos import workload
+    from alto.infra.chaos_workload import workload
     from alto.infra.openloop import OpenLoop
 
     with OpenLoop(config) as loop:
@@ -175,7 +175,7 @@ def run_soak(
     `minutes`, print a line per `window_s`, and judge the run (`exempt`: processes whose RSS
     is reported but not judged). Everything started is stopped."""
     from alto.infra.broker import free_port
-    from alto.infra.chaos import workload, wrong_reason
+    from alto.infra.chaos_workload import workload, wrong_reason
     from alto.infra.openloop import OpenLoop
     from alto.infra.stack import Stack
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from alto.config import AltoConfig
-from alto.infra.chaos import expected_output, plan_faults, run_chaos, workload
+from alto.infra.chaos import plan_faults, run_chaos
+from alto.infra.chaos_workload import expected_output, workload
 
 
 @pytest.mark.unit

@@ -1,4 +1,5 @@
-"""Fixtures: a real Kafka-compatible broker, fresh topic prefixes, leak checks."""
+"""Fixtures: a real Kafka-compatible broker, fresh topic prefixes, leak checks; and each
+test's tier marker, from its folder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ import pytest
 
 from alto.config import AltoConfig
 from tests.harness import docker_engine_available, fresh_config, kafka_container
+
+TESTS = Path(__file__).resolve().parent
+# A test's folder is its tier (one mechanism: no test marks its own tier). `vllm` and `slow`
+# stay explicit.
+FOLDER_MARKERS = {
+    "unit": ("unit",),
+    "integration": ("integration",),
+    "reliability": ("integration", "reliability"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,6 @@ from alto.errors import BrokerError
 from alto.infra.broker import free_port, wait_for_port
 from tests.harness import REPO
 
-pytestmark = pytest.mark.integration
-
 
 async def _new_topic(bootstrap: str, prefix: str, *, partitions: int) -> str:
     """A topic no other test uses, created with plain aiokafka (no code of ours)."""

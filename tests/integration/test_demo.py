@@ -13,7 +13,7 @@ import pytest
 
 from alto.infra.processes import REPO
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_alto_demo_runs_end_to_end_on_the_sim_engine(tmp_path: Path) -> None:

@@ -6,15 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 from alto.agents import example
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, collect_results, new_request
 from alto.infra.processes import WorkerProcess, wait_assigned
 from alto.schemas.messages import Mode, ResultStatus
-
-pytestmark = pytest.mark.integration
 
 
 def test_faust_cli_worker_serves_requests(alto_config: AltoConfig, tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from alto.agents import claims
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, TopicReader, collect_results, new_request
@@ -16,8 +14,6 @@ from alto.lm_service.quanta import split_all
 from alto.lm_service.sim import sim_text
 from alto.schemas.messages import LMStatus, Mode, PipelineResult, ResultStatus
 from alto.streams.ancestry import node_key
-
-pytestmark = pytest.mark.integration
 
 
 def _expected(request_id: str) -> dict:  # type: ignore[type-arg]

@@ -19,8 +19,6 @@ from alto.infra.client import Submitter, collect_results, new_request, wait_lm_r
 from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 from alto.schemas.messages import Mode, ResultStatus
 
-pytestmark = pytest.mark.integration
-
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 N_REQUESTS = 6

@@ -7,15 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, TopicReader, new_request
 from alto.infra.openloop import OpenLoop
 from alto.kafka import ensure_topics
 from alto.schemas.messages import Mode, PipelineRequest, PipelineResult, ResultStatus
-
-pytestmark = pytest.mark.integration
 
 
 def _respond(config: AltoConfig, stop: threading.Event, answered: list[str]) -> None:

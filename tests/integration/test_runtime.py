@@ -27,8 +27,6 @@ from alto.schemas.messages import (
 from alto.streams.ancestry import key_at_level
 from tests.harness import WorkerProcess, wait_assigned
 
-pytestmark = pytest.mark.integration
-
 STATEFUL = ("sentence_stats", "request_stats")
 
 

@@ -14,7 +14,7 @@ import pytest
 from alto.infra.soak import run_soak, verdict_text
 from tests.harness import fresh_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(420)

@@ -19,8 +19,6 @@ from alto.streams.ancestry import key_at_level
 from alto.streams.processor import DEADLINE
 from tests.harness import WorkerProcess, fresh_config, wait_assigned
 
-pytestmark = pytest.mark.integration
-
 TABLES = ("example.sentence_stats", "example.request_stats", "results")
 
 

@@ -4,13 +4,9 @@ did not serve (none on a healthy topic)."""
 
 from __future__ import annotations
 
-import pytest
-
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, _Whole, new_request, trail
 from alto.kafka import ensure_topics
-
-pytestmark = pytest.mark.integration
 
 
 def test_the_trail_places_each_record_of_a_request(alto_config: AltoConfig) -> None:

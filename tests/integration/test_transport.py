@@ -13,12 +13,9 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from alto.agents.transport import FaustApp
-
-pytestmark = pytest.mark.integration
 
 # How long each buffered message takes to reach the client: a loaded event loop or a client
 # applying back-pressure, well past the 0.1 s after which Faust's flush gave up.

@@ -25,8 +25,6 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from alto.infra.broker import free_port
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 REQUESTS_TOPIC = "alto.requests"  # the contract's default names (prefix `alto.`)
 RESULTS_TOPIC = "alto.results"

@@ -6,15 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, collect_results, new_request
 from alto.infra.processes import WorkerProcess, wait_assigned
 from alto.schemas.messages import Mode, ResultStatus
 from tests.harness import USER_PIPELINE_MODULE
-
-pytestmark = pytest.mark.integration
 
 
 def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from alto.infra.client import Submitter, TopicReader, collect_results, new_reque
 from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
 from alto.schemas.messages import LMStatus, Mode, Quantum, QuantumKind, ResultStatus
 
-pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 

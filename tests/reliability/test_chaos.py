@@ -9,31 +9,9 @@ from pathlib import Path
 import pytest
 
 from alto.config import AltoConfig
-from alto.infra.chaos import plan_faults, run_chaos
-from alto.infra.chaos_workload import expected_output, workload
+from alto.infra.chaos import run_chaos
 
 
-@pytest.mark.unit
-def test_faults_are_planned_inside_the_window_apart_and_reproducibly() -> None:
-    plan = plan_faults(3, 60.0, ("faust", "lm", "scheduler"))
-    assert plan == plan_faults(3, 60.0, ("faust", "lm", "scheduler"))
-    assert sorted(t for t, _, _ in plan) == ["faust", "lm", "scheduler"]
-    moments = sorted(at for _, at, _ in plan)
-    assert all(6.0 <= at <= 48.0 for at in moments)
-    assert all(b - a >= 8.0 for a, b in zip(moments, moments[1:], strict=False))
-
-
-@pytest.mark.unit
-def test_the_workload_is_checkable() -> None:
-    work = workload(60, seed=5)
-    assert {r.pipeline for r in work} == {"claims", "example"}
-    claims_out = [expected_output(r) for r in work if r.pipeline == "claims"]
-    assert all(out["n"] == len(out["claims"]) >= 1 for out in claims_out)
-    assert len({r.request_id for r in work}) == 60
-
-
-@pytest.mark.integration
-@pytest.mark.reliability
 @pytest.mark.slow
 def test_kills_and_restarts_lose_and_duplicate_nothing(
     alto_config: AltoConfig, tmp_path: Path
@@ -49,8 +27,6 @@ def test_kills_and_restarts_lose_and_duplicate_nothing(
     assert report.dead_letters == 0
 
 
-@pytest.mark.integration
-@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_worker_paused_past_its_session_loses_and_duplicates_nothing(
     alto_config: AltoConfig, tmp_path: Path

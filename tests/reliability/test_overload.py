@@ -12,7 +12,7 @@ from alto.bench.overload import run_overload
 from alto.config import AltoConfig
 from alto.schemas.messages import ResultStatus
 
-pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_overload_fails_fast_past_admission_and_recovers(

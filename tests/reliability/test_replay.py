@@ -8,15 +8,11 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from alto.agents import example
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, TopicReader, collect_results, new_request
 from alto.schemas.messages import Mode, PipelineResult, Quantum, ResultStatus
 from tests.harness import WorkerProcess, wait_assigned
-
-pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 
 def test_a_request_without_result_is_replayed_and_answered_once(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,8 +9,6 @@ from alto.agents import example
 from alto.schemas.messages import Mode, PipelineRequest, QuantumKind
 from alto.streams.admission import Admission
 from alto.streams.processor import OVERLOADED, DeadLetterOut, Ingest, Routing, Send
-
-pytestmark = pytest.mark.unit
 
 
 def test_admits_up_to_the_limit_then_refuses_until_one_finishes() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,8 +13,6 @@ from alto.streams.ancestry import (
     relative_indices,
     request_id_of_key,
 )
-
-pytestmark = pytest.mark.unit
 
 STAGES = ("claims", "queries", "tokens", "words")
 request_ids = st.text(min_size=1, max_size=12)

@@ -9,8 +9,6 @@ import pytest
 from alto.bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point
 from alto.bench.factool_report import summarize
 
-pytestmark = pytest.mark.unit
-
 
 def test_poisson_arrivals_are_seeded_and_have_the_offered_rate() -> None:
     a = _arrivals(4000, 2.0, seed=3)

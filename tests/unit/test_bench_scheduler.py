@@ -17,8 +17,6 @@ from alto.bench.scheduler import (
 from alto.lm_service.sim import SimParams, iteration_s
 from alto.scheduler.policy import Call, ClusterState, Completion, SchedulingPolicy, make_policy
 
-pytestmark = pytest.mark.unit
-
 PARAMS = SimParams()
 
 

@@ -15,8 +15,6 @@ from rank_bm25 import BM25Okapi
 from alto.agents.example import _real_sentences
 from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
 
-pytestmark = pytest.mark.unit
-
 N_DOCS = 400
 # the accumulator's modes: default switch-over (N/8), dense from the start, always sparse
 MODES = [None, 0, 10**9]

@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from alto.errors import BadInputError
 from alto.streams.completion import CompletionTracker
 
-pytestmark = pytest.mark.unit
-
 
 def _tree(
     rng: random.Random, depth: int, max_fanout: int

@@ -5,12 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from alto.config import config_env, load_config
 from alto.infra.stack import Stack
-
-pytestmark = pytest.mark.unit
 
 
 def test_alto_up_gives_each_faust_worker_its_share_of_the_cores(tmp_path: Path) -> None:

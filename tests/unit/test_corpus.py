@@ -17,8 +17,6 @@ from alto.agents.factool.corpus import (
 )
 from alto.errors import ConfigError
 
-pytestmark = pytest.mark.unit
-
 BOSE = (
     "10858577 18 n 03 Bose 0 Satyendra_N._Bose 0 Satyendra_Nath_Bose 0 001 @i 10364643 n 0000 "
     "| Indian physicist who with Albert Einstein proposed statistical laws  \n"

@@ -15,8 +15,6 @@ import yaml
 from alto.cli import build_parser
 from alto.config import env_variables, load_config
 
-pytestmark = pytest.mark.unit
-
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 README = INFRA.parent / "README.md"
 

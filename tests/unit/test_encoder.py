@@ -8,8 +8,6 @@ import pytest
 from alto.agents.factool.corpus import WORDNET_DIR, load_wordnet
 from alto.agents.factool.encoder import DIM, Encoder, maxsim, rerank
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:

@@ -24,8 +24,6 @@ from alto.streams.ancestry import node_key
 from alto.streams.local import LocalRunner, make_request
 from alto.streams.operators import Item
 
-pytestmark = pytest.mark.unit
-
 # -- the pipeline --------------------------------------------------------------------
 
 

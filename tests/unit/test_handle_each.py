@@ -16,8 +16,6 @@ import pytest
 
 from alto.agents.runtime import handle_each
 
-pytestmark = pytest.mark.unit
-
 
 @dataclass
 class _Stream:

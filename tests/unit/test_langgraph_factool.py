@@ -17,8 +17,6 @@ from alto.streams.local import LocalRunner, make_request
 
 pytest.importorskip("langgraph")
 
-pytestmark = pytest.mark.unit
-
 
 def test_langgraph_reports_equal_our_pipelines_on_the_simulated_engine() -> None:
     from alto.bench.langgraph_factool import run_open_loop

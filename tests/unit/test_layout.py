@@ -6,11 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import alto
-
-pytestmark = pytest.mark.unit
 
 PACKAGE = Path(alto.__file__).parent
 MAX_LINES = 500

@@ -16,8 +16,6 @@ from alto.schemas.messages import Mode, ResultStatus
 from alto.streams.ancestry import node_key
 from alto.streams.local import LocalRunner, make_request
 
-pytestmark = pytest.mark.unit
-
 
 def _expected(request_id: str) -> dict:  # type: ignore[type-arg]
     lm_id = f"{node_key(request_id, ())}#claims"

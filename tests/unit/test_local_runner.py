@@ -14,8 +14,6 @@ from alto.schemas.messages import Mode, QuantumKind, ResultStatus
 from alto.streams import REQUEST, Item, Pipeline, collect, count, sum_of
 from alto.streams.local import LocalRunner, make_request
 
-pytestmark = pytest.mark.unit
-
 TEXTS = example.example_texts(30, seed=11)
 
 

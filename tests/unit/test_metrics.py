@@ -17,8 +17,6 @@ from alto.config import AltoConfig, config_env, load_config
 from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
 from alto.schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule
 
-pytestmark = pytest.mark.unit
-
 
 def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -22,8 +22,6 @@ from alto.streams.operators import (
     top_k,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def _items(values: list[int], source: str = "s") -> list[Item]:
     return [Item(v, "r", (PathEntry("x", i),), source) for i, v in enumerate(values)]

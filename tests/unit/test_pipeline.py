@@ -8,8 +8,6 @@ from alto.agents import example
 from alto.errors import PipelineError
 from alto.streams import REQUEST, Pipeline, collect, count
 
-pytestmark = pytest.mark.unit
-
 
 def _noop(item):  # type: ignore[no-untyped-def]
     return item.value

@@ -12,8 +12,6 @@ from alto.errors import ConfigError
 from alto.streams.registry import registry
 from tests.harness import USER_PIPELINE_MODULE
 
-pytestmark = pytest.mark.unit
-
 USER_MODULE = (
     USER_PIPELINE_MODULE
     + """

@@ -33,8 +33,6 @@ from alto.scheduler.policy import (
     make_policy,
 )
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[2]
 TICK_MS = 10
 REPORT_MS = 100

@@ -8,8 +8,6 @@ from hypothesis import strategies as st
 
 from alto.lm_service.quanta import RULES, LineWords, Splitter, split_all
 
-pytestmark = pytest.mark.unit
-
 TEXT = "Claims:\n1. The Moon orbits Earth.\n2) It is 384,400 km away!\n\n- Tides follow it. Really?\n* No trailing newline"
 
 

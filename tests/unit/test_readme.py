@@ -16,8 +16,6 @@ from alto.lm_service.sim import SimEngine, SimParams
 from alto.schemas.messages import Mode, ResultStatus
 from alto.streams.local import LocalRunner, make_request
 
-pytestmark = pytest.mark.unit
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 

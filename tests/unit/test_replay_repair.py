@@ -16,8 +16,6 @@ from alto.streams import Pipeline, collect
 from alto.streams.local import LocalRunner, make_request
 from alto.streams.processor import Routing, Send, StageProcessor
 
-pytestmark = pytest.mark.unit
-
 TEXT = "One short sentence here. A second one follows it. And a third closes."
 
 

@@ -19,8 +19,6 @@ from alto.schemas.messages import (
     QuantumRule,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def _call(i: int, prompt: str = "claims") -> LMRequest:
     return LMRequest(

@@ -34,8 +34,6 @@ from alto.schemas.messages import (
     TraceSpan,
 )
 
-pytestmark = pytest.mark.unit
-
 SPAN = TraceSpan("words", "sentences:0", "w1", 1, 2, ("w1", "w2"))
 SAMPLES = [
     PipelineRequest("r1", "example", "Hello there. General.", 1700000000000, Mode.BASELINE),

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-import pytest
-
 from alto.config import config_env, load_config
 from alto.kafka import aiokafka_settings, client_settings
-
-pytestmark = pytest.mark.unit
 
 SECURE = {
     "ALTO_BOOTSTRAP_SERVERS": "kafka-1:9093",

@@ -15,8 +15,6 @@ from alto.lm_service.engine import GenerationParams, Prompt
 from alto.lm_service.quanta import split_all
 from alto.lm_service.sim import PrefixCache, SimEngine, SimParams, sim_text
 
-pytestmark = pytest.mark.unit
-
 
 def _prompt(name: str, text: str = "Question: what is the Moon?") -> Prompt:
     return Prompt(name, (("user", text),), prefix_chars=10)

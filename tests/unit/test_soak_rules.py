@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 from alto.bench.hop import drift, windows
 from alto.infra.soak import Window, judge
-
-pytestmark = pytest.mark.unit
 
 
 def _w(i: int, lat: float, rss: dict[str, float], keys: int = 100) -> Window:

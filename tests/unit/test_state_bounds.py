@@ -16,8 +16,6 @@ from alto.streams.ancestry import node_key
 from alto.streams.pipeline import Topology
 from alto.streams.processor import DEADLINE, Routing, Send, StageProcessor, now_ms
 
-pytestmark = pytest.mark.unit
-
 
 def _split(item: Any) -> list[str]:
     return list(item.value.split())

@@ -17,8 +17,6 @@ from faust.types.tuples import ConsumerMessage
 
 from alto.agents.transport import FaustApp
 
-pytestmark = pytest.mark.unit
-
 
 def _consumer_of(topic_name: str) -> object:
     app = FaustApp("acks", broker="kafka://127.0.0.1:9", store="memory://")

@@ -2,11 +2,11 @@
 
 Same work as `alto.agents.factool.pipeline`, step for step: the same prompts (the `LMCall` render
 functions), the same LM request ids (so the SIMULATED engine writes the same text), the same
-quantum rules, BM25 index, MiniLM encoder, rerank, evidence, backfill, verdict parsing and
+quantum rules, BM25 index, MiniLM encoder, rerank, evidence, claim search, verdict parsing and
 report code. What differs is only how the steps are run, as a LangGraph user would run them:
 
     request graph:  answer -> claims -> Send(check_claim) per claim -> report
-    claim graph:    queries -> Send(retrieve) per query -> evidence -> backfill -> verify -> judge
+    claim graph:    queries -> Send(retrieve) per query -> evidence -> claim_search -> verify -> judge
     retrieve:       BM25 top-k || MiniLM encoding (threads), then rerank (thread)
 
 Each claim runs as its own subgraph, so a claim's retrieval and verification never wait
@@ -73,7 +73,7 @@ class ClaimState(TypedDict, total=False):
     queries: list[str]
     reranked: Annotated[list[tuple[int, dict[str, Any]]], operator.add]
     evidence: dict[str, Any]
-    checked: dict[str, Any]  # evidence after backfill
+    checked: dict[str, Any]  # evidence after the claim's own search
     verdict: list[str]
     judged: dict[str, Any]
     spans: Annotated[list[Span], operator.add]
@@ -131,7 +131,7 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
             )
             for k, query in enumerate(state["queries"])
         ]
-        return sends or "evidence"  # no query: evidence finds nothing, backfill searches
+        return sends or "evidence"  # no query: the claim's own search still finds evidence
 
     async def retrieve(state: QueryInput) -> dict[str, Any]:
         query = state["query"]
@@ -154,35 +154,37 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
         found = factool._evidence({"claims": [state["claim"]], "rerank": ranked})
         return {"evidence": found, "spans": _span("evidence", start)}
 
-    async def backfill(state: ClaimState) -> dict[str, Any]:
+    async def claim_search(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
         item = Item(state["evidence"], state["request_id"], state["path"], "evidence")
-        checked = await asyncio.to_thread(factool._backfill, item)
-        return {"checked": checked, "spans": _span("backfill", start)}
+        checked = await asyncio.to_thread(factool._claim_search, item)
+        return {"checked": checked, "spans": _span("claim_search", start)}
 
     async def verify(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
-        item = Item(state["checked"], state["request_id"], state["path"], "backfill")
+        item = Item(state["checked"], state["request_id"], state["path"], "claim_search")
         texts = await _lm(engine, factool.VERIFY, "verify", item)
         return {"verdict": texts, "spans": _span("verify", start)}
 
     def judge(state: ClaimState) -> dict[str, Any]:
         return {
-            "judged": factool._judged({"backfill": [state["checked"]], "verify": state["verdict"]})
+            "judged": factool._judged(
+                {"claim_search": [state["checked"]], "verify": state["verdict"]}
+            )
         }
 
     graph = StateGraph(ClaimState)
     graph.add_node("queries", queries)
     graph.add_node("retrieve", retrieve)
     graph.add_node("evidence", evidence)
-    graph.add_node("backfill", backfill)
+    graph.add_node("claim_search", claim_search)
     graph.add_node("verify", verify)
     graph.add_node("judge", judge)
     graph.add_edge(START, "queries")
     graph.add_conditional_edges("queries", fan_out, ["retrieve", "evidence"])
     graph.add_edge("retrieve", "evidence")
-    graph.add_edge("evidence", "backfill")
-    graph.add_edge("backfill", "verify")
+    graph.add_edge("evidence", "claim_search")
+    graph.add_edge("claim_search", "verify")
     graph.add_edge("verify", "judge")
     graph.add_edge("judge", END)
     return graph.compile(name="factool-claim")

@@ -33,7 +33,7 @@ _SHOWN = {  # stage whose input topic we read -> (producing stage, what it shows
     "claims": ("answer", "answer"),
     "queries": ("claims", "claim"),
     "encode": ("queries", "query"),
-    "verify": ("backfill", "evidence"),  # a claim with its evidence
+    "verify": ("claim_search", "evidence"),  # a claim with its evidence
     "report": ("judged", "verdict"),  # a claim's verdict
 }
 
@@ -179,7 +179,9 @@ def _report(
         for c in out["claims"]:
             top = c["evidence"][0] if c["evidence"] else None
             where = f"{top['title'].split(', ')[0]}: {top['text'][:60]}" if top else "no evidence"
-            print(f"  - [{c['verdict']}] {c['claim']}\n      evidence: {where}")
+            queries = " | ".join(c.get("queries") or []) or "none written"
+            print(f"  - [{c['verdict']}] {c['claim']}")
+            print(f"      queries: {queries}\n      evidence: {where}")
         print(f"  factuality: {out['factuality']}\n")
     modes = [m for m in (Mode.STREAMING, Mode.BASELINE) if any(r.mode is m for r in requests)]
     print("| mode | requests | OK | median latency s |")

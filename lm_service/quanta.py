@@ -9,7 +9,9 @@ output need not end with a newline). Rules:
 - ``word``: whitespace-delimited words (what streaming BM25 consumes);
 - ``line``: non-blank lines, stripped;
 - ``item``: list items: non-blank lines with their bullet or number ("1.", "2)", "-", "*") removed;
-- ``sentence``: sentences ending in . ! ? (or at a line break), list bullets dropped;
+- ``sentence``: sentences ending in . ! ? (or at a line break), list bullets dropped; a
+  period after an initialism ("B.E.R.S.", "U.S.", "John F. Kennedy") or a common
+  abbreviation ("Dr.", "Mt.", "approx.") does not end a sentence;
 - ``whole``: the entire output, once, at the end.
 """
 
@@ -24,6 +26,14 @@ RULES: tuple[QuantumRule, ...] = ("token", "word", "line", "item", "sentence", "
 
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.)]|[a-zA-Z][.)])\s+")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
+# The word before a period that does not end a sentence: an initialism (letters each followed
+# by a period, the last one's being this one) or a title or abbreviation written before a
+# name or number. "etc." is left out: it ends sentences as often as not.
+_INITIALISM = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr mt ft vs approx ca cf fig inc ltd co corp dept gen col lt "
+    "sgt capt rev est jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
 
 
 class Splitter:
@@ -74,9 +84,14 @@ class Splitter:
                 for line in complete.split("\n"):
                     done += self._clean(line)
         else:  # sentence
-            while (m := _SENTENCE_END.search(self._buf)) is not None:
+            start = 0
+            while (m := _SENTENCE_END.search(self._buf, start)) is not None:
+                if _abbreviated(self._buf, m.start()):
+                    start = m.end()  # not an end: look further on
+                    continue
                 sentence, self._buf = self._buf[: m.end()], self._buf[m.end() :]
                 done += self._clean(sentence)
+                start = 0
         return done
 
     def _clean(self, text: str) -> list[str]:
@@ -99,6 +114,22 @@ class Splitter:
     def _out(self, quanta: list[str]) -> list[str]:
         self.emitted += len(quanta)
         return quanta
+
+
+def _abbreviated(text: str, end: int) -> bool:
+    """Whether the sentence-ending candidate at `text[end]` is an abbreviation's period."""
+    if text[end] != ".":
+        return False
+    line_start = text.rfind("\n", 0, end) + 1  # the buffer starts after the last sentence
+    before = text[line_start:end]
+    word = before.rsplit(None, 1)[-1] if before.strip() else ""
+    if not word:
+        return False
+    if len(word) == 1 and not before[:-1].strip():
+        return False  # "a." starting a line or sentence is a list bullet, which ends here
+    if word == "I":
+        return False  # "... and so do I." ends a sentence far more often than an initial
+    return bool(_INITIALISM.fullmatch(word)) or word.lower() in _ABBREVIATIONS
 
 
 class LineWords:

@@ -10,7 +10,7 @@
       -> join         per query: BM25 candidates + query embeddings
       -> rerank       MaxSim of the query's tokens against each candidate's tokens
       -> evidence     per claim: the claim and its best passages over all its queries
-      -> backfill     a claim none of whose queries found anything is searched by its text
+      -> claim_search the claim's own text is searched too, ranked with its queries' finds
       -> verify       LM per claim: verdict and reason (parsed defensively)
       -> judged       per claim: claim, evidence, verdict
       -> report       per request: answer, claims, factuality score -> alto.results
@@ -191,29 +191,40 @@ def _evidence(parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _backfill(item: Item) -> dict[str, Any]:
-    """A claim whose queries found nothing (the model wrote no usable query) is searched by
-    its own text, so every claim reaches verification with evidence when the corpus has any."""
+def _claim_search(item: Item) -> dict[str, Any]:
+    """The claim's own text is searched too, always (BM25, then MaxSim), and ranked with what
+    its queries found; its best passage keeps a place in the evidence.
+
+    Our deviation from FacTool, for weak models: FacTool retrieves only by the generated
+    queries. SmolLM2's queries are often a paraphrase that drifts off the subject (or none
+    at all), while BM25 on the claim's own words ranks relevant entries first."""
     claim = item.value
-    if claim["evidence"]:
-        return dict(claim)
     res = resources()
     scores = ScoreAccumulator(res.index)
     scores.extend(tokenize(claim["claim"]))
     (emb,) = res.encoder.token_embeddings([claim["claim"]])
-    found = _rerank(
+    own = _rerank(
         Item(
             {"query": claim["claim"], "candidates": scores.top_k(BM25_K), "emb": pack(emb)},
             item.request_id,
             item.path,
             item.source,
         )
-    )
-    return {**claim, "evidence": found["evidence"], "searched_by_claim": True}
+    )["evidence"]
+    kept = {e["doc_id"] for e in own[:1]}
+    best: dict[str, dict[str, Any]] = {}
+    for passage in [*claim["evidence"], *own]:
+        seen = best.get(passage["doc_id"])
+        if seen is None or passage["score"] > seen["score"]:
+            best[passage["doc_id"]] = passage
+    ranked = sorted(best.values(), key=lambda e: (-e["score"], e["doc_id"]))
+    chosen = [e for e in ranked if e["doc_id"] in kept]
+    chosen += [e for e in ranked if e["doc_id"] not in kept][: EVIDENCE_K - len(chosen)]
+    return {**claim, "evidence": sorted(chosen, key=lambda e: (-e["score"], e["doc_id"]))}
 
 
 def _judged(parts: dict[str, Any]) -> dict[str, Any]:
-    (claim,) = parts["backfill"]
+    (claim,) = parts["claim_search"]
     texts = parts["verify"]
     verdict = parse_verdict(texts[0] if texts else None)
     return {**claim, **verdict.to_json()}
@@ -272,12 +283,12 @@ def build() -> Topology:
             after=["claims", "rerank"],
             per="claims",
         )
-        .map("backfill", _backfill, after="evidence", blocking=True, concurrency=4)
-        .lm("verify", VERIFY, after="backfill")
+        .map("claim_search", _claim_search, after="evidence", blocking=True, concurrency=4)
+        .lm("verify", VERIFY, after="claim_search")
         .aggregate(
             "judged",
-            _join(_judged, backfill=collect(), verify=collect()),
-            after=["backfill", "verify"],
+            _join(_judged, claim_search=collect(), verify=collect()),
+            after=["claim_search", "verify"],
             per="claims",
         )
         .aggregate(

@@ -76,15 +76,20 @@ def test_factool_on_the_simulated_engine_with_shuffled_duplicated_delivery(mode:
             assert claim["queries"] == wanted
             assert claim["verdict"] in (SUPPORTED, REFUTED, UNVERIFIABLE) and claim["parsed"]
             assert 0 < len(claim["evidence"]) <= factool.EVIDENCE_K
+            by_claim = 0
             for passage in claim["evidence"]:
-                # Each passage's BM25 score is the corpus score of one of the claim's queries.
+                # Each passage's BM25 score is the corpus score of one of the claim's queries
+                # or of the claim's own text, which always takes part in retrieval.
                 doc = next(
                     i
                     for i, d in enumerate(factool.resources().docs)
                     if d.doc_id == passage["doc_id"]
                 )
+                own = float(index.get_scores(tokenize(claim["claim"]))[doc])
                 scores = {float(index.get_scores(tokenize(q))[doc]) for q in wanted}
-                assert passage["bm25"] in scores
+                assert passage["bm25"] in scores | {own}
+                by_claim += passage["bm25"] == own
+            assert by_claim, f"no passage found by the claim's own text: {claim}"
         verdicts = [c["verdict"] for c in report["claims"]]
         assert report["factuality"] == round(verdicts.count(SUPPORTED) / len(verdicts), 4)
         stages = {s.stage for s in result.trace}

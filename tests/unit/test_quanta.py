@@ -51,6 +51,27 @@ def test_rules_on_a_numbered_list_with_blank_lines_and_no_trailing_newline() -> 
     assert split_all([TEXT], "whole") == [TEXT.strip()]
 
 
+ABBREVIATED = (
+    "The B.E.R.S. is a society in the U.S. with Dr. Smith. John F. Kennedy climbed Mt. "
+    "Washington, approx. 1.9 km high! So did I. a. A bullet.\nb. Another one."
+)
+
+
+def test_initialisms_and_abbreviations_do_not_end_sentences() -> None:
+    assert split_all([ABBREVIATED], "sentence") == [
+        "The B.E.R.S. is a society in the U.S. with Dr. Smith.",
+        "John F. Kennedy climbed Mt. Washington, approx. 1.9 km high!",
+        "So did I.",
+        "A bullet.",  # a letter and period that start a sentence are a bullet, dropped
+        "Another one.",
+    ]
+
+
+@given(st.lists(st.integers(0, 500), max_size=40))
+def test_abbreviations_do_not_depend_on_where_the_stream_is_cut(cuts: list[int]) -> None:
+    assert split_all(_chop(ABBREVIATED, cuts), "sentence") == split_all([ABBREVIATED], "sentence")
+
+
 def test_quanta_are_emitted_as_soon_as_complete() -> None:
     s = Splitter("line")
     assert s.feed("first li") == []

@@ -39,9 +39,10 @@ from alto.errors import BadInputError, ConfigError
 from alto.kafka import aiokafka_settings
 from alto.scheduler.agent import SchedulerCore
 from alto.schemas import faust_codecs
-from alto.schemas.messages import Mode, PipelineRequest, Quantum, QuantumKind
+from alto.schemas.messages import Mode, PipelineRequest, Quantum
 from alto.streams.admission import Admission
 from alto.streams.ancestry import request_id_of_key
+from alto.streams.outputs import failed
 from alto.streams.pipeline import REQUEST, StageKind, Topology
 from alto.streams.processor import (
     CallLM,
@@ -52,7 +53,6 @@ from alto.streams.processor import (
     Send,
     Sink,
     StageProcessor,
-    now_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -250,22 +250,10 @@ class AltoApp:
 
     async def send_failed(self, request_id: str, stage: str, error: str) -> None:
         """A FAILED marker for `request_id`, straight to the sink (its request's result)."""
-        now = now_ms()
-        failed = Quantum(
-            request_id=request_id,
-            pipeline="",
-            mode=Mode.parse(self.config.mode),
-            stage=stage,
-            path=(),
-            seq=0,
-            kind=QuantumKind.FAILED,
-            submitted_at_ms=now,
-            created_at_ms=now,
-            error=error,
-        )
+        marker = failed(request_id, stage, error, mode=Mode.parse(self.config.mode))
         try:
             await self.topic(self.config.sink_topic).send(
-                key=request_id.encode(), value=failed.encode()
+                key=request_id.encode(), value=marker.encode()
             )
         except ProducerSendError as exc:
             if not isinstance(exc.__cause__, MessageSizeTooLargeError):

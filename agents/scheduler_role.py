@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from faust.types import EventT, StreamT
 
 from alto.errors import BadInputError
 from alto.scheduler.agent import Overloaded, SchedulerCore
-from alto.schemas.messages import LMRequest, Mode, Quantum, QuantumKind
-from alto.streams.processor import OVERLOADED, now_ms
+from alto.schemas.messages import LMRequest
+from alto.streams.outputs import failed_call, overloaded
 
 if TYPE_CHECKING:
     from alto.agents.runtime import AltoApp
@@ -45,7 +44,7 @@ def define_scheduler(rt: AltoApp) -> None:
         try:
             instance = await scheduler.place(request)
         except Overloaded as exc:
-            await overloaded(rt, request, str(exc))
+            await fail_overloaded(rt, request, str(exc))
             return
         await scheduler.assign(request, instance)
 
@@ -80,25 +79,9 @@ def define_scheduler(rt: AltoApp) -> None:
     rt.app.agent(rt.topic(rt.config.lm_requests_topic), name="alto.scheduler")(assign)
 
 
-async def overloaded(rt: AltoApp, request: LMRequest, why: str) -> None:
+async def fail_overloaded(rt: AltoApp, request: LMRequest, why: str) -> None:
     """Fail a request at once (OVERLOADED): its LM call found every instance saturated."""
-    now = now_ms()
-    try:
-        parent = Quantum.decode(request.parent)
-    except BadInputError:  # still fail the request, from what the call itself says
-        parent = Quantum(
-            request.request_id, request.pipeline, Mode.STREAMING, request.stage, (), 0,
-            QuantumKind.DATA, now, now,
-        )  # fmt: skip
-    failed = replace(
-        parent,
-        stage=request.stage,
-        kind=QuantumKind.FAILED,
-        payload=None,
-        count=None,
-        error=f"{OVERLOADED}: {why}",
-        created_at_ms=now,
-    )
+    marker = failed_call(request, overloaded(why))
     await rt.app.producer.send(
-        rt.config.sink_topic, request.request_id.encode(), failed.encode(), None, None, None
+        rt.config.sink_topic, request.request_id.encode(), marker.encode(), None, None, None
     )

@@ -3,8 +3,9 @@
 What it measures. Every policy in `alto.scheduler.policy.POLICY_NAMES` routes the same stream of
 LM calls over a virtual-time, discrete-event cluster of `N_INSTANCES` LM instances; no
 broker, no asyncio, no wall clock: a run is a pure function of (policy, load, seed). The
-scheduler side drives the policy exactly as `scheduler/agent.py` does:
-`policy.decide(state, call, now_ms)` then `state.assigned(i, call)` for every call; each
+scheduler side drives the policy exactly as `scheduler/agent.py` does: the placement step
+`alto.scheduler.placement.place` (the policy's choice, then the spill rule at the agent's
+default saturation, `SATURATION`) for every call; each
 instance's `state.report(Load(...))` every second of virtual time (running, waiting, queued
 prefill and decode tokens, KV usage, as `SimEngine.stats()` computes them); on a finish
 `state.completed(Completion(...))` then `policy.on_completion(state, done)`, with

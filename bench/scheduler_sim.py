@@ -20,6 +20,7 @@ from alto.bench.scheduler_workload import (
     Workload,
 )
 from alto.lm_service.sim import PrefixCache, SimParams, iteration_s
+from alto.scheduler.placement import SATURATION, place
 from alto.scheduler.policy import (
     Call,
     ClusterState,
@@ -222,10 +223,10 @@ def simulate(
             template.prefix_tokens + arrival.suffix_tokens,
             template.max_tokens,
         )
-        choice = policy.decide(state, call, _ms(now))
-        if choice is None:
+        placed = place(policy, state, call, _ms(now), saturation=SATURATION)
+        if placed is None:
             raise RuntimeError(f"{policy.name} found no live instance at t={now:.3f} s")
-        state.assigned(choice, call)
+        choice = placed.instance
         job = _Job(i, call, template, now, arrival.output_tokens)
         jobs.append(job)
         inst = instances[choice]

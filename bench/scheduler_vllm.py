@@ -9,6 +9,7 @@ from typing import Any
 
 from alto.bench.common import progress, stdout_to_stderr
 from alto.bench.scheduler_workload import SEED, WORDS
+from alto.scheduler.placement import SATURATION, place
 from alto.scheduler.policy import (
     CHARS_PER_TOKEN,
     Call,
@@ -116,9 +117,9 @@ async def _vllm_policy_run(
             max(1, round(len(text) / CHARS_PER_TOKEN)),
             VLLM_MAX_TOKENS,
         )
-        instance = policy.decide(state, call, now_ms())
-        assert instance is not None
-        state.assigned(instance, call)
+        placed = place(policy, state, call, now_ms(), saturation=SATURATION)
+        assert placed is not None
+        instance = placed.instance
         per_engine[instance] += 1
         tasks.append(asyncio.ensure_future(one(call.call_id, instance, call, prompt)))
     await asyncio.gather(*tasks)

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from alto.errors import BadInputError, EngineError
 from alto.lm_service.engine import Engine, GenerationParams, Prompt
 from alto.lm_service.quanta import LineWords, Splitter
-from alto.schemas.messages import LMRequest, Mode, Quantum, QuantumKind
-from alto.streams.processor import Children, DeadLetterOut, Routing, Send, now_ms
+from alto.schemas.messages import LMRequest, Quantum
+from alto.streams.outputs import failed, failed_call
+from alto.streams.processor import Children, DeadLetterOut, Routing, Send
 
 
 def prompt_of(request: LMRequest) -> Prompt:
@@ -107,13 +108,13 @@ def _refused(
     routing = routings.get(request.pipeline) or next(iter(routings.values()), None)
     if routing is None or not request.request_id:
         return outs
-    if parent is None:
-        now = now_ms()
-        parent = Quantum(
-            request.request_id, request.pipeline, Mode.STREAMING, request.stage, (), 0,
-            QuantumKind.FAILED, now, now,
-        )  # fmt: skip
-    outs.append(routing.failed(parent, request.stage, f"{reason}: {text}"))
+    error = f"{reason}: {text}"
+    marker = (
+        failed_call(request, error)
+        if parent is None
+        else failed(request.request_id, request.stage, error, like=parent)
+    )
+    outs.append(Send(routing.sink_topic, request.request_id, marker))
     return outs
 
 

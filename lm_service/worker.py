@@ -32,10 +32,8 @@ from alto.schemas.messages import (
     LMCompletion,
     LMRequest,
     LMStatus,
-    Mode,
-    Quantum,
-    QuantumKind,
 )
+from alto.streams.outputs import failed, failed_call
 from alto.streams.pipeline import Topology
 from alto.streams.processor import DeadLetterOut, Routing, Send, now_ms
 
@@ -148,19 +146,8 @@ class LMWorker:
                 rid = _rid(record.key)
                 await self._dead_letter(record, DeadLetterOut(exc.reason, str(exc), rid, None))
                 if rid is not None:
-                    failed = Quantum(
-                        rid,
-                        "",
-                        Mode.STREAMING,
-                        "lm",
-                        (),
-                        0,
-                        QuantumKind.FAILED,
-                        now_ms(),
-                        now_ms(),
-                        error=f"{exc.reason}: {exc}",
-                    )
-                    await self._send(self.config.sink_topic, rid.encode(), failed.encode())
+                    marker = failed(rid, "lm", f"{exc.reason}: {exc}")
+                    await self._send(self.config.sink_topic, rid.encode(), marker.encode())
                 return
             self.in_flight[request.lm_request_id] = record.offset
             log.debug("call %s at offset %d started", request.lm_request_id, record.offset)
@@ -242,25 +229,8 @@ class LMWorker:
         await self._dead_letter(
             record, DeadLetterOut("engine_error", text, request.request_id, request.stage)
         )
-        try:
-            parent = Quantum.decode(request.parent)
-            mode = parent.mode
-            submitted = parent.submitted_at_ms
-        except BadInputError:
-            mode, submitted = Mode.STREAMING, now_ms()
-        failed = Quantum(
-            request.request_id,
-            request.pipeline,
-            mode,
-            request.stage,
-            (),
-            0,
-            QuantumKind.FAILED,
-            submitted,
-            now_ms(),
-            error=f"engine_error: {text}",
-        )
-        await self._send(self.config.sink_topic, request.request_id.encode(), failed.encode())
+        marker = failed_call(request, f"engine_error: {text}")
+        await self._send(self.config.sink_topic, request.request_id.encode(), marker.encode())
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], out: DeadLetterOut) -> None:
         log.warning("dead letter from %s@%d: %s: %s", self.tp, record.offset, out.reason, out.error)

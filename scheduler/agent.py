@@ -38,6 +38,7 @@ from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from alto.kafka import aiokafka_settings, follow
+from alto.scheduler.placement import place
 from alto.scheduler.policy import Call, ClusterState, Completion, Load, make_policy
 from alto.schemas.messages import LMAssignment, LMRequest, LMStatus
 from alto.streams.processor import DeadLetterOut
@@ -271,21 +272,19 @@ class SchedulerCore:
         """Place `call`; with `engine`, only on an instance running that engine when one
         is live (a replayed call must reproduce the output its first attempt
         streamed in part: downstream deduplication keeps the first copy of each quantum)."""
-        while (instance := self.policy.decide(self.state, call, _now_ms())) is None:
+        while (
+            placed := place(
+                self.policy,
+                self.state,
+                call,
+                _now_ms(),
+                saturation=self.config.scheduler_saturation,
+                engines=self.engines,
+                engine=engine,
+            )
+        ) is None:
             await self._wait_for_change()
-        why = "policy"
-        same = [i for i in self.state.live(_now_ms()) if self.engines.get(i) == engine]
-        if engine is not None and same and instance not in same:
-            instance = min(same, key=lambda i: (self.state.queued_tokens(i), i))
-            why = "same_engine"
-        elif self._full(instance):
-            # The policy's choice is saturated while another instance has room: spill there
-            # (stickiness must never queue calls behind a full instance).
-            room = [i for i in self.state.live(_now_ms()) if not self._full(i)]
-            if room:
-                instance = min(room, key=lambda i: (self.state.queued_tokens(i), i))
-                why = "spill"
-        self.state.assigned(instance, call)
+        instance, why = placed.instance, placed.why
         self._assigned_at[call.call_id] = (instance, _now_ms())
         self.decisions += 1
         metrics.SCHEDULER_DECISIONS.labels(

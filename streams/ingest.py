@@ -14,12 +14,13 @@ from alto.schemas.messages import (
 )
 from alto.streams.admission import Admission
 from alto.streams.outputs import (
-    OVERLOADED,
     DeadLetterOut,
     Output,
     Routing,
     Send,
+    failed,
     now_ms,
+    overloaded,
     payload_text,
 )
 from alto.streams.pipeline import REQUEST
@@ -74,16 +75,19 @@ class Ingest:
             )
         if error is not None:
             reason, text = error
-            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=f"{reason}: {text}")
+            marker = failed(req.request_id, REQUEST, f"{reason}: {text}", like=root)
             return [
                 DeadLetterOut(reason, text, req.request_id, REQUEST),
-                Send(self.sink_topic, req.request_id, failed),
+                Send(self.sink_topic, req.request_id, marker),
             ]
         assert routing is not None  # narrowed above; not input validation
         if self.admission is not None and not self.admission.admit(req.request_id, start, req):
             limit = self.admission.capacity
-            why = f"{OVERLOADED}: {limit} requests already in flight at this ingest worker"
-            failed = replace(root, kind=QuantumKind.FAILED, payload=None, error=why)
-            return [Send(self.sink_topic, req.request_id, failed)]
+            why = overloaded(f"{limit} requests already in flight at this ingest worker")
+            return [
+                Send(
+                    self.sink_topic, req.request_id, failed(req.request_id, REQUEST, why, like=root)
+                )
+            ]
         span = TraceSpan(REQUEST, "", self.worker, req.submitted_at_ms, start, (self.worker,))
         return list(routing.sends(REQUEST, replace(root, trace=(span,))))

@@ -141,16 +141,53 @@ class Routing:
 
     def failed(self, quantum_like: Quantum, stage: str, error: str) -> Send:
         """A FAILED marker for the request, addressed to the sink."""
-        q = replace(
-            quantum_like,
+        q = failed(quantum_like.request_id, stage, error, like=quantum_like)
+        return Send(self.sink_topic, q.request_id, q)
+
+
+def failed(
+    request_id: str,
+    stage: str,
+    error: str,
+    *,
+    like: Quantum | None = None,
+    pipeline: str = "",
+    mode: Mode = Mode.STREAMING,
+) -> Quantum:
+    """A request's FAILED marker, for the sink: the one way every process of ours (stage
+    workers, ingest, the scheduler, LM workers) fails a request. Made from `like`, the
+    quantum at hand (its pipeline, mode, path and submission time carry over), else from
+    what is known. An `error` starting with `overloaded(...)`'s prefix becomes an OVERLOADED
+    result at the sink."""
+    now = now_ms()
+    if like is not None:
+        return replace(
+            like,
             stage=stage,
             kind=QuantumKind.FAILED,
             error=error,
             payload=None,
             count=None,
-            created_at_ms=now_ms(),
+            created_at_ms=now,
         )
-        return Send(self.sink_topic, q.request_id, q)
+    return Quantum(
+        request_id, pipeline, mode, stage, (), 0, QuantumKind.FAILED, now, now, error=error
+    )
+
+
+def failed_call(request: LMRequest, error: str) -> Quantum:
+    """The FAILED marker of an LM call's request: from the call's parent quantum, or from
+    the call alone when the parent does not decode."""
+    try:
+        parent: Quantum | None = Quantum.decode(request.parent)
+    except BadInputError:
+        parent = None
+    return failed(request.request_id, request.stage, error, like=parent, pipeline=request.pipeline)
+
+
+def overloaded(why: str) -> str:
+    """The error of a FAILED marker that the sink reports as an OVERLOADED result."""
+    return f"{OVERLOADED}: {why}"
 
 
 def payload_value(q: Quantum) -> Any:

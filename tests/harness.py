@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
+
 from alto.config import AltoConfig, load_config
+from alto.infra.client import TopicReader
 from alto.infra.processes import REPO, WorkerProcess, wait_assigned
+from alto.kafka import client_settings
 
 __all__ = [
     "REPO",
@@ -40,6 +46,38 @@ def kafka_container() -> Iterator[str]:
 
     with KafkaContainer().with_kraft() as kafka:
         yield kafka.get_bootstrap_server()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Let other tasks run until `condition` holds (an assertion error after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def wait_committed_to_the_end(config: AltoConfig, topic: str, timeout_s: float = 60.0) -> None:
+    """The workers' group commits what it processed: every partition of `topic` committed
+    up to its end (our consumer commits only once it knows where a partition starts)."""
+    reader = TopicReader(config, topic)
+    ends: dict[int, int] = {}
+    try:
+        for msg in reader.drain_messages():
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+    finally:
+        reader.close()
+    group = Consumer({**client_settings(config), "group.id": config.app_id})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parts = [TopicPartition(topic, p) for p in ends]
+            committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
+            if committed == ends or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        group.close()
+    assert committed == ends
 
 
 def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer, TopicPartition
 
 from alto.agents import example
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, TopicReader, collect_results, new_request, trail
-from alto.kafka import client_settings, ensure_topics
+from alto.kafka import ensure_topics
 from alto.schemas.messages import (
     DeadLetter,
     Mode,
@@ -25,7 +24,7 @@ from alto.schemas.messages import (
     ResultStatus,
 )
 from alto.streams.ancestry import key_at_level
-from tests.harness import WorkerProcess, wait_assigned
+from tests.harness import WorkerProcess, wait_assigned, wait_committed_to_the_end
 
 STATEFUL = ("sentence_stats", "request_stats")
 
@@ -115,31 +114,7 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
             used[span.processed_by[0]] += 1
     assert set(used) == {"w1", "w2"}, f"one worker did all aggregation: {used}"
     assert all(w.alive() for w in workers)
-    _wait_committed_to_the_end(alto_config, alto_config.requests_topic)
-
-
-def _wait_committed_to_the_end(config: AltoConfig, topic: str, timeout_s: float = 60.0) -> None:
-    """The workers' group commits what it processed: every partition of `topic` committed
-    up to its end (our consumer commits only once it knows where a partition starts)."""
-    reader = TopicReader(config, topic)
-    ends: dict[int, int] = {}
-    try:
-        for msg in reader.drain_messages():
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-    finally:
-        reader.close()
-    group = Consumer({**client_settings(config), "group.id": config.app_id})
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            parts = [TopicPartition(topic, p) for p in ends]
-            committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
-            if committed == ends or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        group.close()
-    assert committed == ends
+    wait_committed_to_the_end(alto_config, alto_config.requests_topic)
 
 
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(

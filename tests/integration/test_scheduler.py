@@ -98,7 +98,10 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
 
         # Phase 2: a burst, then the prompt's instance is SIGKILLed while it serves it.
         burst = _submit(config, [f"topic {i}" for i in range(12)])
-        time.sleep(1.5)
+        # Killed once it holds calls of the burst (placed on its partition of the work topic).
+        deadline = time.monotonic() + 60
+        while not any(i == home and c.request_id in burst for i, c in _work(config)):
+            assert time.monotonic() < deadline, "no call of the burst reached the home instance"
         lms[home].kill()
         got, dupes = collect_results(config, burst, timeout_s=240)
         assert not dupes, f"results twice: {dupes}"

@@ -12,7 +12,7 @@ from alto.agents import example
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, TopicReader, collect_results, new_request
 from alto.schemas.messages import Mode, PipelineResult, Quantum, ResultStatus
-from tests.harness import WorkerProcess, wait_assigned
+from tests.harness import WorkerProcess, wait_assigned, wait_committed_to_the_end
 
 
 def test_a_request_without_result_is_replayed_and_answered_once(
@@ -48,7 +48,11 @@ def test_a_request_without_result_is_replayed_and_answered_once(
         result = got[request.request_id]
         assert result.status is ResultStatus.OK, result.error
         assert json.loads(result.output or "") == example.expected_output(text)
-        time.sleep(2.0)
+        # Both roots fully processed (the stages' and the sink's inputs committed to their
+        # end: each input is acked only after its outputs were handed to the producer), so a
+        # second result, if there were one, is on the results topic by now.
+        for topic in (*topology.topics(config.topic_prefix), config.sink_topic):
+            wait_committed_to_the_end(config, topic)
         every = [
             PipelineResult.decode(v)
             for _, v in TopicReader(config, config.results_topic).poll(2.0)

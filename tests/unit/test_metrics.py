@@ -16,6 +16,7 @@ from alto.agents.faust_settings import consumer_lags
 from alto.config import AltoConfig, config_env, load_config
 from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
 from alto.schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule
+from tests.harness import until
 
 
 def _value(name: str, **labels: str) -> float:
@@ -176,8 +177,7 @@ def test_scheduler_counts_decisions_spills_waits_and_refusals() -> None:
         assert decisions("policy") == policy0 + 1 and decisions("spill") == spill0 + 1
         waiting0 = _value("alto_scheduler_waiting_calls")
         waiter = asyncio.ensure_future(core.place(_call(2, prompt)))
-        await asyncio.sleep(0.05)
-        assert _value("alto_scheduler_waiting_calls") == waiting0 + 1
+        await until(lambda: _value("alto_scheduler_waiting_calls") == waiting0 + 1)
         with pytest.raises(Overloaded):
             await core.place(_call(3, prompt))
         assert refused() == refused0 + 1

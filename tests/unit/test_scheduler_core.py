@@ -18,6 +18,7 @@ from alto.schemas.messages import (
     LMStatus,
     QuantumRule,
 )
+from tests.harness import until
 
 
 def _call(i: int, prompt: str = "claims") -> LMRequest:
@@ -57,8 +58,8 @@ def test_saturated_calls_wait_then_overflow_fails_fast() -> None:
         await core._on_status(_status(0))
         assert [await core.place(_call(i)) for i in range(2)] == [0, 0]
         waiter = asyncio.ensure_future(core.place(_call(2)))  # instance 0 is saturated
-        await asyncio.sleep(0.05)
-        assert not waiter.done() and core.waiting == 1
+        await until(lambda: core.waiting == 1)
+        assert not waiter.done()
         with pytest.raises(Overloaded):  # the queue (1) is full: refused at once
             await core.place(_call(3))
         # Instance 0 reports c0 finished: capacity frees and the waiting call is placed.
@@ -77,7 +78,7 @@ def test_a_new_instance_takes_load_and_the_table_is_published() -> None:
         await core._on_status(_status(0))
         assert await core.place(_call(0)) == 0
         waiter = asyncio.ensure_future(core.place(_call(1)))  # 0 is saturated
-        await asyncio.sleep(0.05)
+        await until(lambda: core.waiting == 1)
         assert not waiter.done()
         await core._on_status(_status(1))  # a new instance joins by reporting
         assert await asyncio.wait_for(waiter, 2.0) == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alto.streams import REQUEST, Item, Pipeline, Topology, collect, combine, count
+from alto.streams import Item, Pipeline, Topology, collect, combine, count
 from alto.streams.pipeline import LMCall
 
 NAME = "claims"
@@ -27,8 +27,8 @@ CLAIMS = LMCall(
 )
 
 
-def _words(item: Item) -> list[str]:
-    return item.value.split()
+def words(claim: str) -> list[str]:
+    return claim.split()
 
 
 def _claim(parts: dict[str, Any]) -> dict[str, Any]:
@@ -37,14 +37,13 @@ def _claim(parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def build() -> Topology:
-    return (
-        Pipeline(NAME, "claims about a question, streamed one by one from an LM")
-        .lm("claims", CLAIMS, after=REQUEST)
-        .fan_out("words", _words, after="claims")
-        .aggregate("claim_stats", combine(_claim, words=collect()), after="words", per="claims")
-        .aggregate("answer", combine(claims=collect(), n=count()), after="claim_stats", per=REQUEST)
-        .build()
+    pipeline = Pipeline(NAME, "claims about a question, streamed one by one from an LM")
+    claims = pipeline.request.lm(CLAIMS)  # stage "claims", one quantum per list item
+    stats = claims.fan_out(words).aggregate(
+        combine(_claim, words=collect()), name="claim_stats", per=claims
     )
+    stats.aggregate(combine(claims=collect(), n=count()), name="answer")
+    return pipeline.build()
 
 
 def expected_output(claim_texts: list[str]) -> dict[str, Any]:

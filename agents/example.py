@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from alto.streams import (
-    REQUEST,
-    Item,
     Pipeline,
     Topology,
     collect,
@@ -50,18 +48,14 @@ def normalize_word(word: str) -> str:
     return _STRIP.sub("", word).lower()
 
 
-async def _sentences(item: Item) -> AsyncIterator[str]:
-    for sentence in split_sentences(item.value):
+async def sentences(text: str) -> AsyncIterator[str]:
+    for sentence in split_sentences(text):
         await asyncio.sleep(SENTENCE_DELAY_S)
         yield sentence
 
 
-def _words(item: Item) -> Iterator[str]:
-    yield from split_words(item.value)
-
-
-def _normalize(item: Item) -> str:
-    return normalize_word(item.value)
+def words(sentence: str) -> Iterator[str]:
+    yield from split_words(sentence)
 
 
 def _sentence_result(parts: dict[str, Any]) -> dict[str, Any]:
@@ -85,36 +79,30 @@ def _request_result(parts: dict[str, Any]) -> dict[str, Any]:
 
 def build() -> Topology:
     nonempty = bool
-    return (
-        Pipeline(NAME, "sentence and word statistics (the runtime's example)")
-        .fan_out("sentences", _sentences, after=REQUEST, streams=True, concurrency=64)
-        .fan_out("words", _words, after="sentences")
-        .map("normalize", _normalize, after="words")
-        .aggregate(
-            "sentence_stats",
-            filter_by(
-                nonempty,
-                combine(
-                    _sentence_result, words=count(), letters=sum_of(len), longest=top_k(1, key=len)
-                ),
-            ),
-            after="normalize",
-            per="sentences",
-        )
-        .aggregate(
-            "request_stats",
+    pipeline = Pipeline(NAME, "sentence and word statistics (the runtime's example)")
+    found = pipeline.request.fan_out(sentences, streams=True, concurrency=64)
+    normalized = found.fan_out(words).map(normalize_word, name="normalize")
+    per_sentence = normalized.aggregate(
+        filter_by(
+            nonempty,
             combine(
-                _request_result,
-                sentences=count(),
-                words=sum_of(lambda s: s["words"]),
-                per_sentence=collect(),
-                top=top_k(3, key=lambda s: s["letters"]),
+                _sentence_result, words=count(), letters=sum_of(len), longest=top_k(1, key=len)
             ),
-            after="sentence_stats",
-            per=REQUEST,
-        )
-        .build()
+        ),
+        name="sentence_stats",
+        per=found,
     )
+    per_sentence.aggregate(
+        combine(
+            _request_result,
+            sentences=count(),
+            words=sum_of(lambda s: s["words"]),
+            per_sentence=collect(),
+            top=top_k(3, key=lambda s: s["letters"]),
+        ),
+        name="request_stats",
+    )
+    return pipeline.build()
 
 
 def expected_output(text: str) -> dict[str, Any]:

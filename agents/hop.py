@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from alto.streams import REQUEST, Item, Pipeline, Topology
+from alto.streams import Pipeline, Topology
 
 NAME = "hop"
 
 
-def _relay(item: Item) -> Any:
-    return item.value
+def relay(value: Any) -> Any:
+    return value
 
 
 def build() -> Topology:
-    return (
-        Pipeline(NAME, "one map stage that relays its input")
-        .map("relay", _relay, after=REQUEST)
-        .build()
-    )
+    pipeline = Pipeline(NAME, "one map stage that relays its input")
+    pipeline.request.map(relay)
+    return pipeline.build()

@@ -21,6 +21,7 @@ __all__ = [
     "Pipeline",
     "Stage",
     "StageKind",
+    "Stream",
     "Topology",
     "by_source",
     "collect",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from alto.streams.handles import Stream
     from alto.streams.operators import (
         Item,
         Operator,

@@ -34,7 +34,7 @@ from langgraph.types import Send
 
 from alto.agents.factool import pipeline as factool
 from alto.agents.factool.bm25 import ScoreAccumulator, tokenize
-from alto.agents.factool.resources import pack, resources
+from alto.agents.factool.resources import resources
 from alto.lm_service.engine import GenerationParams, Prompt
 from alto.lm_service.quanta import QuantumRule, split_all
 from alto.schemas.messages import PathEntry
@@ -102,10 +102,9 @@ def _bm25(query: str) -> list[tuple[int, float]]:
     return scores.top_k(factool.BM25_K) if tokens else []
 
 
-def _encode(query: str) -> dict[str, object]:
-    (emb,) = resources().encoder.token_embeddings([query])
-    # Packed (float16) as the pipeline's encode stage sends it, so rerank scores agree.
-    return pack(emb)
+def _encode(query: str) -> Any:
+    """The pipeline's encode stage itself (packed as it sends it, so rerank scores agree)."""
+    return factool.encode(query)["emb"]
 
 
 def _span(step: str, start: float) -> list[Span]:
@@ -141,8 +140,7 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
         )
         searched = time.monotonic()
         joined = {"query": query, "candidates": candidates, "emb": emb}
-        item = Item(joined, state["request_id"], state["path"], "join")
-        reranked = await asyncio.to_thread(factool._rerank, item)
+        reranked = await asyncio.to_thread(factool.rerank, joined)
         return {
             "reranked": [(state["path"][-1].index, reranked)],
             "spans": [("search", start, searched), *_span("rerank", searched)],
@@ -156,8 +154,7 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
 
     async def claim_search(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
-        item = Item(state["evidence"], state["request_id"], state["path"], "evidence")
-        checked = await asyncio.to_thread(factool._claim_search, item)
+        checked = await asyncio.to_thread(factool.claim_search, state["evidence"])
         return {"checked": checked, "spans": _span("claim_search", start)}
 
     async def verify(state: ClaimState) -> dict[str, Any]:

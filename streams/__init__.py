@@ -1,5 +1,6 @@
 """The streaming runtime: quanta, ancestry, the stage API, keyed routing, aggregation, completion."""
 
+from alto.streams.handles import Stream
 from alto.streams.operators import (
     Item,
     Operator,
@@ -22,6 +23,7 @@ __all__ = [
     "Pipeline",
     "Stage",
     "StageKind",
+    "Stream",
     "Topology",
     "by_source",
     "collect",

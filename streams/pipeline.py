@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alto.errors import PipelineError
+from alto.streams.handles import Stream, join
 from alto.streams.operators import Item, Operator
 
 REQUEST = "request"
@@ -126,6 +127,26 @@ class Pipeline:
     """Run once per worker at start, in a thread (e.g. load an index or a model), so the
     first request does not pay for it."""
     _stages: dict[str, Stage] = field(default_factory=dict)
+
+    @property
+    def request(self) -> Stream:
+        """A handle on the pipeline's input: declare the first stages on it
+        (`alto.streams.handles`)."""
+        return Stream(self, REQUEST)
+
+    def join(
+        self,
+        name: str,
+        finish: Callable[[dict[str, Any]], Any],
+        *,
+        per: Stream | None = None,
+        description: str = "",
+        **sources: Stream | tuple[Stream, Operator],
+    ) -> Stream:
+        """An aggregate over several stages' outputs at level `per` (default: the request):
+        each source is collected (or folded by the operator paired with its handle), and
+        `finish` gets a dict of the results under the sources' keyword names."""
+        return join(self, name, finish, per, sources, description)
 
     def map(
         self,

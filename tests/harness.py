@@ -102,15 +102,13 @@ USER_PIPELINE_MODULE = """
 from alto.streams import Pipeline, combine, count, sum_of
 
 
-def _words(item):
-    yield from item.value.split()
+def words(text):
+    yield from text.split()
 
 
 def build():
-    return (
-        Pipeline("letters")
-        .fan_out("words", _words)
-        .map("length", lambda item: len(item.value), after="words")
-        .aggregate("total", combine(words=count(), letters=sum_of(int)), after="length")
-    )
+    pipeline = Pipeline("letters")
+    lengths = pipeline.request.fan_out(words).map(len, name="length")
+    lengths.aggregate(combine(words=count(), letters=sum_of(int)), name="total")
+    return pipeline
 """

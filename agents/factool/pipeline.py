@@ -32,7 +32,7 @@ from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
 from alto.agents.factool.encoder import maxsim
 from alto.agents.factool.resources import pack, resources, unpack
 from alto.agents.factool.verdict import SUPPORTED, parse_verdict
-from alto.streams import REQUEST, Item, Pipeline, Topology, by_source, collect, combine
+from alto.streams import Item, Pipeline, Topology
 from alto.streams.ancestry import node_key
 from alto.streams.operators import Operator
 from alto.streams.pipeline import LMCall
@@ -140,10 +140,10 @@ class StreamingBM25(Operator):
         return {"query": " ".join(words), "tokens": tokens, "candidates": top}
 
 
-def _encode(item: Item) -> dict[str, Any]:
+def encode(query: str) -> dict[str, Any]:
     """Stage 5: the whole query's token embeddings."""
-    (emb,) = resources().encoder.token_embeddings([str(item.value)])
-    return {"query": str(item.value), "emb": pack(emb)}
+    (emb,) = resources().encoder.token_embeddings([str(query)])
+    return {"query": str(query), "emb": pack(emb)}
 
 
 def _joined(parts: dict[str, Any]) -> dict[str, Any]:
@@ -151,11 +151,11 @@ def _joined(parts: dict[str, Any]) -> dict[str, Any]:
     return {"query": encoded["query"], "candidates": bm25["candidates"], "emb": encoded["emb"]}
 
 
-def _rerank(item: Item) -> dict[str, Any]:
+def rerank(joined: dict[str, Any]) -> dict[str, Any]:
     """Stage 6: MaxSim of the query's token vectors against each candidate's, per query
     token (so scores of queries of different lengths compare)."""
-    query = unpack(item.value["emb"])
-    candidates = {int(doc): float(score) for doc, score in item.value["candidates"]}
+    query = unpack(joined["emb"])
+    candidates = {int(doc): float(score) for doc, score in joined["candidates"]}
     res = resources()
     passages = res.passage_embeddings(sorted(candidates))
     scored = []
@@ -172,7 +172,7 @@ def _rerank(item: Item) -> dict[str, Any]:
             }
         )
     scored.sort(key=lambda e: (-e["score"], e["doc_id"]))
-    return {"query": item.value["query"], "evidence": scored[:EVIDENCE_K]}
+    return {"query": joined["query"], "evidence": scored[:EVIDENCE_K]}
 
 
 def _evidence(parts: dict[str, Any]) -> dict[str, Any]:
@@ -191,26 +191,20 @@ def _evidence(parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _claim_search(item: Item) -> dict[str, Any]:
+def claim_search(claim: dict[str, Any]) -> dict[str, Any]:
     """The claim's own text is searched too, always (BM25, then MaxSim), and ranked with what
     its queries found; its best passage keeps a place in the evidence.
 
     Our deviation from FacTool, for weak models: FacTool retrieves only by the generated
     queries. SmolLM2's queries are often a paraphrase that drifts off the subject (or none
     at all), while BM25 on the claim's own words ranks relevant entries first."""
-    claim = item.value
     res = resources()
     scores = ScoreAccumulator(res.index)
     scores.extend(tokenize(claim["claim"]))
     (emb,) = res.encoder.token_embeddings([claim["claim"]])
-    own = _rerank(
-        Item(
-            {"query": claim["claim"], "candidates": scores.top_k(BM25_K), "emb": pack(emb)},
-            item.request_id,
-            item.path,
-            item.source,
-        )
-    )["evidence"]
+    own = rerank({"query": claim["claim"], "candidates": scores.top_k(BM25_K), "emb": pack(emb)})[
+        "evidence"
+    ]
     kept = {e["doc_id"] for e in own[:1]}
     best: dict[str, dict[str, Any]] = {}
     for passage in [*claim["evidence"], *own]:
@@ -244,11 +238,6 @@ def _report(parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _join(finish: Any, **sources: Operator) -> Operator:
-    """A join whose inputs are collected per source, then turned into one output."""
-    return combine(lambda parts: finish(parts["by"]), by=by_source(**sources))
-
-
 def warm_up() -> None:
     """Load the corpus, the BM25 index and the encoder (a worker's first request would
     otherwise wait seconds for them)."""
@@ -258,44 +247,21 @@ def warm_up() -> None:
 
 
 def build() -> Topology:
-    return (
-        Pipeline(
-            NAME,
-            "FacTool: answer, extract claims, retrieve and rerank evidence, verify",
-            warmup=warm_up,
-        )
-        .lm("answer", ANSWER, after=REQUEST)
-        .lm("claims", CLAIMS, after="answer")
-        .lm("queries", QUERIES, after="claims")
-        .lm_words("query_words", after="queries")
-        .aggregate("bm25", StreamingBM25(), after="query_words", per="queries")
-        .map("encode", _encode, after="queries", blocking=True, concurrency=4)
-        .aggregate(
-            "join",
-            _join(_joined, bm25=collect(), encode=collect()),
-            after=["bm25", "encode"],
-            per="queries",
-        )
-        .map("rerank", _rerank, after="join", blocking=True, concurrency=4)
-        .aggregate(
-            "evidence",
-            _join(_evidence, claims=collect(), rerank=collect()),
-            after=["claims", "rerank"],
-            per="claims",
-        )
-        .map("claim_search", _claim_search, after="evidence", blocking=True, concurrency=4)
-        .lm("verify", VERIFY, after="claim_search")
-        .aggregate(
-            "judged",
-            _join(_judged, claim_search=collect(), verify=collect()),
-            after=["claim_search", "verify"],
-            per="claims",
-        )
-        .aggregate(
-            "report",
-            _join(_report, answer=collect(), judged=collect()),
-            after=["answer", "judged"],
-            per=REQUEST,
-        )
-        .build()
+    p = Pipeline(
+        NAME,
+        "FacTool: answer, extract claims, retrieve and rerank evidence, verify",
+        warmup=warm_up,
     )
+    answer = p.request.lm(ANSWER)
+    claims = answer.lm(CLAIMS)
+    queries = claims.lm(QUERIES)
+    bm25 = queries.lm_words(name="query_words").aggregate(StreamingBM25(), name="bm25", per=queries)
+    encoded = queries.map(encode, blocking=True, concurrency=4)
+    joined = p.join("join", _joined, per=queries, bm25=bm25, encode=encoded)
+    reranked = joined.map(rerank, blocking=True, concurrency=4)
+    evidence = p.join("evidence", _evidence, per=claims, claims=claims, rerank=reranked)
+    searched = evidence.map(claim_search, blocking=True, concurrency=4)
+    verdicts = searched.lm(VERIFY)
+    judged = p.join("judged", _judged, per=claims, claim_search=searched, verify=verdicts)
+    p.join("report", _report, answer=answer, judged=judged)
+    return p.build()

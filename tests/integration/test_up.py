@@ -207,10 +207,12 @@ def run_up_and_submit(
     text: str = "Who was Marie Curie?",
     ready_timeout_s: float,
     result_timeout_s: float,
+    calls_lm: bool = True,
     **up_options: Any,
 ) -> dict[str, Any]:
     """Start `alto up`, wait for its ready line, serve one request of `pipeline` through an
-    external client, then SIGINT it: it must exit 0 and leave no process behind.
+    external client, then SIGINT it: it must exit 0 and leave no process behind. A result is
+    labelled simulated when the pipeline `calls_lm` on the sim engine.
     `up_options` go to `UpProcess` (another working folder, a relative data folder...).
     Returns the decoded PipelineResult."""
     port = free_port()
@@ -259,7 +261,7 @@ def run_up_and_submit(
         print(f"result after {time.monotonic() - t1:.1f} s: {result['status']}")
         assert result["request_id"] == request_id and result["pipeline"] == pipeline
         assert result["status"] == "OK", result["error"]
-        assert result["simulated"] is (engine == "sim")
+        assert result["simulated"] is (calls_lm and engine == "sim")
 
         t2 = time.monotonic()
         up.proc.send_signal(signal.SIGINT)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from alto.config import AltoConfig
 from alto.infra.client import Submitter, collect_results, new_request
 from alto.infra.processes import WorkerProcess, wait_assigned
 from alto.schemas.messages import Mode, ResultStatus
 from tests.harness import USER_PIPELINE_MODULE
+from tests.integration.test_up import run_up_and_submit
 
 
 def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Path) -> None:
@@ -38,3 +41,41 @@ def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Pat
             }
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("route", ["module:attribute", "entry point"])
+def test_alto_up_serves_a_users_pipeline_from_outside_the_repository(
+    tmp_path: Path, route: str
+) -> None:
+    """`alto up --engine sim` serves a pipeline module written in a folder of its own (a
+    fan-out and a keyed aggregation, no LM), found either through `ALTO_PIPELINE_MODULES`
+    (`module:attribute`) or as an entry point of an installed distribution (a
+    `.dist-info` on the path, as pip leaves it); an independent client checks the result."""
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"PYTHONPATH": str(site)}
+    if route == "module:attribute":
+        (site / "my_letters.py").write_text(USER_PIPELINE_MODULE)
+        env["ALTO_PIPELINE_MODULES"] = "my_letters:build"
+        name = "letters"
+    else:
+        name = "letters_ep"
+        (site / "ep_letters.py").write_text(USER_PIPELINE_MODULE.replace('"letters"', f'"{name}"'))
+        info = site / "ep_letters-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-letters\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[alto.pipelines]\n{name} = ep_letters:build\n")
+    result = run_up_and_submit(
+        tmp_path,
+        engine="sim",
+        workers=1,
+        lm_instances=1,
+        pipeline=name,
+        text="a bb ccc",
+        ready_timeout_s=180,
+        result_timeout_s=120,
+        calls_lm=False,
+        env_extra=env,
+    )
+    assert result["status"] == "OK", result["error"]
+    assert json.loads(result["output"]) == {"words": 3, "letters": 6}

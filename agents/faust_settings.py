@@ -15,7 +15,7 @@ from alto.streams.pipeline import StageKind, Topology
 
 def changelog_topic(config: AltoConfig, table_name: str) -> str:
     """The changelog topic Faust gives a table of ours (`<app id>-<table>-changelog`)."""
-    return f"{config.app_id}-{table_name}-changelog"
+    return f"{config.group_id}-{table_name}-changelog"
 
 
 def state_changelogs(config: AltoConfig, topology: Topology) -> list[str]:

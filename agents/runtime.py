@@ -32,6 +32,7 @@ from faust.types import EventT, StreamT
 from alto import metrics
 from alto.agents import scheduler_role, upkeep
 from alto.agents.faust_settings import changelog_topic, faust_settings
+from alto.agents.handover import IngestHandover, define_handover
 from alto.agents.stores import PartitionStore, ResultsStore
 from alto.agents.transport import FaustApp
 from alto.config import AltoConfig
@@ -72,13 +73,13 @@ class AltoApp:
         settings = faust_settings(config)
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(
-            config.app_id,
+            config.group_id,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
             client_settings=aiokafka_settings(config),
             **settings,
         )
         self.routings = {
-            name: Routing(t, config.topic_prefix, config.sink_topic, config.lm_requests_topic)
+            name: Routing(t, config.internal_prefix, config.sink_topic, config.lm_requests_topic)
             for name, t in self.topologies.items()
         }
         # Admission control at ingest (None: no limit); fed by `_define_admission`.
@@ -108,6 +109,9 @@ class AltoApp:
         self.consumed: set[str] = set()  # topics an agent of ours reads (for consumer lag)
         self.metrics_port: int | None = None  # bound once the worker starts (metrics on)
         self.scheduler: SchedulerCore | None = None  # with the scheduler role
+        # Generations (`alto.infra.generations`): SIGUSR1 closes ingest; the next generation
+        # takes the requests topic from the offsets this one committed.
+        self.handover = IngestHandover(config.ingest_handoff)
         unknown = set(config.pipelines) - set(self.topologies)
         if unknown:
             raise ConfigError(
@@ -149,7 +153,7 @@ class AltoApp:
             self.config.sink_topic,
         ]
         for name in self.served:
-            names += self.topologies[name].topics(self.config.topic_prefix)
+            names += self.topologies[name].topics(self.config.internal_prefix)
         names += [self.changelog_topic(t) for t in self.tables]
         counts = dict.fromkeys(names, n)
         counts[self.config.lm_work_topic] = self.config.lm_max_instances
@@ -286,6 +290,13 @@ class AltoApp:
 
     def _define_ingest(self) -> None:
         async def one(event: EventT) -> None:
+            msg = event.message
+            if not await self.handover.ours(msg.partition, msg.offset):
+                return  # the previous generation's: already handled there
+            async with self.handover.handling():
+                await handle(event)
+
+        async def handle(event: EventT) -> None:
             started = time.perf_counter()
             try:
                 request = PipelineRequest.decode(event.value)
@@ -303,6 +314,7 @@ class AltoApp:
 
         self.consumed.add(self.config.requests_topic)
         self.app.agent(self.topic(self.config.requests_topic), name="alto.ingest")(ingest)
+        define_handover(self)
 
     def _define_stage(self, routing: Routing, stage: str) -> None:
         topology = routing.topology
@@ -310,7 +322,7 @@ class AltoApp:
         processor = StageProcessor(
             routing, stage, self.worker_id, max_spans=self.config.max_trace_spans
         )
-        topic_name = topology.stage_topic(self.config.topic_prefix, stage)
+        topic_name = topology.stage_topic(self.config.internal_prefix, stage)
         topic = self.topic(topic_name)
         name = f"{topology.pipeline}.{stage}"
         meter = metrics.meter(topology.pipeline, stage)

@@ -156,6 +156,8 @@ def define_status(rt: AltoApp, path: Path) -> None:
             "rebalancing": bool(rt.app.rebalancing),
             "recovering": bool(rt.app.tables.recovery.in_recovery),  # type: ignore[attr-defined]
             "metrics_port": rt.metrics_port,
+            "ingest": rt.handover.state,
+            "in_flight": rt.admission.in_flight if rt.admission is not None else None,
             "at": time.time(),
         }
         tmp = path.with_suffix(".tmp")

@@ -89,6 +89,15 @@ class AltoConfig(BaseModel):
     # one fetches the changelog again). None: one where it is safe (agents/runtime.py).
     standby_replicas: int | None = Field(default=None, ge=0, le=8)
     status_file: Path | None = None
+    # Generations of the internal topics (`alto.infra.generations`): generation N > 0 names
+    # every internal topic `<prefix>gN.<name>` and its consumer groups `<app id>-gN`, so a
+    # drained generation can be deleted whole (the embedded broker cannot trim a log).
+    # Contract topics (requests, results, dead letters) are never generational.
+    generation: int = Field(default=0, ge=0)
+    # Where this generation's ingest starts: a JSON file {partition: offset} of the requests
+    # topic, written once the previous generation has stopped ingesting; ingest waits for it
+    # and skips what the previous generation handled (None: ingest at once).
+    ingest_handoff: Path | None = None
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
     metrics_port: int = Field(default=0, le=65535)
@@ -163,8 +172,22 @@ class AltoConfig(BaseModel):
         return value
 
     def topic(self, name: str) -> str:
-        """The full name of one of our topics, e.g. ``topic('requests')``."""
+        """The full name of one of our contract topics, e.g. ``topic('requests')``."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def internal_prefix(self) -> str:
+        """The prefix of this generation's internal topics (stage topics, sink, LM)."""
+        return generation_prefix(self.topic_prefix, self.generation)
+
+    @property
+    def group_id(self) -> str:
+        """This generation's Faust app id: its consumer group and changelog topics' prefix."""
+        return self.app_id if self.generation == 0 else f"{self.app_id}-g{self.generation}"
+
+    def internal(self, name: str) -> str:
+        """The full name of one of this generation's internal topics."""
+        return f"{self.internal_prefix}{name}"
 
     @property
     def requests_topic(self) -> str:
@@ -180,25 +203,25 @@ class AltoConfig(BaseModel):
 
     @property
     def sink_topic(self) -> str:
-        return self.topic("sink")
+        return self.internal("sink")
 
     @property
     def lm_requests_topic(self) -> str:
-        return self.topic("lm.requests")
+        return self.internal("lm.requests")
 
     @property
     def lm_work_topic(self) -> str:
         """Partition i is LM instance i's queue."""
-        return self.topic("lm.work")
+        return self.internal("lm.work")
 
     @property
     def lm_status_topic(self) -> str:
-        return self.topic("lm.status")
+        return self.internal("lm.status")
 
     @property
     def lm_assignments_topic(self) -> str:
         """Compacted: the scheduler's shared prompt -> instances table."""
-        return self.topic("lm.assignments")
+        return self.internal("lm.assignments")
 
     @property
     def compacted_topics(self) -> frozenset[str]:
@@ -213,6 +236,12 @@ class AltoConfig(BaseModel):
             raise ConfigError(str(exc)) from exc
 
 
+def generation_prefix(topic_prefix: str, generation: int) -> str:
+    """Internal topics' prefix of `generation` (0: the plain prefix, for one-generation
+    deployments)."""
+    return topic_prefix if generation == 0 else f"{topic_prefix}g{generation}."
+
+
 _ENV_FIELDS: dict[str, str] = {
     "BOOTSTRAP_SERVERS": "bootstrap_servers",
     "TOPIC_PREFIX": "topic_prefix",
@@ -224,6 +253,8 @@ _ENV_FIELDS: dict[str, str] = {
     "DATA_DIR": "data_dir",
     "SESSION_TIMEOUT_S": "session_timeout_s",
     "STATUS_FILE": "status_file",
+    "GENERATION": "generation",
+    "INGEST_HANDOFF": "ingest_handoff",
     "METRICS_PORT": "metrics_port",
     "METRICS_HOST": "metrics_host",
     "LOG_LEVEL": "log_level",

@@ -149,7 +149,7 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
     # Partition count: several, as a real deployment has; one worker owns them all.
     with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
         topology = hop.build()
-        relay_topic = topology.stage_topic(config.topic_prefix, "relay")
+        relay_topic = topology.stage_topic(config.internal_prefix, "relay")
         direct_topic = config.topic("hop-direct")
         ensure_topics(
             config,

@@ -86,7 +86,7 @@ async def _worker_wave(
 ) -> dict[str, float]:
     """LM calls through Kafka to an in-process LM worker; quanta read from the reply topic."""
     topology = claims.build()
-    reply_topic = topology.stage_topic(config.topic_prefix, "words")
+    reply_topic = topology.stage_topic(config.internal_prefix, "words")
     consumer = AIOKafkaConsumer(
         reply_topic,
         bootstrap_servers=config.bootstrap_servers,
@@ -247,7 +247,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             config,
             {
                 config.lm_work_topic: config.lm_max_instances,
-                claims.build().stage_topic(config.topic_prefix, "words"): config.partitions,
+                claims.build().stage_topic(config.internal_prefix, "words"): config.partitions,
                 config.lm_status_topic: config.partitions,
             },
         )

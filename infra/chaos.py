@@ -272,7 +272,7 @@ def run_chaos(
             # Where the lost requests stopped, for whoever reads the report.
             topics: list[str] = []
             for topology in (claims.build(), example.build()):
-                topics += topology.topics(config.topic_prefix)
+                topics += topology.topics(config.internal_prefix)
                 topics += state_changelogs(config, topology)
             report.trail_file = workdir.resolve() / "lost_trail.txt"
             report.trail_file.write_text(trail(config, topics, report.lost[:50]))
@@ -291,7 +291,7 @@ def _wait_ready(config: AltoConfig, deployment: _Deployment, timeout_s: float) -
     stage_workers = [deployment.procs[n] for n in deployment.names("faust")]
     topics = [config.sink_topic, config.requests_topic]
     for topology in (claims.build(), example.build()):
-        topics += topology.topics(config.topic_prefix)
+        topics += topology.topics(config.internal_prefix)
     wait_assigned(stage_workers, topics, config.partitions, timeout_s=timeout_s)
     wait_assigned(
         [deployment.procs["sched"]], [config.lm_requests_topic], config.partitions, timeout_s

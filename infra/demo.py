@@ -47,7 +47,7 @@ def run_demo(*, requests: int, workers: int, mode: str) -> int:
             app = create_app(config, [topology])
             ensure_topics(config, app.topic_partitions())
             topics = [
-                *topology.topics(config.topic_prefix),
+                *topology.topics(config.internal_prefix),
                 config.sink_topic,
                 config.requests_topic,
             ]

@@ -122,7 +122,7 @@ def _watch(
     timeout_s: float,
 ) -> dict[str, PipelineResult]:
     topology = factool.build()
-    stage_of = {topology.stage_topic(config.topic_prefix, s): s for s in _SHOWN}
+    stage_of = {topology.stage_topic(config.internal_prefix, s): s for s in _SHOWN}
     reader = TopicReader(config, [*stage_of, config.results_topic])
     Submitter(config).submit_all(requests)
     results: dict[str, PipelineResult] = {}

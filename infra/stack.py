@@ -152,7 +152,7 @@ class Stack:
             self._start_broker(self.listen)
         app = create_app(self.config, all_topologies(self.config))
         self.topics = ensure_topics(self.config, app.topic_partitions())
-        prefix = self.config.topic_prefix
+        prefix = self.config.internal_prefix
         self._assigned_topics = [
             *(t for name in app.served for t in app.topologies[name].topics(prefix)),
             self.config.sink_topic,

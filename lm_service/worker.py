@@ -76,7 +76,7 @@ class LMWorker:
         self.engine = engine
         self.worker_id = f"lm-{instance}@{config.worker_id}"
         self.routings = {
-            t.pipeline: Routing(t, config.topic_prefix, config.sink_topic, config.lm_requests_topic)
+            t.pipeline: Routing(t, config.internal_prefix, config.sink_topic, config.lm_requests_topic)
             for t in topologies
         }
         self.tp = TopicPartition(config.lm_work_topic, instance)
@@ -102,7 +102,7 @@ class LMWorker:
         )
         consumer = AIOKafkaConsumer(
             **aiokafka_settings(self.config),
-            group_id=f"{self.config.app_id}-lm-{self.instance}",
+            group_id=f"{self.config.group_id}-lm-{self.instance}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,

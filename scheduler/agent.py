@@ -334,7 +334,7 @@ class SchedulerCore:
         tp = TopicPartition(self.config.lm_work_topic, instance)
         consumer = AIOKafkaConsumer(
             **aiokafka_settings(self.config),
-            group_id=f"{self.config.app_id}-lm-{instance}",  # the LM worker's own offsets
+            group_id=f"{self.config.group_id}-lm-{instance}",  # the LM worker's own offsets
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,

@@ -66,7 +66,7 @@ def wait_committed_to_the_end(config: AltoConfig, topic: str, timeout_s: float =
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
     finally:
         reader.close()
-    group = Consumer({**client_settings(config), "group.id": config.app_id})
+    group = Consumer({**client_settings(config), "group.id": config.group_id})
     try:
         deadline = time.monotonic() + timeout_s
         while True:

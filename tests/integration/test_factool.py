@@ -25,7 +25,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 def _claims_ends(config: AltoConfig) -> dict[str, int]:
     """Per request: when its last claim-extraction call finished (its END was made)."""
     topology = factool.build()
-    reader = TopicReader(config, topology.stage_topic(config.topic_prefix, "evidence"))
+    reader = TopicReader(config, topology.stage_topic(config.internal_prefix, "evidence"))
     ends: dict[str, int] = {}
     for _, value in reader.poll(3.0):
         q = Quantum.decode(value)
@@ -46,7 +46,7 @@ def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) 
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "vllm"))
     try:
         topology = factool.build()
-        topics = [*topology.topics(config.topic_prefix), config.sink_topic]
+        topics = [*topology.topics(config.internal_prefix), config.sink_topic]
         wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
         asked = questions(load_wordnet(), 3, seed=5)
         requests = [

@@ -30,7 +30,7 @@ def _stack(
         for i in range(lm_instances)
     ]
     topology = claims.build()
-    topics = [*topology.topics(config.topic_prefix), config.sink_topic, config.lm_requests_topic]
+    topics = [*topology.topics(config.internal_prefix), config.sink_topic, config.lm_requests_topic]
     wait_assigned([faust_worker], topics, config.partitions)
     return faust_worker, lms
 

@@ -69,7 +69,7 @@ def test_metrics_endpoints_count_what_the_pipeline_did(
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "sim"))
     try:
         topology = claims.build()
-        topics = [*topology.topics(config.topic_prefix), config.sink_topic]
+        topics = [*topology.topics(config.internal_prefix), config.sink_topic]
         wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
         wait_lm_reporting(config, [0], timeout_s=60)
         # Both ports are discoverable from the status files, and logged once.

@@ -34,7 +34,7 @@ def two_workers(
     alto_config: AltoConfig, tmp_path: Path
 ) -> Iterator[tuple[list[WorkerProcess], dict]]:
     topology = example.build()
-    topics = [topology.stage_topic(alto_config.topic_prefix, s) for s in topology.topic_stages]
+    topics = [topology.stage_topic(alto_config.internal_prefix, s) for s in topology.topic_stages]
     topics.append(alto_config.sink_topic)
     workers = [WorkerProcess(alto_config, f"w{i}", tmp_path) for i in (1, 2)]
     try:
@@ -65,7 +65,7 @@ def _check_correct(
 ) -> None:
     missing = [r.request_id for r in requests if r.request_id not in got]
     if missing:
-        topics = example.build().topics(config.topic_prefix)
+        topics = example.build().topics(config.internal_prefix)
         logs = "\n".join(f"--- {w.worker_id}:\n{w.log_tail(60)}" for w in workers)
         raise AssertionError(
             f"{len(missing)} requests got no result: {missing}\n"
@@ -109,7 +109,7 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
             )
             key = key_at_level(result.request_id, path, topology.level[span.stage])
             partition = partitioner(key.encode(), parts, parts)
-            topic = topology.stage_topic(alto_config.topic_prefix, span.stage)
+            topic = topology.stage_topic(alto_config.internal_prefix, span.stage)
             assert span.processed_by[0] == owners[(topic, partition)]
             used[span.processed_by[0]] += 1
     assert set(used) == {"w1", "w2"}, f"one worker did all aggregation: {used}"
@@ -152,7 +152,7 @@ def test_malformed_bytes_become_dead_letters_and_failed_results(
 ) -> None:
     workers, _ = two_workers
     submitter = Submitter(alto_config)
-    stage_topic = example.build().stage_topic(alto_config.topic_prefix, "words")
+    stage_topic = example.build().stage_topic(alto_config.internal_prefix, "words")
     good = new_request("example", "A sentence that works. And another one.")
     wrong_fp = good.encode()[:2] + b"\x00" * 8 + good.encode()[10:]
     submitter.submit_raw(b"bad-garbage", b"\x00\x01garbage")

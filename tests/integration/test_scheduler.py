@@ -78,7 +78,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
     )
     try:
         topology = claims.build()
-        topics = [*topology.topics(config.topic_prefix), config.sink_topic]
+        topics = [*topology.topics(config.internal_prefix), config.sink_topic]
         wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
         _wait_reporting(config, {*SIM_INSTANCES, VLLM_INSTANCE}, timeout_s=240)
 
@@ -118,7 +118,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
         assert all(p.alive() for i, p in lms.items() if i != home) and faust_worker.alive()
         assert not missing, (
             f"{len(missing)} of {len(burst)} lost after the kill: {missing}\n"
-            f"{trail(config, claims.build().topics(config.topic_prefix), missing)}\nscheduler:\n{faust_worker.log_tail()}"
+            f"{trail(config, claims.build().topics(config.internal_prefix), missing)}\nscheduler:\n{faust_worker.log_tail()}"
         )
     finally:
         for p in [faust_worker, *lms.values()]:

@@ -42,7 +42,7 @@ def bounded(
     worker = WorkerProcess(config, "w1", tmp_path)
     try:
         topology = example.build()
-        topics = [topology.stage_topic(config.topic_prefix, s) for s in topology.topic_stages]
+        topics = [topology.stage_topic(config.internal_prefix, s) for s in topology.topic_stages]
         wait_assigned([worker], [*topics, config.sink_topic], config.partitions)
         yield config, worker
     finally:
@@ -132,7 +132,7 @@ def test_a_request_that_cannot_complete_fails_at_its_deadline(
     key = key_at_level("forged-end", (), topology.key_level("request_stats"))
     submitter = Submitter(config)
     submitter.submit_raw(
-        key.encode(), forged.encode(), topology.stage_topic(config.topic_prefix, "request_stats")
+        key.encode(), forged.encode(), topology.stage_topic(config.internal_prefix, "request_stats")
     )
     submitter.flush()
     results = _results(config, {"forged-end"}, 60)

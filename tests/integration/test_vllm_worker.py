@@ -28,7 +28,7 @@ def test_vllm_streams_each_quantum_before_its_generation_ends(
     try:
         topology = claims.build()
         topics = [
-            *topology.topics(config.topic_prefix),
+            *topology.topics(config.internal_prefix),
             config.sink_topic,
             config.lm_requests_topic,
         ]
@@ -44,7 +44,7 @@ def test_vllm_streams_each_quantum_before_its_generation_ends(
             "the Pacific Ocean",
         ]
         requests = [new_request("claims", q, mode=Mode.STREAMING) for q in questions]
-        reply = TopicReader(config, topology.stage_topic(config.topic_prefix, "words"))
+        reply = TopicReader(config, topology.stage_topic(config.internal_prefix, "words"))
         Submitter(config).submit_all(requests)
         got, dupes = collect_results(config, [r.request_id for r in requests], timeout_s=300)
         assert not dupes

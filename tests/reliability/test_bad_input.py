@@ -110,7 +110,7 @@ class _Gen:
         return f"bad-{tag}-{self.n}"
 
     def topic(self, stage: str) -> str:
-        return self.topology.stage_topic(self.config.topic_prefix, stage)
+        return self.topology.stage_topic(self.config.internal_prefix, stage)
 
     # -- values that do not decode ---------------------------------------------------
 
@@ -470,7 +470,7 @@ def storm(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> S
     processes = {"faust worker": worker, "LM worker": lm}
     try:
         topology = claims.build()
-        topics = [*topology.topics(config.topic_prefix), config.sink_topic,
+        topics = [*topology.topics(config.internal_prefix), config.sink_topic,
                   config.lm_requests_topic, config.requests_topic]  # fmt: skip
         wait_assigned([worker], topics, config.partitions)
         ready = time.monotonic()

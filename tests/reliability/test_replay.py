@@ -22,7 +22,7 @@ def test_a_request_without_result_is_replayed_and_answered_once(
     text = "One short sentence here. And a second one."
     request = new_request(example.NAME, text, mode=Mode.STREAMING)
     topology = example.build()
-    first_topic = topology.stage_topic(config.topic_prefix, "sentences")
+    first_topic = topology.stage_topic(config.internal_prefix, "sentences")
     # Ingest and sink only: no stage runs, so the request cannot finish and is replayed.
     front = WorkerProcess(
         config, "front", tmp_path, env={"ALTO_ROLES": "ingest,sink"}, loglevel="info"
@@ -51,7 +51,7 @@ def test_a_request_without_result_is_replayed_and_answered_once(
         # Both roots fully processed (the stages' and the sink's inputs committed to their
         # end: each input is acked only after its outputs were handed to the producer), so a
         # second result, if there were one, is on the results topic by now.
-        for topic in (*topology.topics(config.topic_prefix), config.sink_topic):
+        for topic in (*topology.topics(config.internal_prefix), config.sink_topic):
             wait_committed_to_the_end(config, topic)
         every = [
             PipelineResult.decode(v)

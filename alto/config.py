@@ -98,6 +98,12 @@ class AltoConfig(BaseModel):
     # topic, written once the previous generation has stopped ingesting; ingest waits for it
     # and skips what the previous generation handled (None: ingest at once).
     ingest_handoff: Path | None = None
+    # An LM worker serving every live generation reads which are live here (a JSON object
+    # {"live": [N, ...]}, written by `alto up`); None: it serves `generation` alone.
+    generations_file: Path | None = None
+    # `alto up` on the embedded broker: how long a generation takes new requests before the
+    # next replaces it (0: one generation forever; see `alto.infra.generations`).
+    generation_s: float = Field(default=0.0, ge=0)
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
     metrics_port: int = Field(default=0, le=65535)
@@ -255,6 +261,8 @@ _ENV_FIELDS: dict[str, str] = {
     "STATUS_FILE": "status_file",
     "GENERATION": "generation",
     "INGEST_HANDOFF": "ingest_handoff",
+    "GENERATIONS_FILE": "generations_file",
+    "GENERATION_S": "generation_s",
     "METRICS_PORT": "metrics_port",
     "METRICS_HOST": "metrics_host",
     "LOG_LEVEL": "log_level",

@@ -37,6 +37,7 @@ from types import TracebackType
 from alto.config import AltoConfig, EngineName
 from alto.errors import AltoError, BrokerError, BrokerLost, ConfigError
 from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
+from alto.infra.rotation import FIRST, Rotation
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,14 @@ class Stack:
         self._restarts: collections.Counter[str] = collections.Counter()
         self._given_up: set[str] = set()
         self._metrics_ports: dict[str, int] = {}  # as last written to stack.json
+        self._current: list[str] = []  # the Faust workers of the generation that ingests
+        # Generations of the internal topics, on the embedded broker only (an external
+        # broker has retention): `alto.infra.rotation`.
+        self.rotation = (
+            Rotation(self, self.config.generation_s)
+            if self.config.generation_s > 0 and listen is not None
+            else None
+        )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -103,7 +112,83 @@ class Stack:
         return {name: p.pid for name, p in self._procs.items()}
 
     def faust_workers(self) -> list[WorkerProcess]:
-        return [p for name, p in self._procs.items() if name.startswith("worker-")]
+        """The Faust workers of the generation that ingests (the only one without
+        rotation)."""
+        return [self._procs[name] for name in self._current if name in self._procs]
+
+    def faust_worker_names(self) -> list[str]:
+        return list(self._current)
+
+    def process(self, name: str) -> WorkerProcess:
+        return self._procs[name]
+
+    def has_process(self, name: str) -> bool:
+        return name in self._procs
+
+    def remove_process(self, name: str) -> None:
+        """Stop a child for good (a retired generation's worker)."""
+        proc = self._procs.pop(name, None)
+        self._spawners.pop(name, None)
+        if proc is not None:
+            proc.stop()
+        self._write_state()
+
+    def assigned_topics(self, config: AltoConfig) -> list[str]:
+        """The topics whose partitions `config`'s Faust workers must own to serve."""
+        from alto.streams.registry import all_topologies
+
+        served = [
+            t
+            for t in all_topologies(config)
+            if not config.pipelines or t.pipeline in config.pipelines
+        ]
+        return [
+            *(topic for t in served for topic in t.topics(config.internal_prefix)),
+            config.sink_topic,
+            config.requests_topic,
+            config.lm_requests_topic,
+        ]
+
+    def spawn_faust_worker(self, index: int, config: AltoConfig, roles: str | None = None) -> str:
+        """Start Faust worker `index` of `config`'s generation; returns its name."""
+        first = self.rotation is None or config.generation == FIRST
+        name = f"worker-{index + 1}" if first else f"worker-{index + 1}.g{config.generation}"
+        metrics = self._metrics_env(index) if first else {"ALTO_METRICS_PORT": "0"}
+        env = {**metrics, **self._compute_env(), **({"ALTO_ROLES": roles} if roles else {})}
+        self._spawn(
+            name,
+            functools.partial(
+                WorkerProcess,
+                config,
+                name,
+                self.workdir,
+                loglevel=config.log_level.lower(),
+                env=env,
+                own_group=True,
+            ),
+        )
+        return name
+
+    def respawn_without_ingest(self, name: str, config: AltoConfig) -> None:
+        """From now on, a restart of `name` runs without the ingest role."""
+        roles = ",".join(r for r in config.roles if r != "ingest")
+        metrics = {"ALTO_METRICS_PORT": "0"} if self.config.metrics_port > 0 else {}
+        self._spawners[name] = functools.partial(
+            WorkerProcess,
+            config,
+            name,
+            self.workdir,
+            loglevel=config.log_level.lower(),
+            env={**metrics, **self._compute_env(), "ALTO_ROLES": roles},
+            own_group=True,
+        )
+
+    def use_generation(self, config: AltoConfig, names: list[str]) -> None:
+        """`config`'s generation ingests from now on, with workers `names`."""
+        self.config = config
+        self._current = names
+        self._assigned_topics = self.assigned_topics(config)
+        self._write_state()
 
     def metrics_ports(self) -> dict[str, int]:
         """Name -> the port of each child's `/metrics`, as its status file says (children
@@ -148,32 +233,14 @@ class Stack:
         from alto.streams.registry import all_topologies
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.rotation is not None:
+            self.config = self.rotation.first_config(self.config)
         if self.listen is not None:
             self._start_broker(self.listen)
         app = create_app(self.config, all_topologies(self.config))
         self.topics = ensure_topics(self.config, app.topic_partitions())
-        prefix = self.config.internal_prefix
-        self._assigned_topics = [
-            *(t for name in app.served for t in app.topologies[name].topics(prefix)),
-            self.config.sink_topic,
-            self.config.requests_topic,
-            self.config.lm_requests_topic,
-        ]
-        loglevel = self.config.log_level.lower()
-        for i in range(self.workers):
-            name = f"worker-{i + 1}"
-            self._spawn(
-                name,
-                functools.partial(
-                    WorkerProcess,
-                    self.config,
-                    name,
-                    self.workdir,
-                    loglevel=loglevel,
-                    env={**self._metrics_env(i), **self._compute_env()},
-                    own_group=True,
-                ),
-            )
+        self._assigned_topics = self.assigned_topics(self.config)
+        self._current = [self.spawn_faust_worker(i, self.config) for i in range(self.workers)]
         for i in range(self.lm_instances):
             self._spawn(
                 f"lm-{i}",
@@ -378,6 +445,8 @@ class Stack:
                 self.max_restarts,
             )
             self._write_state()
+        if self.rotation is not None:
+            self.rotation.step()
 
     def restart_after_broker_loss(self, ready_timeout_s: float) -> None:
         """Start the stack again from nothing after the embedded broker exited: end the

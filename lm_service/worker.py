@@ -67,16 +67,25 @@ class _Offsets:
 
 class LMWorker:
     def __init__(
-        self, config: AltoConfig, instance: int, engine: Engine, topologies: Iterable[Topology]
+        self,
+        config: AltoConfig,
+        instance: int,
+        engine: Engine,
+        topologies: Iterable[Topology],
+        *,
+        owns_engine: bool = True,
     ) -> None:
         if not 0 <= instance < config.lm_max_instances:
             raise ValueError(f"instance must be in [0, {config.lm_max_instances})")
         self.config = config
         self.instance = instance
         self.engine = engine
+        self.owns_engine = owns_engine  # False: shared by the generations of one instance
         self.worker_id = f"lm-{instance}@{config.worker_id}"
         self.routings = {
-            t.pipeline: Routing(t, config.internal_prefix, config.sink_topic, config.lm_requests_topic)
+            t.pipeline: Routing(
+                t, config.internal_prefix, config.sink_topic, config.lm_requests_topic
+            )
             for t in topologies
         }
         self.tp = TopicPartition(config.lm_work_topic, instance)
@@ -96,7 +105,8 @@ class LMWorker:
         self._stop.set()
 
     async def run(self) -> None:
-        await self.engine.start()
+        if self.owns_engine:
+            await self.engine.start()
         self._producer = AIOKafkaProducer(
             **aiokafka_settings(self.config), linger_ms=self.config.lm_linger_ms
         )
@@ -131,7 +141,8 @@ class LMWorker:
             await self._commit(consumer)
             await consumer.stop()
             await self._producer.stop()
-            await self.engine.stop()
+            if self.owns_engine:
+                await self.engine.stop()
 
     async def _serve(self, record: ConsumerRecord[bytes, bytes]) -> None:
         cancelled = False
@@ -357,18 +368,25 @@ def make_engine(config: AltoConfig, name: str) -> Engine:
 
 def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
     from alto.kafka import ensure_topics
+    from alto.lm_service.generations import GenerationalLMWorker
     from alto.streams.registry import all_topologies
 
-    ensure_topics(
-        config,
-        {
-            config.lm_work_topic: config.lm_max_instances,
-            config.lm_status_topic: config.partitions,
-            config.sink_topic: config.partitions,
-            config.dlq_topic: config.partitions,
-        },
-    )
-    worker = LMWorker(config, instance, make_engine(config, engine_name), all_topologies(config))
+    if config.generations_file is None:  # generations: the operator creates their topics
+        ensure_topics(
+            config,
+            {
+                config.lm_work_topic: config.lm_max_instances,
+                config.lm_status_topic: config.partitions,
+                config.sink_topic: config.partitions,
+                config.dlq_topic: config.partitions,
+            },
+        )
+    engine = make_engine(config, engine_name)
+    worker: LMWorker | GenerationalLMWorker
+    if config.generations_file is not None:
+        worker = GenerationalLMWorker(config, instance, engine, all_topologies(config))
+    else:
+        worker = LMWorker(config, instance, engine, all_topologies(config))
     server = metrics.serve(config, f"LM worker {worker.worker_id}")
     worker.metrics_port = server.port if server else None
 

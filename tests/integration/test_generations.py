@@ -4,9 +4,12 @@ generation's topics are deleted while the new one serves on."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -14,9 +17,12 @@ from confluent_kafka.admin import AdminClient
 from alto.agents import example
 from alto.config import AltoConfig
 from alto.infra import generations
+from alto.infra.broker import free_port
+from alto.infra.chaos_workload import workload, wrong_reason
 from alto.infra.client import Submitter, collect_results, new_request
+from alto.infra.stack import Stack
 from alto.kafka import client_settings
-from alto.schemas.messages import Mode, ResultStatus
+from alto.schemas.messages import Mode, PipelineRequest, ResultStatus
 from tests.harness import WorkerProcess, wait_assigned
 
 RATE = 20  # requests per second while the handover happens
@@ -122,3 +128,63 @@ def test_ingest_moves_to_the_next_generation_exactly_and_the_old_one_is_deleted(
         old.stop()
         if new is not None:
             new.stop()
+
+
+def test_the_stack_rotates_generations_under_load_and_deletes_the_drained_ones(
+    alto_config: AltoConfig, tmp_path: Path
+) -> None:
+    """`alto up`'s rotation (`Stack` with `generation_s`) on the embedded broker, LM stages
+    included (SIMULATED engine): two rotations under a steady load of both pipelines, every
+    request answered once and right, every retired generation's topics gone."""
+    config = alto_config.with_overrides(
+        generation_s=8.0, request_deadline_s=20.0, engine="sim", sim_time_scale=0.2
+    )
+    stack = Stack(
+        config,
+        workers=1,
+        lm_instances=1,
+        listen=f"127.0.0.1:{free_port()}",
+        workdir=tmp_path / "up",
+    )
+    sent: dict[str, PipelineRequest] = {}
+    stop = threading.Event()
+
+    def submit() -> None:
+        submitter = Submitter(stack.config)
+        for request in itertools.cycle(workload(200, seed=3)):
+            if stop.is_set():
+                return
+            request = replace(request, request_id=uuid.uuid4().hex)
+            sent[request.request_id] = request
+            submitter.submit(request)
+            submitter.flush()
+            stop.wait(1 / 10)
+
+    load = threading.Thread(target=submit, daemon=True)
+    try:
+        stack.start()
+        stack.wait_ready(300)
+        assert stack.rotation is not None and stack.config.generation == 1
+        first_topics = generations.internal_topics(stack.config)
+        load.start()
+        deadline = time.monotonic() + 400
+        while stack.rotation.rotations < 2 or stack.rotation.old is not None:
+            assert time.monotonic() < deadline, f"rotations: {stack.rotation.rotations}"
+            stack.supervise()
+            time.sleep(0.5)
+        stop.set()
+        load.join(10)
+        assert stack.config.generation == 3
+        got, dupes = collect_results(stack.config, sent, timeout_s=120)
+        assert not dupes, f"answered twice: {[d.request_id for d in dupes][:5]}"
+        missing = set(sent) - set(got)
+        assert not missing, f"{len(missing)} of {len(sent)} unanswered"
+        wrong = {r: why for r in sent if (why := wrong_reason(sent[r], got[r])) is not None}
+        assert not wrong, list(wrong.items())[:3]
+        left = _topics(stack.config)
+        assert not left & set(first_topics), sorted(left & set(first_topics))
+        assert set(generations.internal_topics(stack.config)) <= left
+        assert not any(".g2." in t or "-g2-" in t for t in left), sorted(left)
+    finally:
+        stop.set()
+        stack.stop()

@@ -101,7 +101,7 @@ def define_admission(rt: AltoApp, admission: Admission[PipelineRequest]) -> None
         async with contextlib.aclosing(records):
             async for record in records:
                 if record.key:
-                    admission.finished(record.key.decode("utf-8", "replace"))
+                    admission.finished(record.key.decode("utf-8", "replace"), now_ms())
 
     @rt.app.timer(interval=1.0)
     async def admission_upkeep() -> None:

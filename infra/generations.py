@@ -10,15 +10,16 @@ state the next one needs: once it has no request in flight, its workers stop and
 topics are deleted whole.
 
 A rotation, driven by the operator (`alto up`):
-1. `create(new)`: the new generation's topics, and its group's offsets on the requests topic
-   set to that topic's end (it must not read the history);
+1. `create(new, after=old)`: the new generation's topics, and its group's offsets on the
+   requests topic set to where the old one's are (it need not read the history);
 2. start the new generation's workers with `ALTO_INGEST_HANDOFF` (they serve, but do not
    ingest yet: `alto.agents.handover`);
 3. `hand_over(old_workers, old, new)`: the old workers close their ingest (SIGUSR1) and
    commit; their group's committed offsets on the requests topic are then exactly what
    they handled, and become the new generation's handoff file;
 4. `drained(old_workers)`: no request the old generation admitted is still without a result
-   (or `ALTO_REQUEST_DEADLINE_S` has passed, after which none can be);
+   (as their admission control counts; the caller gives up after `ALTO_ADMISSION_TTL_S`,
+   when admission forgets a request anyway);
 5. stop the old workers, then `delete(old)`.
 Contract topics (requests, results, dead letters) are never generational.
 """
@@ -78,30 +79,21 @@ def committed(config: AltoConfig, topic: str) -> dict[int, int]:
         group.close()
 
 
-def _ends(config: AltoConfig, topic: str) -> dict[int, int]:
-    group = _group(config)
-    try:
-        return {
-            p: group.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(config.partitions)
-        }
-    finally:
-        group.close()
-
-
-def create(config: AltoConfig) -> dict[str, int]:
-    """Create `config`'s generation: its topics, and its group's start on the requests topic
-    at that topic's end (everything before belongs to earlier generations)."""
+def create(config: AltoConfig, after: AltoConfig | None = None) -> dict[str, int]:
+    """Create `config`'s generation: its topics and, when it follows generation `after`, its
+    group's start on the requests topic where `after`'s group has committed (everything
+    before was handled there; the handoff then skips the rest of what `after` handles). Not
+    the topic's end: Tansu's end offsets can read short (`alto.agents.transport`)."""
     counts = ensure_topics(config, topics_of(config))
-    ends = _ends(config, config.requests_topic)
-    group = _group(config)
-    try:
-        group.commit(
-            offsets=[TopicPartition(config.requests_topic, p, o) for p, o in ends.items()],
-            asynchronous=False,
-        )
-    finally:
-        group.close()
+    if after is not None and (starts := committed(after, after.requests_topic)):
+        group = _group(config)
+        try:
+            group.commit(
+                offsets=[TopicPartition(config.requests_topic, p, o) for p, o in starts.items()],
+                asynchronous=False,
+            )
+        finally:
+            group.close()
     log.info("generation %d created (%d topics)", config.generation, len(counts))
     return counts
 

@@ -198,18 +198,31 @@ def tree_usage(pid: int) -> tuple[int, float] | None:
     return rss, cpu
 
 
-def wait_assigned(
-    workers: list[WorkerProcess], topics: list[str], partitions: int, timeout_s: float = 90.0
-) -> dict[tuple[str, int], str]:
-    """Wait until the live workers own every partition of `topics`, each exactly once, and
-    keep it so for two seconds (no rebalance under way). Returns (topic, partition) -> worker."""
-    deadline = time.monotonic() + timeout_s
-    stable_since: float | None = None
-    last: dict[tuple[str, int], str] = {}
-    while time.monotonic() < deadline:
+class Assignment:
+    """Whether workers own every partition of some topics, each exactly once, and have kept
+    it so for `stable_s` (no rebalance under way), one look at their status files at a time:
+    `check()` is for callers with other work between looks, `wait_assigned` for the rest."""
+
+    def __init__(
+        self,
+        workers: list[WorkerProcess],
+        topics: list[str],
+        partitions: int,
+        stable_s: float = 2.0,
+    ) -> None:
+        self.workers = workers
+        self.topics = topics
+        self.partitions = partitions
+        self.stable_s = stable_s
+        self.owners: dict[tuple[str, int], str] = {}
+        self._since: float | None = None
+
+    def check(self) -> bool:
+        """One look; True once complete and unchanged for `stable_s`. Raises RuntimeError
+        when a worker died."""
         owners: dict[tuple[str, int], list[str]] = {}
         settled = True
-        for w in workers:
+        for w in self.workers:
             if not w.alive():
                 raise RuntimeError(f"worker {w.worker_id} died:\n{w.log_tail()}")
             st = w.status()
@@ -217,21 +230,32 @@ def wait_assigned(
                 settled = False
                 continue
             for topic, p in st["assigned"]:
-                if topic in topics:
+                if topic in self.topics:
                     owners.setdefault((topic, p), []).append(w.worker_id)
         complete = settled and all(
-            len(owners.get((t, p), [])) == 1 for t in topics for p in range(partitions)
+            len(owners.get((t, p), [])) == 1 for t in self.topics for p in range(self.partitions)
         )
         current = {tp: ws[0] for tp, ws in owners.items()}
-        if complete and current == last:
-            stable_since = stable_since or time.monotonic()
-            if time.monotonic() - stable_since > 2.0:
-                return current
+        if complete and current == self.owners:
+            self._since = self._since or time.monotonic()
         else:
-            stable_since = None
-        last = current
+            self._since = None
+        self.owners = current
+        return self._since is not None and time.monotonic() - self._since > self.stable_s
+
+
+def wait_assigned(
+    workers: list[WorkerProcess], topics: list[str], partitions: int, timeout_s: float = 90.0
+) -> dict[tuple[str, int], str]:
+    """Wait until the live workers own every partition of `topics`, each exactly once, and
+    keep it so for two seconds (no rebalance under way). Returns (topic, partition) -> worker."""
+    deadline = time.monotonic() + timeout_s
+    assignment = Assignment(workers, topics, partitions)
+    while time.monotonic() < deadline:
+        if assignment.check():
+            return assignment.owners
         time.sleep(0.25)
-    raise TimeoutError(f"partitions not assigned within {timeout_s:.0f} s: {last}")
+    raise TimeoutError(f"partitions not assigned within {timeout_s:.0f} s: {assignment.owners}")
 
 
 def lm_worker_command(instance: int, engine: str) -> list[str]:

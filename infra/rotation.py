@@ -2,14 +2,16 @@
 
 Every `ALTO_GENERATION_S` the stack starts the next generation's Faust workers beside the
 current ones, hands ingest over to them, and once the old generation has drained (no
-request it admitted is without a result, or `ALTO_REQUEST_DEADLINE_S` has passed) stops
+request it admitted is without a result, as its admission control counts; at the latest
+after `ALTO_ADMISSION_TTL_S`, when admission forgets a request anyway) stops
 its workers, tells the LM workers to let it go, and deletes its topics. The LM workers
 serve every live generation on one engine (`alto.lm_service.generations`).
 
-`Rotation.step` runs in `Stack.supervise`: starting the next generation waits (there, for
-a minute or so) until its workers own their partitions; draining is checked once a call.
-A worker of the old generation that dies while it drains is restarted without the ingest
-role (ingest is the new generation's now).
+`Rotation.step` runs in `Stack.supervise` (once a second under `alto up`) and never waits
+long: each call looks at the status files and moves on when the next generation serves,
+when the old one has drained, when the LM workers have let it go. Only the handover itself
+waits (the old workers' commit, a second or two). A worker of the old generation that dies
+while it drains is restarted without the ingest role (ingest is the new generation's now).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 from alto.config import AltoConfig
 from alto.errors import AltoError
 from alto.infra import generations
-from alto.infra.processes import wait_assigned
+from alto.infra.processes import Assignment
 
 if TYPE_CHECKING:
     from alto.infra.stack import Stack
@@ -32,7 +34,16 @@ log = logging.getLogger(__name__)
 
 FIRST = 1
 DRAIN_MARGIN_S = 30.0
+START_TIMEOUT_S = 300.0
 LM_RELEASE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Next:
+    config: AltoConfig
+    names: list[str]
+    assignment: Assignment
+    deadline: float  # monotonic: started by then, or the stack fails
 
 
 @dataclass
@@ -40,76 +51,107 @@ class _Old:
     config: AltoConfig
     names: list[str]
     deadline: float  # monotonic: drained by then whatever the workers report
+    released: bool = False  # the LM workers have been told to let it go
 
 
 class Rotation:
+    """The rotation's state machine; `step` never waits long (a handover's commit)."""
+
     def __init__(self, stack: Stack, every_s: float) -> None:
         self.stack = stack
         self.every_s = every_s
         self.live_file = stack.workdir / "generations.json"
         self.generation = FIRST
         self.started_at = time.monotonic()
+        self.next: _Next | None = None
         self.old: _Old | None = None
         self.rotations = 0
 
     def first_config(self, config: AltoConfig) -> AltoConfig:
         """The configuration of the first generation (a fresh broker)."""
-        self.generation, self.old, self.started_at = FIRST, None, time.monotonic()
+        self.generation, self.started_at = FIRST, time.monotonic()
+        self.next = self.old = None
         self._write_live([FIRST])
         return config.with_overrides(
             generation=FIRST, ingest_handoff=None, generations_file=self.live_file
         )
 
-    def step(self) -> None:
-        if self.old is not None:
-            self._retire_if_drained(self.old)
-        elif time.monotonic() - self.started_at >= self.every_s:
-            self._next()
+    @property
+    def idle(self) -> bool:
+        return self.next is None and self.old is None
 
-    def _next(self) -> None:
+    def step(self) -> None:
+        if self.next is not None:
+            self._take_over(self.next)
+        elif self.old is not None:
+            self._retire(self.old)
+        elif time.monotonic() - self.started_at >= self.every_s:
+            self._start_next()
+
+    def _start_next(self) -> None:
         stack = self.stack
-        old_config = stack.config
         new = self.generation + 1
-        config = old_config.with_overrides(
+        config = stack.config.with_overrides(
             generation=new, ingest_handoff=generations.handoff_file(stack.workdir, new)
         )
-        t0 = time.monotonic()
-        generations.create(config)
+        generations.create(config, after=stack.config)
         self._write_live([self.generation, new])
-        old_names = stack.faust_worker_names()
-        new_names = [stack.spawn_faust_worker(i, config) for i in range(stack.workers)]
-        procs = [stack.process(n) for n in new_names]
-        wait_assigned(procs, stack.assigned_topics(config), config.partitions, 300.0)
-        if stack.lm_instances:
-            from alto.infra.client import wait_lm_reporting
+        names = [stack.spawn_faust_worker(i, config) for i in range(stack.workers)]
+        assignment = Assignment(
+            [stack.process(n) for n in names], stack.assigned_topics(config), config.partitions
+        )
+        self.next = _Next(config, names, assignment, time.monotonic() + START_TIMEOUT_S)
+        log.info("generation %d starting beside generation %d", new, self.generation)
 
-            wait_lm_reporting(config, range(stack.lm_instances), 300.0)
+    def _take_over(self, nxt: _Next) -> None:
+        """Once the next generation serves (its workers own their partitions, every LM
+        instance serves it), hand ingest over to it."""
+        stack = self.stack
+        if time.monotonic() > nxt.deadline:
+            raise AltoError(
+                f"generation {nxt.config.generation} did not start in {START_TIMEOUT_S:.0f} s"
+            )
+        if not nxt.assignment.check() or not self._lm_serve(nxt.config.generation, True):
+            return
+        old_config, old_names = stack.config, stack.faust_worker_names()
         for name in old_names:  # restarted while draining: no ingest (it is handed over)
             stack.respawn_without_ingest(name, old_config)
-        starts = generations.hand_over([stack.process(n) for n in old_names], old_config, config)
-        stack.use_generation(config, new_names)
+        starts = generations.hand_over(
+            [stack.process(n) for n in old_names], old_config, nxt.config
+        )
+        stack.use_generation(nxt.config, nxt.names)
+        # Drained when no request the old workers admitted is without a result; admission
+        # forgets a request after its TTL, so that is the longest it can take.
         self.old = _Old(
             old_config,
             old_names,
-            time.monotonic() + old_config.request_deadline_s + DRAIN_MARGIN_S,
+            time.monotonic() + old_config.admission_ttl_s + DRAIN_MARGIN_S,
         )
-        self.generation, self.started_at = new, time.monotonic()
+        self.next = None
+        self.generation, self.started_at = nxt.config.generation, time.monotonic()
         self.rotations += 1
         log.warning(
-            "generation %d took over ingest at %s (%.1f s to start it); generation %d drains",
-            new,
+            "generation %d took over ingest at %s; generation %d drains",
+            self.generation,
             starts,
-            time.monotonic() - t0,
             old_config.generation,
         )
 
-    def _retire_if_drained(self, old: _Old) -> None:
+    def _retire(self, old: _Old) -> None:
+        """Once the old generation has drained, let the LM workers release it, then stop its
+        workers and delete its topics."""
         stack = self.stack
-        procs = [stack.process(n) for n in old.names if stack.has_process(n)]
-        if not generations.drained(procs) and time.monotonic() < old.deadline:
+        if not old.released:
+            procs = [stack.process(n) for n in old.names if stack.has_process(n)]
+            if not generations.drained(procs) and time.monotonic() < old.deadline:
+                return
+            self._write_live([self.generation])
+            old.released = True
+            old.deadline = time.monotonic() + LM_RELEASE_TIMEOUT_S
+        if not self._lm_serve(old.config.generation, False):
+            if time.monotonic() > old.deadline:
+                raise AltoError(f"LM workers still serve generation {old.config.generation}")
             return
-        self._write_live([self.generation])
-        self._wait_lm_released(old.config.generation)
         for name in old.names:
             stack.remove_process(name)
         deleted = generations.delete(old.config)
@@ -122,14 +164,17 @@ class Rotation:
             len(deleted),
         )
 
-    def _wait_lm_released(self, generation: int) -> None:
-        deadline = time.monotonic() + LM_RELEASE_TIMEOUT_S
+    def _lm_serve(self, generation: int, serving: bool) -> bool:
+        """Whether every live LM worker does (`serving`) or does not serve `generation`,
+        by its status file."""
         for i in range(self.stack.lm_instances):
             proc = self.stack.process(f"lm-{i}")
-            while generation in (proc.status() or {}).get("generations", []):
-                if time.monotonic() > deadline or not proc.alive():
-                    raise AltoError(f"lm-{i} still serves generation {generation}")
-                time.sleep(0.1)
+            if not proc.alive():
+                continue
+            served = generation in (proc.status() or {}).get("generations", [])
+            if served is not serving:
+                return False
+        return True
 
     def _write_live(self, live: list[int]) -> None:
         tmp = self.live_file.with_suffix(".tmp")

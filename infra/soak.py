@@ -55,19 +55,26 @@ class _Sampler:
         self._at = time.monotonic()
 
     def sample(self) -> tuple[dict[str, float], dict[str, float]]:
-        """(RSS MB, CPU % since the last sample) per child of the stack, its own included."""
+        """(RSS MB, CPU % since the last sample) per child of the stack, its own included.
+        With generations, a worker's place is one name across them (`worker-1.g3` is
+        `worker-1`): RSS is the largest of its processes (a process that grows is what the
+        rule looks for), CPU the sum (both run while the older one drains)."""
         from alto.infra.processes import tree_usage
 
         now = time.monotonic()
         elapsed = max(1e-6, now - self._at)
-        rss, cpu, totals = {}, {}, {}
+        rss: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        totals: dict[str, float] = {}
         for name, pid in self.stack.pids().items():
             usage = tree_usage(pid)
             if usage is None:
                 continue
-            rss[name] = usage[0] / 2**20
+            place = name.split(".g")[0]
+            rss[place] = max(rss.get(place, 0.0), usage[0] / 2**20)
             totals[name] = usage[1]
-            cpu[name] = 100 * (usage[1] - self._cpu.get(name, usage[1])) / elapsed
+            spent = usage[1] - self._cpu.get(name, usage[1])
+            cpu[place] = cpu.get(place, 0.0) + 100 * spent / elapsed
         self._cpu, self._at = totals, now
         return rss, cpu
 
@@ -208,7 +215,7 @@ def run_soak(
         sampler.sample()
         with OpenLoop(stack.config) as loop:
             t0 = time.time()
-            marks = {"next": window_s, "start": 0.0}
+            marks = {"next": window_s, "start": 0.0, "supervised": 0.0}
 
             def close_window(now_s: float) -> None:
                 start = marks["start"]
@@ -235,12 +242,14 @@ def run_soak(
                     print(window_line(w), flush=True)
                 marks["start"] = now_s
                 marks["next"] = now_s + window_s
-                stack.supervise()
 
             def tick(_: float) -> None:
                 now_s = time.time() - t0
                 if now_s >= marks["next"]:
                     close_window(now_s)
+                if now_s - marks["supervised"] >= 1.0:  # restarts, and generations' rotation
+                    marks["supervised"] = now_s
+                    stack.supervise()
 
             loop.run(work, offsets, tick=tick)
             while time.time() - t0 < offsets[-1] + 1 / rate:

@@ -30,6 +30,9 @@ from typing import Generic, TypeVar
 
 Request = TypeVar("Request")
 
+# Answered requests remembered at most (far above what `ttl_ms` holds at any real rate).
+MAX_ANSWERED = 200_000
+
 
 @dataclass
 class _Entry(Generic[Request]):
@@ -49,6 +52,11 @@ class Admission(Generic[Request]):
         self.retry_ms = retry_ms  # 0: never replay
         self.share = 1.0  # of the requests topic's partitions this worker holds
         self._inflight: OrderedDict[str, _Entry[Request]] = OrderedDict()
+        # Requests answered in the last `ttl_ms` (by any worker): one read again (a
+        # partition re-read, a new generation's first records) is let through uncounted,
+        # or it would wait as "in flight" for a result that was already given, and then
+        # be replayed for nothing.
+        self._answered: OrderedDict[str, int] = OrderedDict()
         self.rejected = 0
 
     @property
@@ -63,7 +71,7 @@ class Admission(Generic[Request]):
         """True if `request_id` may enter (a request read again is admitted again).
         `request` is kept for a replay (`overdue`)."""
         self._expire(now_ms)
-        if request_id in self._inflight:
+        if request_id in self._inflight or request_id in self._answered:
             return True
         if len(self._inflight) >= self.capacity:
             self.rejected += 1
@@ -85,11 +93,20 @@ class Admission(Generic[Request]):
                 out.append(entry.request)
         return out
 
-    def finished(self, request_id: str) -> None:
-        """A result for `request_id` was published (by any worker)."""
+    def finished(self, request_id: str, now_ms: int) -> None:
+        """A result for `request_id` was published (by any worker) at `now_ms`."""
         self._inflight.pop(request_id, None)
+        self._answered[request_id] = now_ms
+        self._answered.move_to_end(request_id)
+        while len(self._answered) > MAX_ANSWERED:
+            self._answered.popitem(last=False)
 
     def _expire(self, now_ms: int) -> None:
+        while self._answered:
+            oldest, at = next(iter(self._answered.items()))
+            if now_ms - at < self.ttl_ms:
+                break
+            del self._answered[oldest]
         while self._inflight:
             oldest, entry = next(iter(self._inflight.items()))
             if now_ms - entry.admitted_at < self.ttl_ms:

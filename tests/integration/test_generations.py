@@ -81,7 +81,7 @@ def test_ingest_moves_to_the_next_generation_exactly_and_the_old_one_is_deleted(
         _assigned(old, first)
         load.start()
         load.wait_sent(40)  # traffic on the old generation before the new one exists
-        generations.create(second)
+        generations.create(second, after=first)
         new = WorkerProcess(second, "g2", tmp_path, env={"ALTO_ROLES": "ingest,stages,sink"})
         _assigned(new, second)
         starts = generations.hand_over([old], first, second)
@@ -136,9 +136,7 @@ def test_the_stack_rotates_generations_under_load_and_deletes_the_drained_ones(
     """`alto up`'s rotation (`Stack` with `generation_s`) on the embedded broker, LM stages
     included (SIMULATED engine): two rotations under a steady load of both pipelines, every
     request answered once and right, every retired generation's topics gone."""
-    config = alto_config.with_overrides(
-        generation_s=8.0, request_deadline_s=20.0, engine="sim", sim_time_scale=0.2
-    )
+    config = alto_config.with_overrides(generation_s=8.0, engine="sim", sim_time_scale=0.2)
     stack = Stack(
         config,
         workers=1,
@@ -158,7 +156,7 @@ def test_the_stack_rotates_generations_under_load_and_deletes_the_drained_ones(
             sent[request.request_id] = request
             submitter.submit(request)
             submitter.flush()
-            stop.wait(1 / 10)
+            stop.wait(1 / 5)
 
     load = threading.Thread(target=submit, daemon=True)
     try:

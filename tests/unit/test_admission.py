@@ -16,9 +16,23 @@ def test_admits_up_to_the_limit_then_refuses_until_one_finishes() -> None:
     assert a.admit("r1", 0) and a.admit("r2", 0)
     assert not a.admit("r3", 1)
     assert a.admit("r1", 2), "a request read again (a replay) is admitted again"
-    a.finished("r1")
+    a.finished("r1", 2)
     assert a.admit("r3", 3)
     assert a.in_flight == 2 and a.rejected == 1
+
+
+def test_an_answered_request_read_again_is_let_through_uncounted_within_the_ttl() -> None:
+    a: Admission[str] = Admission(limit=1, ttl_ms=1000, retry_ms=500)
+    assert a.admit("r1", 0, "request r1")
+    a.finished("r1", 100)
+    # Read again (a re-read partition, a new generation's first records): it takes no place,
+    # waits for no second result, and is never replayed.
+    assert a.admit("r1", 200, "request r1") and a.in_flight == 0
+    assert a.admit("r2", 300)  # the one place is still free
+    assert a.overdue(10_000) == []
+    # Past the TTL the answer is forgotten: read again, it counts as new.
+    a.finished("r2", 400)
+    assert a.admit("r1", 1200, "request r1") and a.in_flight == 1
 
 
 def test_share_of_partitions_scales_the_capacity() -> None:
@@ -43,7 +57,7 @@ def test_never_more_in_flight_than_the_capacity(ops: list[tuple[bool, int]]) -> 
         if is_admit:
             a.admit(f"r{n}", now)
         else:
-            a.finished(f"r{n}")
+            a.finished(f"r{n}", now)
         assert a.in_flight <= a.capacity
 
 
@@ -69,7 +83,7 @@ def test_a_request_with_no_result_is_handed_back_for_replay_once() -> None:
     a: Admission[str] = Admission(limit=10, ttl_ms=10_000, retry_ms=1000)
     assert a.admit("old", 0, "request old") and a.admit("young", 600, "request young")
     a.admit("done", 100, "request done")
-    a.finished("done")
+    a.finished("done", 100)
     assert a.overdue(999) == []
     assert a.overdue(1000) == ["request old"]
     assert a.overdue(1700) == ["request young"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from alto.errors import BadInputError
+from alto.schemas.messages import PipelineResult
+
 
 class PartitionStore(MutableMapping[str, Any]):
     """An aggregator's table as the processor sees it while handling one event: every state
@@ -42,15 +45,19 @@ class ResultsStore:
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self.first_seen: dict[bytes, int] = {}  # key -> when a sweep first saw it (ms)
+        self.first_seen: dict[bytes, int] = {}  # key -> when the result was emitted (ms)
 
     def forget_older_than(self, now: int, retention_ms: int) -> int:
-        """Drop results held longer than `retention_ms` from memory (not from the results
-        topic, which is the contract: no tombstone goes there). Returns how many."""
+        """Drop results emitted more than `retention_ms` ago from memory (not from the
+        results topic, which is the contract: no tombstone goes there). Returns how many. A
+        result's age is its own (`completed_at_ms`), not the time this worker first saw it:
+        a worker that recovered the table from the results topic (every new generation's
+        does) would otherwise hold the topic's whole history for another retention period."""
         data = self.table.data
         seen = self.first_seen
         for key in data.keys():
-            seen.setdefault(key, now)
+            if key not in seen:
+                seen[key] = _emitted_at(data.get(key), now)
         old = [k for k, at in seen.items() if now - at >= retention_ms or k not in data]
         for key in old:
             data.pop(key, None)
@@ -62,3 +69,12 @@ class ResultsStore:
 
     def __setitem__(self, request_id: str, result: Any) -> None:
         self.table[request_id.encode()] = result.encode()
+
+
+def _emitted_at(value: Any, default: int) -> int:
+    """When a stored result was emitted (its `completed_at_ms`); `default` for one that
+    does not decode."""
+    try:
+        return PipelineResult.decode(value).completed_at_ms
+    except (BadInputError, TypeError):
+        return default

@@ -102,8 +102,9 @@ class AltoConfig(BaseModel):
     # {"live": [N, ...]}, written by `alto up`); None: it serves `generation` alone.
     generations_file: Path | None = None
     # `alto up` on the embedded broker: how long a generation takes new requests before the
-    # next replaces it (0: one generation forever; see `alto.infra.generations`).
-    generation_s: float = Field(default=0.0, ge=0)
+    # next replaces it (0: one generation forever; None: `alto.infra.rotation`'s default on
+    # the embedded broker, never on an external one; see `alto.infra.generations`).
+    generation_s: float | None = Field(default=None, ge=0)
     # Prometheus endpoint (alto/metrics.py): 0 = a free port the OS picks (several workers
     # per host), written to the status file and logged; negative = no endpoint.
     metrics_port: int = Field(default=0, le=65535)

@@ -80,6 +80,10 @@ def run_factool_demo(
     )
     topology = factool.build()
     print("  stages: " + " -> ".join(topology.order), flush=True)
+    # A few minutes: one generation of the internal topics (the partial outputs shown are
+    # read from its stage topics), unless ALTO_GENERATION_S says otherwise.
+    if base.generation_s is None:
+        base = base.with_overrides(generation_s=0.0)
     stack = Stack(
         base,
         workers=workers,

@@ -44,6 +44,8 @@ from alto.kafka import client_settings, ensure_topics
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+# The topic Faust's partition assignor creates for each app (its group): `<app id>-` this.
+FAUST_LEADER_TOPIC = "__assignor-__leader"
 
 
 def topics_of(config: AltoConfig) -> dict[str, int]:
@@ -52,6 +54,21 @@ def topics_of(config: AltoConfig) -> dict[str, int]:
     from alto.streams.registry import all_topologies
 
     return create_app(config, all_topologies(config)).topic_partitions()
+
+
+def assigned_topics(config: AltoConfig) -> list[str]:
+    """The topics whose partitions `config`'s Faust workers must own to serve (readiness)."""
+    from alto.streams.registry import all_topologies
+
+    served = [
+        t for t in all_topologies(config) if not config.pipelines or t.pipeline in config.pipelines
+    ]
+    return [
+        *(topic for t in served for topic in t.topics(config.internal_prefix)),
+        config.sink_topic,
+        config.requests_topic,
+        config.lm_requests_topic,
+    ]
 
 
 def internal_topics(config: AltoConfig) -> list[str]:
@@ -146,17 +163,39 @@ def drained(workers: list[WorkerProcess]) -> bool:
 
 
 def delete(config: AltoConfig, timeout_s: float = 30.0) -> list[str]:
-    """Delete `config`'s generation's topics (its workers must have stopped)."""
-    names = internal_topics(config)
+    """Delete `config`'s generation (its workers must have stopped): its topics, Faust's
+    own topic of its group (the assignor's leader topic) and its consumer groups (the
+    broker keeps their committed offsets otherwise)."""
+    names = [*internal_topics(config), f"{config.group_id}-{FAUST_LEADER_TOPIC}"]
     admin = AdminClient(client_settings(config))
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [n for n in names if n in existing]
-    for name, future in admin.delete_topics(doomed, operation_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            raise AltoError(f"cannot delete topic {name}: {exc}") from exc
-    log.info("generation %d deleted (%d topics)", config.generation, len(doomed))
+    if doomed:
+        for name, future in admin.delete_topics(doomed, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                raise AltoError(f"cannot delete topic {name}: {exc}") from exc
+    listed = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
+    groups = [
+        g.group_id
+        for g in listed.valid
+        if g.group_id == config.group_id or g.group_id.startswith(f"{config.group_id}-lm-")
+    ]
+    if groups:
+        for group, future in admin.delete_consumer_groups(
+            groups, request_timeout=timeout_s
+        ).items():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:  # offsets only: the generation is gone either way
+                log.warning("consumer group %s not deleted: %s", group, exc)
+    log.info(
+        "generation %d deleted (%d topics, %d consumer groups)",
+        config.generation,
+        len(doomed),
+        len(groups),
+    )
     return doomed
 
 

@@ -45,7 +45,7 @@ class Verdict:
     tail: tuple[float, float]
     p50: tuple[float, float]  # (first span, last span)
     p99: tuple[float, float]
-    rss_growth: dict[str, float]  # process -> end RSS / RSS at the end of the first span
+    rss_growth: dict[str, float]  # process -> the last span's RSS peak / the first span's
     lost: int
     wrong: int
     table_keys: tuple[int, int] | None = None  # most keys: first span after retention, last
@@ -131,12 +131,12 @@ def judge(
     for name, (a, b) in (("p50", p50), ("p99", p99)):
         if not (b <= a * (1 + latency_tolerance)):
             reasons.append(f"{name} grew from {a:.3f} s to {b:.3f} s (> +{latency_tolerance:.0%})")
-    base = head[-1].rss_mb
-    growth = {
-        name: tail[-1].rss_mb[name] / mb
-        for name, mb in base.items()
-        if name in tail[-1].rss_mb and mb > 0
-    }
+    # Each span's peak: a process that grows shows it in its peaks as in its last value,
+    # and one that rises and falls by design (the embedded broker under generations: its
+    # memory is freed when a generation is deleted) is judged on like phases.
+    base = _peaks(head)
+    last = _peaks(tail)
+    growth = {name: last[name] / mb for name, mb in base.items() if name in last and mb > 0}
     for name, g in sorted(growth.items()):
         if g > 1 + rss_tolerance and name not in exempt:
             reasons.append(f"{name} RSS grew {g - 1:+.0%} (> +{rss_tolerance:.0%})")
@@ -169,6 +169,14 @@ def judge(
     )
 
 
+def _peaks(windows: list[Window]) -> dict[str, float]:
+    peaks: dict[str, float] = {}
+    for w in windows:
+        for name, mb in w.rss_mb.items():
+            peaks[name] = max(peaks.get(name, 0.0), mb)
+    return peaks
+
+
 def verdict_text(report: SoakReport) -> str:
     v = report.verdict
     lines = (
@@ -185,7 +193,7 @@ def verdict_text(report: SoakReport) -> str:
         f"  p50 {v.p50[0]:.3f} -> {v.p50[1]:.3f} s, p99 {v.p99[0]:.3f} -> {v.p99[1]:.3f} s "
         f"(minutes {v.head[0] / 60:.1f}-{v.head[1] / 60:.1f} against "
         f"{v.tail[0] / 60:.1f}-{v.tail[1] / 60:.1f})",
-        "  RSS at the end / at the end of the first span: "
+        "  RSS, the last span's peak / the first span's: "
         + " ".join(f"{n}={g:.2f}" for n, g in sorted(v.rss_growth.items())),
         "  table keys, most in the first span after the retention -> in the last: "
         + (

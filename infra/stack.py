@@ -36,8 +36,9 @@ from types import TracebackType
 
 from alto.config import AltoConfig, EngineName
 from alto.errors import AltoError, BrokerError, BrokerLost, ConfigError
+from alto.infra.generations import assigned_topics
 from alto.infra.processes import WorkerProcess, lm_worker_command, wait_assigned
-from alto.infra.rotation import FIRST, Rotation
+from alto.infra.rotation import DEFAULT_GENERATION_S, FIRST, Rotation
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,10 @@ class Stack:
         self._current: list[str] = []  # the Faust workers of the generation that ingests
         # Generations of the internal topics, on the embedded broker only (an external
         # broker has retention): `alto.infra.rotation`.
-        self.rotation = (
-            Rotation(self, self.config.generation_s)
-            if self.config.generation_s > 0 and listen is not None
-            else None
-        )
+        every = self.config.generation_s
+        if every is None:
+            every = DEFAULT_GENERATION_S if listen is not None else 0.0
+        self.rotation = Rotation(self, every) if every > 0 and listen is not None else None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -133,61 +133,36 @@ class Stack:
             proc.stop()
         self._write_state()
 
-    def assigned_topics(self, config: AltoConfig) -> list[str]:
-        """The topics whose partitions `config`'s Faust workers must own to serve."""
-        from alto.streams.registry import all_topologies
-
-        served = [
-            t
-            for t in all_topologies(config)
-            if not config.pipelines or t.pipeline in config.pipelines
-        ]
-        return [
-            *(topic for t in served for topic in t.topics(config.internal_prefix)),
-            config.sink_topic,
-            config.requests_topic,
-            config.lm_requests_topic,
-        ]
-
     def spawn_faust_worker(self, index: int, config: AltoConfig, roles: str | None = None) -> str:
-        """Start Faust worker `index` of `config`'s generation; returns its name."""
+        """Start Faust worker `index` of `config`'s generation; returns its name. Later
+        generations' workers take a free metrics port (a fixed one is the first
+        generation's)."""
         first = self.rotation is None or config.generation == FIRST
         name = f"worker-{index + 1}" if first else f"worker-{index + 1}.g{config.generation}"
         metrics = self._metrics_env(index) if first else {"ALTO_METRICS_PORT": "0"}
-        env = {**metrics, **self._compute_env(), **({"ALTO_ROLES": roles} if roles else {})}
-        self._spawn(
-            name,
-            functools.partial(
-                WorkerProcess,
-                config,
-                name,
-                self.workdir,
-                loglevel=config.log_level.lower(),
-                env=env,
-                own_group=True,
-            ),
-        )
+        self._spawn(name, self._faust_spawner(name, config, metrics, roles))
         return name
 
     def respawn_without_ingest(self, name: str, config: AltoConfig) -> None:
         """From now on, a restart of `name` runs without the ingest role."""
         roles = ",".join(r for r in config.roles if r != "ingest")
         metrics = {"ALTO_METRICS_PORT": "0"} if self.config.metrics_port > 0 else {}
-        self._spawners[name] = functools.partial(
-            WorkerProcess,
-            config,
-            name,
-            self.workdir,
-            loglevel=config.log_level.lower(),
-            env={**metrics, **self._compute_env(), "ALTO_ROLES": roles},
-            own_group=True,
+        self._spawners[name] = self._faust_spawner(name, config, metrics, roles)
+
+    def _faust_spawner(
+        self, name: str, config: AltoConfig, env: dict[str, str], roles: str | None
+    ) -> Callable[[], WorkerProcess]:
+        env = {**env, **self._compute_env(), **({"ALTO_ROLES": roles} if roles else {})}
+        loglevel = config.log_level.lower()
+        return functools.partial(
+            WorkerProcess, config, name, self.workdir, loglevel=loglevel, env=env, own_group=True
         )
 
     def use_generation(self, config: AltoConfig, names: list[str]) -> None:
         """`config`'s generation ingests from now on, with workers `names`."""
         self.config = config
         self._current = names
-        self._assigned_topics = self.assigned_topics(config)
+        self._assigned_topics = assigned_topics(config)
         self._write_state()
 
     def metrics_ports(self) -> dict[str, int]:
@@ -239,7 +214,7 @@ class Stack:
             self._start_broker(self.listen)
         app = create_app(self.config, all_topologies(self.config))
         self.topics = ensure_topics(self.config, app.topic_partitions())
-        self._assigned_topics = self.assigned_topics(self.config)
+        self._assigned_topics = assigned_topics(self.config)
         self._current = [self.spawn_faust_worker(i, self.config) for i in range(self.workers)]
         for i in range(self.lm_instances):
             self._spawn(
@@ -370,7 +345,12 @@ class Stack:
         )
         lines = [
             f"  broker: {broker}",
-            f"  topics: {len(self.topics)} (prefix {self.config.topic_prefix!r})",
+            f"  topics: {len(self.topics)} (prefix {self.config.topic_prefix!r})"
+            + (
+                f"; internal ones rotate every {self.rotation.every_s:g} s (generations)"
+                if self.rotation is not None
+                else ""
+            ),
             "  Faust workers (stages and scheduler): "
             + ", ".join(
                 f"{w.worker_id} (pid {w.pid}, {per_worker[w.worker_id]} partitions)"

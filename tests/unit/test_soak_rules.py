@@ -42,6 +42,17 @@ def test_latency_memory_tables_and_losses_each_fail_the_verdict() -> None:
     assert exempt.table_keys is None
 
 
+def test_memory_is_judged_on_each_spans_peak_a_sawtooth_is_flat_a_leak_is_not() -> None:
+    # Freed every 5 minutes (generations deleted), wherever the run happens to end.
+    for end in (30, 32):
+        ws = [_w(i, 1.0, {"broker": 150 + 30 * (i % 5)}) for i in range(end)]
+        v = judge(ws, lost=0, wrong=0)
+        assert v.flat, (end, v.reasons)
+    # The same sawtooth on a rising floor is growth.
+    ws = [_w(i, 1.0, {"broker": 150 + 30 * (i % 5) + 4 * i}) for i in range(30)]
+    assert "broker RSS grew" in " ".join(judge(ws, lost=0, wrong=0).reasons)
+
+
 def test_the_window_after_the_last_arrival_is_not_judged() -> None:
     ws = [_w(i, 1.0, {"w": 100.0}) for i in range(10)]
     ws.append(Window(600, 601, 0, 0, 0, math.nan, math.nan, {"w": 100.0}, {}, 100, 0, {}, 0))

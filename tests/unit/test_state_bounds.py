@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from alto.schemas.messages import Mode, PathEntry, Quantum, QuantumKind
+from alto.agents.stores import ResultsStore
+from alto.schemas.messages import (
+    Mode,
+    PathEntry,
+    PipelineResult,
+    Quantum,
+    QuantumKind,
+    ResultStatus,
+)
 from alto.streams import REQUEST, Pipeline, collect
 from alto.streams.ancestry import node_key
 from alto.streams.pipeline import Topology
@@ -116,3 +124,30 @@ def test_markers_and_results_must_outlive_the_retry() -> None:
     for field in ("state_retention_s", "results_retention_s"):
         with pytest.raises((ConfigError, ValueError), match=f"{field} .* must exceed"):
             AltoConfig(**{"request_retry_s": 120, field: 60})  # type: ignore[arg-type]
+
+
+class _Table:
+    def __init__(self, data: dict[bytes, bytes]) -> None:
+        self.data = data
+
+
+def _result(request_id: str, completed_at_ms: int) -> bytes:
+    return PipelineResult(
+        request_id, "b", ResultStatus.OK, 5, completed_at_ms - 5, completed_at_ms, Mode.STREAMING
+    ).encode()
+
+
+def test_results_are_forgotten_by_their_own_age_not_when_first_seen() -> None:
+    """A worker that recovered the results table from the topic (a new generation's) holds
+    only the results younger than the retention, not the topic's whole history."""
+    now = 10_000_000
+    data = {
+        b"old": _result("old", now - 3_600_000),  # an hour ago: recovered history
+        b"recent": _result("recent", now - 1_000),
+        b"garbled": b"\x00not a result",  # kept, aged from now
+    }
+    store = ResultsStore(_Table(data))
+    assert store.forget_older_than(now, retention_ms=600_000) == 1
+    assert set(data) == {b"recent", b"garbled"}
+    assert store.forget_older_than(now + 600_000, retention_ms=600_000) == 2
+    assert not data

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,15 +78,15 @@ class IngestHandover:
             if not self._busy:
                 self._idle.set()
 
-    async def close(self, commit: object) -> None:
+    async def close(self, commit: Callable[[], Awaitable[object]]) -> None:
         """Stop ingesting: let the request in hand finish, then commit (`commit`: the
-        consumer's commit coroutine function)."""
+        consumer's commit)."""
         if self.closed.is_set():
             return
         self.closed.set()
         log.info("ingest closing (generation handover)")
         await self._idle.wait()
-        await commit()  # type: ignore[operator]
+        await commit()
         self.committed = True
         log.info("ingest closed: what it handled is committed")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from alto import metrics
 from alto.agents.faust_settings import consumer_lags
+from alto.files import write_json
 from alto.kafka import follow
 from alto.schemas.messages import PipelineRequest
 from alto.streams.admission import Admission
@@ -160,6 +160,4 @@ def define_status(rt: AltoApp, path: Path) -> None:
             "in_flight": rt.admission.in_flight if rt.admission is not None else None,
             "at": time.time(),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(path)
+        write_json(path, status)

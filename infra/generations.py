@@ -26,20 +26,24 @@ Contract topics (requests, results, dead letters) are never generational.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from alto.config import AltoConfig
 from alto.errors import AltoError
+from alto.files import write_json
 from alto.infra.processes import WorkerProcess
 from alto.kafka import client_settings, ensure_topics
+
+if TYPE_CHECKING:
+    from alto.agents.runtime import AltoApp
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +52,23 @@ POLL_S = 0.2
 FAUST_LEADER_TOPIC = "__assignor-__leader"
 
 
-def topics_of(config: AltoConfig) -> dict[str, int]:
-    """Every topic the workers of `config`'s generation use, with partition counts."""
+def app_of(config: AltoConfig) -> AltoApp:
+    """The Faust app `config`'s workers run (built, not started): what topics it uses."""
     from alto.agents.runtime import create_app
     from alto.streams.registry import all_topologies
 
-    return create_app(config, all_topologies(config)).topic_partitions()
+    return create_app(config, all_topologies(config))
 
 
-def assigned_topics(config: AltoConfig) -> list[str]:
-    """The topics whose partitions `config`'s Faust workers must own to serve (readiness)."""
-    from alto.streams.registry import all_topologies
-
-    served = [
-        t for t in all_topologies(config) if not config.pipelines or t.pipeline in config.pipelines
-    ]
+def assigned_topics(app: AltoApp) -> list[str]:
+    """The topics whose partitions `app`'s workers must own to serve (readiness)."""
+    config = app.config
     return [
-        *(topic for t in served for topic in t.topics(config.internal_prefix)),
+        *(
+            topic
+            for name in app.served
+            for topic in app.topologies[name].topics(config.internal_prefix)
+        ),
         config.sink_topic,
         config.requests_topic,
         config.lm_requests_topic,
@@ -74,7 +78,7 @@ def assigned_topics(config: AltoConfig) -> list[str]:
 def internal_topics(config: AltoConfig) -> list[str]:
     """The topics that belong to `config`'s generation alone (deleted with it)."""
     contract = {config.requests_topic, config.results_topic, config.dlq_topic}
-    return sorted(set(topics_of(config)) - contract)
+    return sorted(set(app_of(config).topic_partitions()) - contract)
 
 
 def _group(config: AltoConfig) -> Consumer:
@@ -96,12 +100,14 @@ def committed(config: AltoConfig, topic: str) -> dict[int, int]:
         group.close()
 
 
-def create(config: AltoConfig, after: AltoConfig | None = None) -> dict[str, int]:
+def create(config: AltoConfig, after: AltoConfig | None = None) -> AltoApp:
     """Create `config`'s generation: its topics and, when it follows generation `after`, its
     group's start on the requests topic where `after`'s group has committed (everything
     before was handled there; the handoff then skips the rest of what `after` handles). Not
-    the topic's end: Tansu's end offsets can read short (`alto.agents.transport`)."""
-    counts = ensure_topics(config, topics_of(config))
+    the topic's end: Tansu's end offsets can read short (`alto.agents.transport`). Returns
+    the generation's app (built, not started), for its topics."""
+    app = app_of(config)
+    counts = ensure_topics(config, app.topic_partitions())
     if after is not None and (starts := committed(after, after.requests_topic)):
         group = _group(config)
         try:
@@ -112,7 +118,7 @@ def create(config: AltoConfig, after: AltoConfig | None = None) -> dict[str, int
         finally:
             group.close()
     log.info("generation %d created (%d topics)", config.generation, len(counts))
-    return counts
+    return app
 
 
 def close_ingest(workers: list[WorkerProcess], timeout_s: float = 60.0) -> None:
@@ -143,9 +149,7 @@ def hand_over(
         raise AltoError(f"generation {new.generation} has no handoff file to start from")
     close_ingest(old_workers, timeout_s)
     starts = committed(old, old.requests_topic)
-    tmp = new.ingest_handoff.with_suffix(".tmp")
-    tmp.write_text(json.dumps({str(p): o for p, o in sorted(starts.items())}))
-    tmp.replace(new.ingest_handoff)
+    write_json(new.ingest_handoff, {str(p): o for p, o in sorted(starts.items())})
     log.info("ingest handed from generation %d to %d at %s", old.generation, new.generation, starts)
     return starts
 

@@ -16,7 +16,6 @@ while it drains is restarted without the ingest role (ingest is the new generati
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from alto.config import AltoConfig
 from alto.errors import AltoError
+from alto.files import write_json
 from alto.infra import generations
 from alto.infra.processes import Assignment
 
@@ -64,7 +64,6 @@ class Rotation:
         self.stack = stack
         self.every_s = every_s
         self.live_file = stack.workdir / "generations.json"
-        self.generation = FIRST
         self.started_at = time.monotonic()
         self.next: _Next | None = None
         self.old: _Old | None = None
@@ -72,7 +71,7 @@ class Rotation:
 
     def first_config(self, config: AltoConfig) -> AltoConfig:
         """The configuration of the first generation (a fresh broker)."""
-        self.generation, self.started_at = FIRST, time.monotonic()
+        self.started_at = time.monotonic()
         self.next = self.old = None
         self._write_live([FIRST])
         return config.with_overrides(
@@ -80,8 +79,9 @@ class Rotation:
         )
 
     @property
-    def idle(self) -> bool:
-        return self.next is None and self.old is None
+    def generation(self) -> int:
+        """The generation that ingests."""
+        return self.stack.config.generation
 
     def step(self) -> None:
         if self.next is not None:
@@ -97,13 +97,11 @@ class Rotation:
         config = stack.config.with_overrides(
             generation=new, ingest_handoff=generations.handoff_file(stack.workdir, new)
         )
-        generations.create(config, after=stack.config)
+        app = generations.create(config, after=stack.config)
         self._write_live([self.generation, new])
         names = [stack.spawn_faust_worker(i, config) for i in range(stack.workers)]
         assignment = Assignment(
-            [stack.process(n) for n in names],
-            generations.assigned_topics(config),
-            config.partitions,
+            [stack.process(n) for n in names], generations.assigned_topics(app), config.partitions
         )
         self.next = _Next(config, names, assignment, time.monotonic() + START_TIMEOUT_S)
         log.info("generation %d starting beside generation %d", new, self.generation)
@@ -124,7 +122,7 @@ class Rotation:
         starts = generations.hand_over(
             [stack.process(n) for n in old_names], old_config, nxt.config
         )
-        stack.use_generation(nxt.config, nxt.names)
+        stack.use_generation(nxt.config, nxt.names, nxt.assignment.topics)
         # Drained when no request the old workers admitted is without a result; admission
         # forgets a request after its TTL, so that is the longest it can take.
         self.old = _Old(
@@ -133,7 +131,7 @@ class Rotation:
             time.monotonic() + old_config.admission_ttl_s + DRAIN_MARGIN_S,
         )
         self.next = None
-        self.generation, self.started_at = nxt.config.generation, time.monotonic()
+        self.started_at = time.monotonic()
         self.rotations += 1
         log.warning(
             "generation %d took over ingest at %s; generation %d drains",
@@ -182,6 +180,4 @@ class Rotation:
         return True
 
     def _write_live(self, live: list[int]) -> None:
-        tmp = self.live_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"live": live}))
-        tmp.replace(self.live_file)
+        write_json(self.live_file, {"live": live})

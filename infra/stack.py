@@ -133,36 +133,38 @@ class Stack:
             proc.stop()
         self._write_state()
 
-    def spawn_faust_worker(self, index: int, config: AltoConfig, roles: str | None = None) -> str:
+    def spawn_faust_worker(self, index: int, config: AltoConfig) -> str:
         """Start Faust worker `index` of `config`'s generation; returns its name. Later
         generations' workers take a free metrics port (a fixed one is the first
         generation's)."""
         first = self.rotation is None or config.generation == FIRST
         name = f"worker-{index + 1}" if first else f"worker-{index + 1}.g{config.generation}"
         metrics = self._metrics_env(index) if first else {"ALTO_METRICS_PORT": "0"}
-        self._spawn(name, self._faust_spawner(name, config, metrics, roles))
+        self._spawn(name, self._faust_spawner(name, config, metrics))
         return name
 
     def respawn_without_ingest(self, name: str, config: AltoConfig) -> None:
         """From now on, a restart of `name` runs without the ingest role."""
-        roles = ",".join(r for r in config.roles if r != "ingest")
+        roles = tuple(r for r in config.roles if r != "ingest")
         metrics = {"ALTO_METRICS_PORT": "0"} if self.config.metrics_port > 0 else {}
-        self._spawners[name] = self._faust_spawner(name, config, metrics, roles)
+        self._spawners[name] = self._faust_spawner(
+            name, config.with_overrides(roles=roles), metrics
+        )
 
     def _faust_spawner(
-        self, name: str, config: AltoConfig, env: dict[str, str], roles: str | None
+        self, name: str, config: AltoConfig, env: dict[str, str]
     ) -> Callable[[], WorkerProcess]:
-        env = {**env, **self._compute_env(), **({"ALTO_ROLES": roles} if roles else {})}
         loglevel = config.log_level.lower()
+        env = {**env, **self._compute_env()}
         return functools.partial(
             WorkerProcess, config, name, self.workdir, loglevel=loglevel, env=env, own_group=True
         )
 
-    def use_generation(self, config: AltoConfig, names: list[str]) -> None:
-        """`config`'s generation ingests from now on, with workers `names`."""
+    def use_generation(self, config: AltoConfig, names: list[str], topics: list[str]) -> None:
+        """`config`'s generation ingests from now on, with workers `names` owning `topics`."""
         self.config = config
         self._current = names
-        self._assigned_topics = assigned_topics(config)
+        self._assigned_topics = topics
         self._write_state()
 
     def metrics_ports(self) -> dict[str, int]:
@@ -214,7 +216,7 @@ class Stack:
             self._start_broker(self.listen)
         app = create_app(self.config, all_topologies(self.config))
         self.topics = ensure_topics(self.config, app.topic_partitions())
-        self._assigned_topics = assigned_topics(self.config)
+        self._assigned_topics = assigned_topics(app)
         self._current = [self.spawn_faust_worker(i, self.config) for i in range(self.workers)]
         for i in range(self.lm_instances):
             self._spawn(

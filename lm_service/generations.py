@@ -15,13 +15,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import time
 from collections.abc import Iterable
 
 from alto.config import AltoConfig
 from alto.lm_service.engine import Engine
-from alto.lm_service.worker import LMWorker
+from alto.lm_service.worker import LMWorker, write_status
 from alto.streams.pipeline import Topology
 
 log = logging.getLogger(__name__)
@@ -97,21 +95,5 @@ class GenerationalLMWorker:
         log.info("LM instance %d no longer serves generation %d", self.instance, generation)
 
     def _write_status(self) -> None:
-        path = self.config.status_file
-        if path is None:
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "worker": self.worker_id,
-                    "pid": os.getpid(),
-                    "instance": self.instance,
-                    "engine": self.engine.name,
-                    "metrics_port": self.metrics_port,
-                    "generations": sorted(self._workers),
-                    "at": time.time(),
-                }
-            )
-        )
-        tmp.replace(path)
+        if self.config.status_file is not None:
+            write_status(self.config.status_file, self, generations=sorted(self._workers))

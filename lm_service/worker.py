@@ -12,12 +12,13 @@ Load reports go to `alto.lm.status` every interval and double as heartbeats.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -25,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from alto.files import write_json
 from alto.kafka import aiokafka_settings
 from alto.lm_service.engine import Engine
 from alto.lm_service.serving import serve_call
@@ -36,6 +38,9 @@ from alto.schemas.messages import (
 from alto.streams.outputs import failed, failed_call
 from alto.streams.pipeline import Topology
 from alto.streams.processor import DeadLetterOut, Routing, Send, now_ms
+
+if TYPE_CHECKING:
+    from alto.lm_service.generations import GenerationalLMWorker
 
 log = logging.getLogger(__name__)
 
@@ -325,21 +330,21 @@ class LMWorker:
         if generated > 0:
             metrics.LM_GENERATED_TOKENS.labels(self._label, engine).inc(generated)
         if self.config.status_file is not None:
-            path = self.config.status_file
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "worker": self.worker_id,
-                        "pid": os.getpid(),
-                        "instance": self.instance,
-                        "engine": engine,
-                        "metrics_port": self.metrics_port,
-                        "at": time.time(),
-                    }
-                )
-            )
-            tmp.replace(path)
+            write_status(self.config.status_file, self)
+
+
+def write_status(path: Path, worker: LMWorker | GenerationalLMWorker, **extra: Any) -> None:
+    """An LM worker's status file: who it is, its engine, its metrics port (and `extra`)."""
+    fields = {
+        "worker": worker.worker_id,
+        "pid": os.getpid(),
+        "instance": worker.instance,
+        "engine": worker.engine.name,
+        "metrics_port": worker.metrics_port,
+        **extra,
+        "at": time.time(),
+    }
+    write_json(path, fields)
 
 
 def _rid(key: bytes | None) -> str | None:

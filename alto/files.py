@@ -1,0 +1,15 @@
+"""Files our processes share with their operator (status files, handoff and generation
+files): written whole, so a reader never sees half of one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write `value` as JSON to `path` atomically (a temporary file beside it, renamed)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)

@@ -76,31 +76,31 @@ def standby_replicas(config: AltoConfig) -> int:
     default."""
     if not defines_every_table(config):
         return 0
-    return 1 if config.standby_replicas is None else config.standby_replicas
+    return 1 if config.kafka.standby_replicas is None else config.kafka.standby_replicas
 
 
 def faust_settings(config: AltoConfig) -> dict[str, Any]:
-    brokers = [f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")]
+    brokers = [f"kafka://{server.strip()}" for server in config.kafka.bootstrap_servers.split(",")]
     worker_dir = re.sub(r"[^\w.-]", "_", config.worker_id)
     settings: dict[str, Any] = {
         "broker": brokers,
         "store": "memory://",
-        "topic_partitions": config.partitions,
-        "topic_replication_factor": config.replication_factor,
+        "topic_partitions": config.kafka.partitions,
+        "topic_replication_factor": config.kafka.replication_factor,
         "topic_disable_leader": True,
-        "broker_session_timeout": config.session_timeout_s,
-        "broker_heartbeat_interval": config.heartbeat_interval_s,
+        "broker_session_timeout": config.kafka.session_timeout_s,
+        "broker_heartbeat_interval": config.kafka.heartbeat_interval_s,
         "broker_commit_interval": 1.0,
         "consumer_auto_offset_reset": "earliest",
         "web_enabled": False,
         "datadir": str(config.data_dir / worker_dir),
         "stream_wait_empty": False,
-        "producer_max_request_size": config.max_message_bytes,
-        "producer_linger": config.producer_linger_ms / 1000,
+        "producer_max_request_size": config.kafka.max_message_bytes,
+        "producer_linger": config.kafka.producer_linger_ms / 1000,
         "worker_redirect_stdouts": False,
         "table_standby_replicas": standby_replicas(config),
     }
-    sec = config.security
+    sec = config.kafka.security
     if sec.protocol.startswith("SASL"):
         settings["broker_credentials"] = faust.SASLCredentials(
             username=sec.sasl_username,

@@ -9,7 +9,7 @@ be ingested by exactly one of them:
   worker commits what it acknowledged and reports `ingest: closed` in its status file;
 - the operator (`alto.infra.generations.hand_over`) then reads the old group's committed
   offsets, which are now exactly the requests it handled, and writes them to the new
-  generation's handoff file (`ALTO_INGEST_HANDOFF`);
+  generation's handoff file (`ALTO_GENERATIONS__HANDOFF_FILE`);
 - the new generation's ingest waits for that file, acknowledges without handling the
   requests below those offsets (the old generation's), and handles the rest.
 

@@ -74,7 +74,7 @@ class AltoApp:
         Path(settings["datadir"]).parent.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(
             config.group_id,
-            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            fetch_max_wait_ms=config.kafka.fetch_max_wait_ms,
             client_settings=aiokafka_settings(config),
             **settings,
         )
@@ -85,18 +85,18 @@ class AltoApp:
         # Admission control at ingest (None: no limit); fed by `_define_admission`.
         self.admission = (
             Admission[PipelineRequest](
-                config.max_inflight_requests,
-                int(config.admission_ttl_s * 1000),
-                int(config.request_retry_s * 1000),
+                config.admission.max_inflight,
+                int(config.admission.ttl_s * 1000),
+                int(config.admission.retry_s * 1000),
             )
-            if config.max_inflight_requests > 0 and "ingest" in config.roles
+            if config.admission.max_inflight > 0 and "ingest" in config.roles
             else None
         )
         self.ingest = Ingest(
             self.routings,
             self.worker_id,
             Mode.parse(config.mode),
-            config.max_input_chars,
+            config.admission.max_input_chars,
             config.sink_topic,
             self.admission,
         )
@@ -111,7 +111,7 @@ class AltoApp:
         self.scheduler: SchedulerCore | None = None  # with the scheduler role
         # Generations (`alto.infra.generations`): SIGUSR1 closes ingest; the next generation
         # takes the requests topic from the offsets this one committed.
-        self.handover = IngestHandover(config.ingest_handoff)
+        self.handover = IngestHandover(config.generations.handoff_file)
         unknown = set(config.pipelines) - set(self.topologies)
         if unknown:
             raise ConfigError(
@@ -133,7 +133,7 @@ class AltoApp:
             scheduler_role.define_scheduler(self)
         if self.aggregates or self.results is not None:
             upkeep.define_sweep(self)
-        if config.metrics_port >= 0:
+        if config.metrics.port >= 0:
             upkeep.define_metrics(self)
         if config.status_file is not None:
             upkeep.define_status(self, config.status_file)
@@ -142,7 +142,7 @@ class AltoApp:
 
     def topic_partitions(self) -> dict[str, int]:
         """Every topic this app reads or writes, with its partition count."""
-        n = self.config.partitions
+        n = self.config.kafka.partitions
         names = [
             self.config.lm_requests_topic,
             self.config.lm_status_topic,
@@ -156,7 +156,7 @@ class AltoApp:
             names += self.topologies[name].topics(self.config.internal_prefix)
         names += [self.changelog_topic(t) for t in self.tables]
         counts = dict.fromkeys(names, n)
-        counts[self.config.lm_work_topic] = self.config.lm_max_instances
+        counts[self.config.lm_work_topic] = self.config.lm.max_instances
         return counts
 
     def changelog_topic(self, table_name: str) -> str:
@@ -173,7 +173,7 @@ class AltoApp:
                 value_type=bytes,
                 key_serializer="raw",
                 value_serializer="raw",
-                partitions=self.config.partitions,
+                partitions=self.config.kafka.partitions,
                 internal=True,
             )
             self._topics[name] = topic
@@ -212,7 +212,9 @@ class AltoApp:
                 reason, text = exc.reason, str(exc)
             elif isinstance(exc.__cause__, MessageSizeTooLargeError):
                 reason = "too_large"
-                text = f"an output to {out.topic} exceeds {self.config.max_message_bytes} bytes"
+                text = (
+                    f"an output to {out.topic} exceeds {self.config.kafka.max_message_bytes} bytes"
+                )
             else:
                 raise
             await self.dead_letter(
@@ -238,7 +240,7 @@ class AltoApp:
             _as_bytes(msg.key),
             _as_bytes(msg.value),
             self.worker_id,
-            self.config.max_message_bytes,
+            self.config.kafka.max_message_bytes,
         )
         await self.topic(self.config.dlq_topic).send(key=letter.key, value=letter.encode())
 
@@ -320,7 +322,7 @@ class AltoApp:
         topology = routing.topology
         spec = topology.stages[stage]
         processor = StageProcessor(
-            routing, stage, self.worker_id, max_spans=self.config.max_trace_spans
+            routing, stage, self.worker_id, max_spans=self.config.state.max_trace_spans
         )
         topic_name = topology.stage_topic(self.config.internal_prefix, stage)
         topic = self.topic(topic_name)
@@ -345,7 +347,7 @@ class AltoApp:
             table = self.app.Table(
                 name,
                 default=None,
-                partitions=self.config.partitions,
+                partitions=self.config.kafka.partitions,
                 schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
             )
             self.tables[name] = table
@@ -395,7 +397,7 @@ class AltoApp:
         table = self.app.Table(
             "results",
             default=None,
-            partitions=self.config.partitions,
+            partitions=self.config.kafka.partitions,
             schema=faust.Schema(
                 key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
             ),

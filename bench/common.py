@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alto.config import AltoConfig, load_config
+from alto.config import AltoConfig, load_config, merge
 from alto.infra.broker import EmbeddedBroker
 from alto.infra.processes import tree_usage
 
@@ -23,17 +23,16 @@ OUT_DIR = Path("bench-out")
 def bench_config(name: str, **overrides: Any) -> Iterator[AltoConfig]:
     """A fresh topic prefix and app id on the configured broker, or on an embedded one."""
     tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    values = {
-        "topic_prefix": f"{tag}.",
-        "app_id": tag,
-        "data_dir": OUT_DIR / "data" / tag,
-        **overrides,
-    }
-    if os.environ.get("ALTO_BOOTSTRAP_SERVERS"):
-        yield load_config(**values)
+    values = merge(
+        {"kafka": {"topic_prefix": f"{tag}."}, "app_id": tag, "data_dir": OUT_DIR / "data" / tag},
+        overrides,
+    )
+    configured = load_config(**values)
+    if configured.names_a_broker:
+        yield configured
         return
     with EmbeddedBroker() as broker:
-        yield load_config(bootstrap_servers=broker.bootstrap_servers, **values)
+        yield configured.with_overrides(kafka={"bootstrap_servers": broker.bootstrap_servers})
 
 
 def cpu_seconds() -> float:

@@ -16,7 +16,7 @@ the arrival window; with points of a minute or two that count is biased low by t
 latency itself.)
 
 Tiers:
-- `sim`: SIMULATED LM engines (`ALTO_SIM_TIME_SCALE` = `SIM_TIME_SCALE`: our CPU-calibrated
+- `sim`: SIMULATED LM engines (`ALTO_LM__SIM_TIME_SCALE` = `SIM_TIME_SCALE`: our CPU-calibrated
   SmolLM2 model run 4x faster, so one unloaded request takes seconds, as in the paper),
   7 LM instances (the paper's 2 answering + 2 claim + 3 query instances; our verification
   calls share them), 2 Faust workers for the other stages (the paper's 4 BM25, 1 encoding
@@ -62,6 +62,7 @@ from tqdm import tqdm
 from alto.agents.factool import pipeline as factool
 from alto.agents.factool.corpus import load_corpus, questions
 from alto.agents.factool.resources import resources
+from alto.agents.factool.settings import factool_settings
 from alto.bench.common import (
     OUT_DIR,
     cpu_seconds,
@@ -216,7 +217,7 @@ def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
     if tier == "sim":
         from alto.lm_service.sim import SimEngine, SimParams
 
-        return [SimEngine(SimParams(time_scale=config.sim_time_scale)) for _ in range(n)]
+        return [SimEngine(SimParams(time_scale=config.lm.sim_time_scale)) for _ in range(n)]
     from alto.lm_service.vllm_engine import VLLMEngine
 
     return [VLLMEngine.from_config(config)]
@@ -228,16 +229,16 @@ def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
 def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float]:
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
     base = load_config(
-        sim_time_scale=time_scale,
+        lm={"sim_time_scale": time_scale},
+        kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": FETCH_WAIT_MS},
         data_dir=OUT_DIR / "data" / f"factool-{tier}",
         warmup=True,
-        passage_cache=0,  # no system may rerank with embeddings another system's run left
+        # No system may rerank with embeddings another system's run left.
+        pipeline_settings={factool.NAME: {"passage_cache": 0}},
         pipelines=(factool.NAME,),
-        partitions=PARTITIONS,
-        fetch_max_wait_ms=FETCH_WAIT_MS,
     )
     resources(base)  # LangGraph runs in this process: the same settings
-    docs = load_corpus(base.corpus)
+    docs = load_corpus(factool_settings(base).corpus)
     lm_instances = SIM_LM_INSTANCES if tier == "sim" else 1
     stack = Stack(
         base,

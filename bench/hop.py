@@ -147,17 +147,23 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
         latency_s = minutes * 60
     backlog = 10_000 if quick else 40_000
     # Partition count: several, as a real deployment has; one worker owns them all.
-    with bench_config("hop", partitions=4, pipelines=("hop",), roles=("stages",)) as config:
+    with bench_config(
+        "hop", kafka={"partitions": 4}, pipelines=("hop",), roles=("stages",)
+    ) as config:
         topology = hop.build()
         relay_topic = topology.stage_topic(config.internal_prefix, "relay")
         direct_topic = config.topic("hop-direct")
         ensure_topics(
             config,
-            {relay_topic: config.partitions, config.sink_topic: config.partitions, direct_topic: 4},
+            {
+                relay_topic: config.kafka.partitions,
+                config.sink_topic: config.kafka.partitions,
+                direct_topic: 4,
+            },
         )
         worker = WorkerProcess(config, "hop-worker", OUT_DIR / "logs")
         try:
-            wait_assigned([worker], [relay_topic], config.partitions)
+            wait_assigned([worker], [relay_topic], config.kafka.partitions)
             producer = Producer({**client_settings(config), "linger.ms": 0, "acks": 1})
             reader = TopicReader(config, config.sink_topic, from_beginning=False)
             # Warm-up: let the worker's first-event costs pass before measuring.

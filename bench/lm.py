@@ -89,16 +89,16 @@ async def _worker_wave(
     reply_topic = topology.stage_topic(config.internal_prefix, "words")
     consumer = AIOKafkaConsumer(
         reply_topic,
-        bootstrap_servers=config.bootstrap_servers,
+        bootstrap_servers=config.kafka.bootstrap_servers,
         group_id=f"bench-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="latest",
-        fetch_max_wait_ms=config.fetch_max_wait_ms,
+        fetch_max_wait_ms=config.kafka.fetch_max_wait_ms,
     )
     await consumer.start()
     while not consumer.assignment():
         await asyncio.sleep(0.1)
     await consumer.seek_to_end()
-    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, linger_ms=0)
     await producer.start()
     before = worker.engine.stats().generated_tokens
     sent: dict[str, float] = {}
@@ -242,13 +242,15 @@ async def _sim(params: SimParams, prompts: list[Prompt]) -> dict[int, dict[str, 
 def main(*, quick: bool, json_path: Path | None) -> int:
     prompts = _prompts(16)
     repeats = 1 if quick else 3
-    with bench_config("lm", partitions=4) as config:
+    with bench_config("lm", kafka={"partitions": 4}) as config:
         ensure_topics(
             config,
             {
-                config.lm_work_topic: config.lm_max_instances,
-                claims.build().stage_topic(config.internal_prefix, "words"): config.partitions,
-                config.lm_status_topic: config.partitions,
+                config.lm_work_topic: config.lm.max_instances,
+                claims.build().stage_topic(
+                    config.internal_prefix, "words"
+                ): config.kafka.partitions,
+                config.lm_status_topic: config.kafka.partitions,
             },
         )
         measured = asyncio.run(_measure_all(config, prompts, repeats))

@@ -2,7 +2,7 @@
 
 The stack: the broker, 2 Faust workers, 3 LM workers on the SIMULATED engine; requests of the
 `claims` pipeline (an LM call, fan-out, two aggregations). Admission control is on with a
-limit of `limit` requests in flight (`ALTO_MAX_INFLIGHT_REQUESTS`).
+limit of `limit` requests in flight (`ALTO_ADMISSION__MAX_INFLIGHT`).
 
 1. **Calibration**: a closed loop that keeps `limit` requests in flight (a new one as each
    finishes) for `calm_s`; the rate at which they finish after the first third (warm-up) is
@@ -193,7 +193,7 @@ def run_overload(
 ) -> OverloadReport:
     """The experiment on a stack of its own (embedded broker at `listen`, or the broker
     `config` names when `listen` is None)."""
-    stack_config = config.with_overrides(max_inflight_requests=limit, warmup=False)
+    stack_config = config.with_overrides(admission={"max_inflight": limit}, warmup=False)
     stack = Stack(
         stack_config,
         workers=FAUST_WORKERS,

@@ -87,7 +87,7 @@ class ChaosReport:
     duplicated: dict[str, int]
     wrong: dict[str, str]
     dead_letters: int
-    replayed: int  # requests ingest replayed for want of a result (ALTO_REQUEST_RETRY_S)
+    replayed: int  # requests ingest replayed for want of a result (ALTO_ADMISSION__RETRY_S)
     duration_s: float
     latency_p50_s: float
     latency_max_s: float
@@ -113,7 +113,7 @@ class ChaosReport:
             f"run time {self.duration_s:.0f} s",
             f"- **lost: {len(self.lost)}, duplicated: {len(self.duplicated)}, "
             f"wrong: {len(self.wrong)}**, dead letters: {self.dead_letters}, "
-            f"replayed after no result for ALTO_REQUEST_RETRY_S: {self.replayed}",
+            f"replayed after no result for ALTO_ADMISSION__RETRY_S: {self.replayed}",
             f"- latency: median {self.latency_p50_s:.2f} s, max {self.latency_max_s:.2f} s",
             "",
             "| fault | process | at (s) | down (s) | in flight | all cleared after (s)"
@@ -253,7 +253,7 @@ def run_chaos(
     pick = random.Random(seed + 2)
     # A pause outlasts what would declare the process dead: its group session, or (an LM
     # worker) the scheduler's heartbeat timeout.
-    pause_s = max(config.session_timeout_s, 5 * config.lm_status_interval_s, 5.0)
+    pause_s = max(config.kafka.session_timeout_s, 5 * config.lm.status_interval_s, 5.0)
     deployment = _Deployment(config, workdir, faust_workers, lm_workers)
     try:
         _wait_ready(config, deployment, ready_timeout_s)
@@ -292,9 +292,9 @@ def _wait_ready(config: AltoConfig, deployment: _Deployment, timeout_s: float) -
     topics = [config.sink_topic, config.requests_topic]
     for topology in (claims.build(), example.build()):
         topics += topology.topics(config.internal_prefix)
-    wait_assigned(stage_workers, topics, config.partitions, timeout_s=timeout_s)
+    wait_assigned(stage_workers, topics, config.kafka.partitions, timeout_s=timeout_s)
     wait_assigned(
-        [deployment.procs["sched"]], [config.lm_requests_topic], config.partitions, timeout_s
+        [deployment.procs["sched"]], [config.lm_requests_topic], config.kafka.partitions, timeout_s
     )
     lm_instances = [int(n[2:]) for n in deployment.names("lm")]
 
@@ -426,13 +426,15 @@ def _busy(n: int) -> Iterator[None]:
 @contextlib.contextmanager
 def _broker(config: AltoConfig) -> Iterator[AltoConfig]:
     """The embedded broker on a free port unless the configuration names one."""
-    if "bootstrap_servers" in config.model_fields_set:
+    if config.names_a_broker:
         yield config
         return
     from alto.infra.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        yield config.with_overrides(bootstrap_servers=broker.bootstrap_servers)
+        yield config.with_overrides(
+            kafka={"bootstrap_servers": broker.bootstrap_servers},
+        )
 
 
 def run_chaos_command(
@@ -449,9 +451,13 @@ def run_chaos_command(
     """`alto chaos`: the experiment with short group timeouts, its report on stdout. `busy`
     CPU-bound processes run beside the stack for the whole run (a machine starved by other
     work: slow rebalances, events still in hand when partitions move)."""
-    tuned = config.with_overrides(session_timeout_s=6.0, lm_status_interval_s=0.5, warmup=False)
+    tuned = config.with_overrides(
+        kafka={"session_timeout_s": 6.0}, lm={"status_interval_s": 0.5}, warmup=False
+    )
     with _broker(config) as brokered, _busy(busy):
-        run_config = tuned.with_overrides(bootstrap_servers=brokered.bootstrap_servers)
+        run_config = tuned.with_overrides(
+            kafka={"bootstrap_servers": brokered.kafka.bootstrap_servers},
+        )
         report = run_chaos(
             run_config,
             config.data_dir / "chaos",

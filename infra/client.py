@@ -96,7 +96,7 @@ class TopicReader:
             **client_settings(config),
             "group.id": f"alto-reader-{uuid.uuid4().hex}",  # required, never joined
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": config.fetch_max_wait_ms,
+            "fetch.wait.max.ms": config.kafka.fetch_max_wait_ms,
             "fetch.error.backoff.ms": 10,
         }
         self.consumer = Consumer(settings)

@@ -31,7 +31,8 @@ def run_demo(*, requests: int, workers: int, mode: str) -> int:
     print(f"alto demo: embedded broker + {workers} Faust workers, pipeline {example.NAME!r}")
     with EmbeddedBroker() as broker:
         config = load_config(
-            bootstrap_servers=broker.bootstrap_servers, data_dir=workdir / "data", partitions=4
+            kafka={"bootstrap_servers": broker.bootstrap_servers, "partitions": 4},
+            data_dir=workdir / "data",
         )
         topology = example.build()
         print(f"  broker (Tansu) on {broker.bootstrap_servers}")
@@ -52,7 +53,7 @@ def run_demo(*, requests: int, workers: int, mode: str) -> int:
                 config.requests_topic,
             ]
             t0 = time.monotonic()
-            owners = wait_assigned(procs, topics, config.partitions, timeout_s=120)
+            owners = wait_assigned(procs, topics, config.kafka.partitions, timeout_s=120)
             by_worker = collections.Counter(owners.values())
             print(
                 f"  workers ready in {time.monotonic() - t0:.1f} s; partitions per worker: {dict(by_worker)}"

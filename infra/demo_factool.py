@@ -21,6 +21,7 @@ from typing import Any
 
 from alto.agents.factool import pipeline as factool
 from alto.agents.factool.corpus import load_corpus, questions
+from alto.agents.factool.settings import factool_settings
 from alto.config import AltoConfig, load_config
 from alto.infra.broker import free_port
 from alto.infra.client import Submitter, TopicReader, new_request, stage_windows
@@ -81,9 +82,11 @@ def run_factool_demo(
     topology = factool.build()
     print("  stages: " + " -> ".join(topology.order), flush=True)
     # A few minutes: one generation of the internal topics (the partial outputs shown are
-    # read from its stage topics), unless ALTO_GENERATION_S says otherwise.
-    if base.generation_s is None:
-        base = base.with_overrides(generation_s=0.0)
+    # read from its stage topics), unless ALTO_GENERATIONS__ROTATE_S says otherwise.
+    if base.generations.rotate_s is None:
+        base = base.with_overrides(
+            generations={"rotate_s": 0.0},
+        )
     stack = Stack(
         base,
         workers=workers,
@@ -98,7 +101,9 @@ def run_factool_demo(
         stack.wait_ready(600)
         print(f"  stack ready in {time.monotonic() - t0:.1f} s\n{stack.summary()}\n", flush=True)
         config = stack.config
-        asked = questions(load_corpus(config.corpus), n_questions, seed=int(time.time()))
+        asked = questions(
+            load_corpus(factool_settings(config).corpus), n_questions, seed=int(time.time())
+        )
         requests = [new_request(factool.NAME, q, mode=m) for q in asked for m in modes]
         progress = {
             r.request_id: _Progress(

@@ -12,13 +12,13 @@ topics are deleted whole.
 A rotation, driven by the operator (`alto up`):
 1. `create(new, after=old)`: the new generation's topics, and its group's offsets on the
    requests topic set to where the old one's are (it need not read the history);
-2. start the new generation's workers with `ALTO_INGEST_HANDOFF` (they serve, but do not
+2. start the new generation's workers with `ALTO_GENERATIONS__HANDOFF_FILE` (they serve, but do not
    ingest yet: `alto.agents.handover`);
 3. `hand_over(old_workers, old, new)`: the old workers close their ingest (SIGUSR1) and
    commit; their group's committed offsets on the requests topic are then exactly what
    they handled, and become the new generation's handoff file;
 4. `drained(old_workers)`: no request the old generation admitted is still without a result
-   (as their admission control counts; the caller gives up after `ALTO_ADMISSION_TTL_S`,
+   (as their admission control counts; the caller gives up after `ALTO_ADMISSION__TTL_S`,
    when admission forgets a request anyway);
 5. stop the old workers, then `delete(old)`.
 Contract topics (requests, results, dead letters) are never generational.
@@ -92,7 +92,7 @@ def committed(config: AltoConfig, topic: str) -> dict[int, int]:
     partition never committed is absent)."""
     group = _group(config)
     try:
-        parts = [TopicPartition(topic, p) for p in range(config.partitions)]
+        parts = [TopicPartition(topic, p) for p in range(config.kafka.partitions)]
         return {
             tp.partition: tp.offset for tp in group.committed(parts, timeout=10) if tp.offset >= 0
         }
@@ -145,11 +145,11 @@ def hand_over(
 ) -> dict[int, int]:
     """Move ingest from `old`'s generation to `new`'s (see the module docstring); returns
     the offsets on the requests topic where `new` starts."""
-    if new.ingest_handoff is None:
+    if new.generations.handoff_file is None:
         raise AltoError(f"generation {new.generation} has no handoff file to start from")
     close_ingest(old_workers, timeout_s)
     starts = committed(old, old.requests_topic)
-    write_json(new.ingest_handoff, {str(p): o for p, o in sorted(starts.items())})
+    write_json(new.generations.handoff_file, {str(p): o for p, o in sorted(starts.items())})
     log.info("ingest handed from generation %d to %d at %s", old.generation, new.generation, starts)
     return starts
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from alto.config import AltoConfig, config_env
+from alto.config import AltoConfig, child_env, without_settings
 from alto.infra import lifetime
 
 # The repository checkout this package runs from (tests and demos use its files); a child
@@ -55,9 +55,9 @@ class WorkerProcess:
         self.own_group = own_group
         self.status_file = workdir / f"{worker_id}.status.json"
         self.log_file = workdir / f"{worker_id}.log"
-        child_env = {
-            **os.environ,
-            **config_env(config),
+        environment = {
+            **without_settings(os.environ),
+            **child_env(config),
             "ALTO_WORKER_ID": worker_id,
             "ALTO_STATUS_FILE": str(self.status_file),
             "PYTHONUNBUFFERED": "1",
@@ -69,7 +69,7 @@ class WorkerProcess:
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(
             argv,
-            env=child_env,
+            env=environment,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=own_group,

@@ -1,9 +1,9 @@
 """`alto up`'s rotation of generations (`alto.infra.generations`) on the embedded broker.
 
-Every `ALTO_GENERATION_S` the stack starts the next generation's Faust workers beside the
+Every `ALTO_GENERATIONS__ROTATE_S` the stack starts the next generation's Faust workers beside the
 current ones, hands ingest over to them, and once the old generation has drained (no
 request it admitted is without a result, as its admission control counts; at the latest
-after `ALTO_ADMISSION_TTL_S`, when admission forgets a request anyway) stops
+after `ALTO_ADMISSION__TTL_S`, when admission forgets a request anyway) stops
 its workers, tells the LM workers to let it go, and deletes its topics. The LM workers
 serve every live generation on one engine (`alto.lm_service.generations`).
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIRST = 1
-# The embedded broker's default (`ALTO_GENERATION_S` unset): at half the sustainable load a
+# The embedded broker's default (`ALTO_GENERATIONS__ROTATE_S` unset): at half the sustainable load a
 # generation then stores about 150,000 records before it is deleted (README, Steady state).
 DEFAULT_GENERATION_S = 300.0
 DRAIN_MARGIN_S = 30.0
@@ -75,7 +75,7 @@ class Rotation:
         self.next = self.old = None
         self._write_live([FIRST])
         return config.with_overrides(
-            generation=FIRST, ingest_handoff=None, generations_file=self.live_file
+            generations={"current": FIRST, "handoff_file": None, "live_file": self.live_file},
         )
 
     @property
@@ -95,13 +95,18 @@ class Rotation:
         stack = self.stack
         new = self.generation + 1
         config = stack.config.with_overrides(
-            generation=new, ingest_handoff=generations.handoff_file(stack.workdir, new)
+            generations={
+                "current": new,
+                "handoff_file": generations.handoff_file(stack.workdir, new),
+            },
         )
         app = generations.create(config, after=stack.config)
         self._write_live([self.generation, new])
         names = [stack.spawn_faust_worker(i, config) for i in range(stack.workers)]
         assignment = Assignment(
-            [stack.process(n) for n in names], generations.assigned_topics(app), config.partitions
+            [stack.process(n) for n in names],
+            generations.assigned_topics(app),
+            config.kafka.partitions,
         )
         self.next = _Next(config, names, assignment, time.monotonic() + START_TIMEOUT_S)
         log.info("generation %d starting beside generation %d", new, self.generation)
@@ -128,7 +133,7 @@ class Rotation:
         self.old = _Old(
             old_config,
             old_names,
-            time.monotonic() + old_config.admission_ttl_s + DRAIN_MARGIN_S,
+            time.monotonic() + old_config.admission.ttl_s + DRAIN_MARGIN_S,
         )
         self.next = None
         self.started_at = time.monotonic()
@@ -158,8 +163,8 @@ class Rotation:
         for name in old.names:
             stack.remove_process(name)
         deleted = generations.delete(old.config)
-        if old.config.ingest_handoff is not None:
-            old.config.ingest_handoff.unlink(missing_ok=True)
+        if old.config.generations.handoff_file is not None:
+            old.config.generations.handoff_file.unlink(missing_ok=True)
         self.old = None
         log.warning(
             "generation %d retired: its workers stopped, %d topics deleted",

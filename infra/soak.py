@@ -178,7 +178,7 @@ def run_soak(
     echo: bool = True,
 ) -> SoakReport:
     """Start the stack (SIMULATED LM engine; the embedded broker on `listen`, a free port by
-    default, unless ALTO_BOOTSTRAP_SERVERS is set), drive it at `rate` requests/s for
+    default, unless ALTO_KAFKA__BOOTSTRAP_SERVERS is set), drive it at `rate` requests/s for
     `minutes`, print a line per `window_s`, and judge the run (`exempt`: processes whose RSS
     is reported but not judged). Everything started is stopped."""
     from alto.infra.broker import free_port
@@ -190,8 +190,11 @@ def run_soak(
         pipelines = config.pipelines
     else:
         pipelines = ("claims", "example")
-    external = "bootstrap_servers" in config.model_fields_set  # ALTO_BOOTSTRAP_SERVERS
-    config = config.with_overrides(pipelines=pipelines, engine="sim")
+    external = config.names_a_broker  # ALTO_KAFKA__BOOTSTRAP_SERVERS
+    config = config.with_overrides(
+        pipelines=pipelines,
+        lm={"engine": "sim"},
+    )
     if listen is None and not external:
         listen = f"127.0.0.1:{free_port()}"
     stack = Stack(config, workers=workers, lm_instances=lm_instances, engine="sim",
@@ -270,8 +273,8 @@ def run_soak(
         rss_tolerance=rss_tolerance,
         # Expiry balances new state once the retention has passed, a sweep has run and the
         # workers' gauge (refreshed every few seconds) has caught up.
-        settle_s=max(config.state_retention_s, config.results_retention_s)
-        + config.state_sweep_s
+        settle_s=max(config.state.retention_s, config.state.results_retention_s)
+        + config.state.sweep_s
         + window_s,
         exempt=exempt,
     )

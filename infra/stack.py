@@ -54,7 +54,7 @@ class Stack:
     """One deployment's processes, children of this one.
 
     `listen` (HOST:PORT) starts the embedded broker there; None uses
-    `config.bootstrap_servers` and starts no broker. Logs, status files, `stack.json` (the
+    `config.kafka.bootstrap_servers` and starts no broker. Logs, status files, `stack.json` (the
     children's pids and metrics ports) and `prometheus_targets.json` (the same ports as
     Prometheus file-based service discovery) go to `workdir` (default: a new temporary
     directory).
@@ -73,20 +73,19 @@ class Stack:
     ) -> None:
         if workers < 1:
             raise ConfigError(f"at least one Faust worker is needed, got {workers}")
-        if not 0 <= lm_instances <= config.lm_max_instances:
+        if not 0 <= lm_instances <= config.lm.max_instances:
             raise ConfigError(
-                f"LM instances must be between 0 and {config.lm_max_instances} "
-                f"(ALTO_LM_MAX_INSTANCES), got {lm_instances}"
+                f"LM instances must be between 0 and {config.lm.max_instances} "
+                f"(ALTO_LM__MAX_INSTANCES), got {lm_instances}"
             )
         self.workers = workers
         self.lm_instances = lm_instances
-        self.engine: EngineName = engine or config.engine
+        self.engine: EngineName = engine or config.lm.engine
         self.listen = listen
         self.max_restarts = max_restarts
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="alto-up-"))).resolve()
-        # Children run in the repository root: relative paths would change meaning there.
-        paths = {name: value.resolve() for name, value in config if isinstance(value, Path)}
-        self.config = config.with_overrides(engine=self.engine, **paths)
+        # Children get this configuration whole, its paths made absolute (`child_env`).
+        self.config = config.with_overrides(lm={"engine": self.engine})
         self.owners: dict[tuple[str, int], str] = {}
         self.topics: dict[str, int] = {}
         self._assigned_topics: list[str] = []
@@ -98,14 +97,14 @@ class Stack:
         self._current: list[str] = []  # the Faust workers of the generation that ingests
         # Generations of the internal topics, on the embedded broker only (an external
         # broker has retention): `alto.infra.rotation`.
-        every = self.config.generation_s
+        every = self.config.generations.rotate_s
         if every is None:
             every = DEFAULT_GENERATION_S if listen is not None else 0.0
         self.rotation = Rotation(self, every) if every > 0 and listen is not None else None
 
     @property
     def bootstrap_servers(self) -> str:
-        return self.config.bootstrap_servers
+        return self.config.kafka.bootstrap_servers
 
     def pids(self) -> dict[str, int]:
         """Name -> pid of each child (its latest process, after restarts)."""
@@ -139,14 +138,14 @@ class Stack:
         generation's)."""
         first = self.rotation is None or config.generation == FIRST
         name = f"worker-{index + 1}" if first else f"worker-{index + 1}.g{config.generation}"
-        metrics = self._metrics_env(index) if first else {"ALTO_METRICS_PORT": "0"}
+        metrics = self._metrics_env(index) if first else {"ALTO_METRICS__PORT": "0"}
         self._spawn(name, self._faust_spawner(name, config, metrics))
         return name
 
     def respawn_without_ingest(self, name: str, config: AltoConfig) -> None:
         """From now on, a restart of `name` runs without the ingest role."""
         roles = tuple(r for r in config.roles if r != "ingest")
-        metrics = {"ALTO_METRICS_PORT": "0"} if self.config.metrics_port > 0 else {}
+        metrics = {"ALTO_METRICS__PORT": "0"} if self.config.metrics.port > 0 else {}
         self._spawners[name] = self._faust_spawner(
             name, config.with_overrides(roles=roles), metrics
         )
@@ -187,10 +186,10 @@ class Stack:
         return {"ALTO_COMPUTE_THREADS": str(threads)}
 
     def _metrics_env(self, index: int) -> dict[str, str]:
-        """A fixed ALTO_METRICS_PORT (> 0) is the first of consecutive ports, one per
+        """A fixed ALTO_METRICS__PORT (> 0) is the first of consecutive ports, one per
         child in start order; 0 (a free port each) and negative (none) pass unchanged."""
-        base = self.config.metrics_port
-        return {"ALTO_METRICS_PORT": str(base + index)} if base > 0 else {}
+        base = self.config.metrics.port
+        return {"ALTO_METRICS__PORT": str(base + index)} if base > 0 else {}
 
     # -- start -------------------------------------------------------------------------
 
@@ -250,10 +249,12 @@ class Stack:
             except OSError as exc:
                 raise BrokerError(
                     f"cannot listen on {listen} ({exc.strerror}); to use the broker already "
-                    "there, set ALTO_BOOTSTRAP_SERVERS"
+                    "there, set ALTO_KAFKA__BOOTSTRAP_SERVERS"
                 ) from exc
         broker = EmbeddedBroker(host, port)
-        self.config = self.config.with_overrides(bootstrap_servers=f"{connect}:{port}")
+        self.config = self.config.with_overrides(
+            kafka={"bootstrap_servers": f"{connect}:{port}"},
+        )
         rust_log = {"RUST_LOG": os.environ.get("RUST_LOG", "warn")}  # as EmbeddedBroker does
         self._spawn(
             BROKER,
@@ -293,7 +294,7 @@ class Stack:
         (self.workdir / TARGETS_FILE).write_text(json.dumps(targets, indent=2) + "\n")
 
     def _metrics_host(self) -> str:
-        host = self.config.metrics_host
+        host = self.config.metrics.host
         return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
 
     # -- ready -------------------------------------------------------------------------
@@ -306,7 +307,7 @@ class Stack:
         try:
             self._check_alive()
             self.owners = wait_assigned(
-                self.faust_workers(), self._assigned_topics, self.config.partitions, timeout_s
+                self.faust_workers(), self._assigned_topics, self.config.kafka.partitions, timeout_s
             )
             if self.lm_instances:
                 from alto.infra.client import wait_lm_reporting
@@ -347,7 +348,7 @@ class Stack:
         )
         lines = [
             f"  broker: {broker}",
-            f"  topics: {len(self.topics)} (prefix {self.config.topic_prefix!r})"
+            f"  topics: {len(self.topics)} (prefix {self.config.kafka.topic_prefix!r})"
             + (
                 f"; internal ones rotate every {self.rotation.every_s:g} s (generations)"
                 if self.rotation is not None
@@ -376,7 +377,7 @@ class Stack:
             )
         lines.append(f"  logs and {STATE_FILE}: {self.workdir}")
         env = (
-            f"ALTO_BOOTSTRAP_SERVERS={self.bootstrap_servers} "
+            f"ALTO_KAFKA__BOOTSTRAP_SERVERS={self.bootstrap_servers} "
             if self.bootstrap_servers != DEFAULT_LISTEN
             else ""
         )

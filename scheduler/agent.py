@@ -104,9 +104,9 @@ class SchedulerCore:
         self.is_leader = is_leader
         # Five report intervals, and never under HEARTBEAT_FLOOR_MS: a removal moves every
         # unfinished call, so a busy machine's late report must not look like a death.
-        timeout_ms = max(int(config.lm_status_interval_s * 5000), HEARTBEAT_FLOOR_MS)
+        timeout_ms = max(int(config.lm.status_interval_s * 5000), HEARTBEAT_FLOOR_MS)
         self.state = ClusterState(heartbeat_timeout_ms=timeout_ms)
-        self.policy = make_policy(config.scheduler_policy)
+        self.policy = make_policy(config.scheduler.policy)
         self.waiting = 0
         self.decisions = 0
         self.reassigned = 0
@@ -143,7 +143,7 @@ class SchedulerCore:
     ) -> None:
         """Every partition of `topic`, from `tail` records before the end (None: all);
         a record `handle` refuses as bad input is rejected (`_reject`)."""
-        wait_ms = max(self.config.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS)
+        wait_ms = max(self.config.kafka.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS)
         records = follow(self.config, topic, tail=tail, fetch_wait_ms=wait_ms)
         async with contextlib.aclosing(records):
             async for record in records:
@@ -164,7 +164,7 @@ class SchedulerCore:
         await self.send(self.config.dlq_topic, letter.key or b"", letter.encode(), None)
 
     def _instance_ok(self, instance: int) -> bool:
-        return 0 <= instance < self.config.lm_max_instances
+        return 0 <= instance < self.config.lm.max_instances
 
     async def _on_status(self, value: bytes | None) -> None:
         """Take one status report; raises BadInputError for one that cannot be trusted."""
@@ -172,7 +172,7 @@ class SchedulerCore:
         if not self._instance_ok(status.instance):
             raise BadInputError(
                 "bad_status",
-                f"LM instance {status.instance} is not in [0, {self.config.lm_max_instances})",
+                f"LM instance {status.instance} is not in [0, {self.config.lm.max_instances})",
             )
         if status.at_ms > _now_ms() + MAX_CLOCK_SKEW_MS:
             # It would keep the instance live (and its calls unplaced) until that time.
@@ -210,7 +210,7 @@ class SchedulerCore:
             raise BadInputError(
                 "bad_assignment",
                 f"prompt {entry.prompt_name!r} placed on instances {list(entry.instances)}, "
-                f"outside [0, {self.config.lm_max_instances})",
+                f"outside [0, {self.config.lm.max_instances})",
             )
         if entry.scheduler == self.name:
             return  # our own write, already in the policy
@@ -219,7 +219,7 @@ class SchedulerCore:
 
     async def _liveness(self) -> None:
         while True:
-            await asyncio.sleep(self.config.lm_status_interval_s)
+            await asyncio.sleep(self.config.lm.status_interval_s)
             # Every instance with a report on file that is no longer live: also one that a
             # late report revived for a moment after an earlier removal.
             live = set(self.state.live(_now_ms()))
@@ -241,7 +241,7 @@ class SchedulerCore:
     # -- placement -------------------------------------------------------------------
 
     def _full(self, instance: int) -> bool:
-        return self.state.outstanding(instance) >= self.config.scheduler_saturation
+        return self.state.outstanding(instance) >= self.config.scheduler.saturation
 
     def saturated(self, now: int) -> bool:
         """No live instance has room (or none is live)."""
@@ -251,7 +251,7 @@ class SchedulerCore:
         """An instance for `request`. Waits while every instance is saturated (or none is
         live); raises `Overloaded` at once when `scheduler_queue` calls already wait."""
         if self.saturated(_now_ms()):
-            if self.waiting >= self.config.scheduler_queue:
+            if self.waiting >= self.config.scheduler.queue:
                 metrics.SCHEDULER_OVERLOADED.labels(
                     self.policy.name, _PROMPTS(request.prompt_name)
                 ).inc()
@@ -278,7 +278,7 @@ class SchedulerCore:
                 self.state,
                 call,
                 _now_ms(),
-                saturation=self.config.scheduler_saturation,
+                saturation=self.config.scheduler.saturation,
                 engines=self.engines,
                 engine=engine,
             )
@@ -337,7 +337,7 @@ class SchedulerCore:
             group_id=f"{self.config.group_id}-lm-{instance}",  # the LM worker's own offsets
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms,
         )
         await consumer.start()
         moved = 0

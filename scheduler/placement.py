@@ -21,14 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from alto.config import AltoConfig
+from alto.config import SchedulerSettings
 from alto.scheduler.base import SchedulingPolicy
 from alto.scheduler.state import Call, ClusterState
 
 Why = Literal["policy", "same_engine", "spill"]
 
 # The agent's default saturation, for the benchmarks.
-SATURATION: int = AltoConfig.model_fields["scheduler_saturation"].default
+SATURATION: int = SchedulerSettings().saturation
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,8 @@ import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
+from alto.enums import Mode as Mode  # the wire enum, defined once with the settings (alto.enums)
 from alto.schemas.codec import AvroSchema, load_schema
-
-
-class Mode(enum.StrEnum):
-    STREAMING = "STREAMING"
-    BASELINE = "BASELINE"
-
-    @classmethod
-    def parse(cls, value: str) -> Mode:
-        return cls(value.upper())
 
 
 class ResultStatus(enum.StrEnum):

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from alto.errors import PipelineError
 from alto.streams.handles import Stream, join
 from alto.streams.operators import Item, Operator
@@ -85,6 +87,9 @@ class Topology:
     consumers: dict[str, tuple[str, ...]]
     terminal: str
     warmup: Callable[[], None] | None = None  # loads what the stages need, before traffic
+    # The pipeline's own settings (`AltoConfig.pipeline_settings[pipeline]`), validated by
+    # the registry when a process loads it.
+    settings: type[BaseModel] | None = None
 
     def stage_topic(self, prefix: str, stage: str) -> str:
         """The input topic of `stage`."""
@@ -126,6 +131,10 @@ class Pipeline:
     warmup: Callable[[], None] | None = None
     """Run once per worker at start, in a thread (e.g. load an index or a model), so the
     first request does not pay for it."""
+    settings: type[BaseModel] | None = None
+    """The pipeline's own settings model (frozen pydantic): a deployment sets its fields in
+    `pipeline_settings.<name>` (`ALTO_PIPELINE_SETTINGS__<NAME>__<FIELD>`), and every
+    process validates them when it loads the pipeline (`alto.streams.registry`)."""
     _stages: dict[str, Stage] = field(default_factory=dict)
 
     @property
@@ -358,6 +367,7 @@ class Pipeline:
             consumers={k: tuple(v) for k, v in consumers.items()},
             terminal=terminal,
             warmup=self.warmup,
+            settings=self.settings,
         )
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from pydantic import ValidationError
+
 from alto.config import AltoConfig
 from alto.errors import ConfigError
 from alto.streams import Pipeline, Topology
@@ -119,7 +121,26 @@ def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
                 f"two pipelines named {topology.pipeline!r}: from {known.source} and {source}"
             )
         out[topology.pipeline] = Registered(topology, source)
+    if config is not None:
+        for name in config.pipeline_settings:
+            if name not in out:
+                raise ConfigError(f"pipeline_settings name {name!r}, which is no pipeline here")
+            pipeline_settings(config, out[name].topology)
     return out
+
+
+def pipeline_settings(config: AltoConfig, topology: Topology) -> Any:
+    """`topology`'s own settings from `config.pipeline_settings`, validated by its model
+    (None: a pipeline without settings)."""
+    raw = config.settings_of(topology.pipeline)
+    if topology.settings is None:
+        if raw:
+            raise ConfigError(f"pipeline {topology.pipeline!r} takes no settings, got {dict(raw)}")
+        return None
+    try:
+        return topology.settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"settings of pipeline {topology.pipeline!r}: {exc}") from exc
 
 
 def all_topologies(config: AltoConfig | None = None) -> list[Topology]:

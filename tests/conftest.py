@@ -33,9 +33,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def bootstrap_servers() -> Iterator[str]:
-    """`ALTO_BOOTSTRAP_SERVERS` if set, else testcontainers' Kafka if Docker answers,
+    """`ALTO_KAFKA__BOOTSTRAP_SERVERS` if set, else testcontainers' Kafka if Docker answers,
     else the embedded broker (Tansu) on a free port."""
-    configured = os.environ.get("ALTO_BOOTSTRAP_SERVERS")
+    configured = os.environ.get("ALTO_KAFKA__BOOTSTRAP_SERVERS")
     if configured:
         yield configured
     elif docker_engine_available():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from alto.config import AltoConfig, load_config
+from alto.config import AltoConfig, load_config, merge
 from alto.infra.client import TopicReader
 from alto.infra.processes import REPO, WorkerProcess, wait_assigned
 from alto.kafka import client_settings
@@ -84,16 +84,17 @@ def fresh_config(bootstrap: str, tmp: Path, **overrides: object) -> AltoConfig:
     """A config with a topic prefix and app id (consumer group) no other test uses."""
     tag = uuid.uuid4().hex[:8]
     values: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
-        "topic_prefix": f"t{tag}.",
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topic_prefix": f"t{tag}.",
+            "partitions": 4,
+            "session_timeout_s": 6.0,
+        },
         "app_id": f"t{tag}",
-        "partitions": 4,
         "data_dir": tmp / "data",
-        "session_timeout_s": 6.0,
         "warmup": False,
     }
-    values.update(overrides)
-    return load_config(environ={}, **values)
+    return load_config(environ={}, **merge(values, overrides))
 
 
 # A user's own pipeline module, as README's "Serving your own pipeline" shows it: words and

@@ -4,7 +4,7 @@ Default: WordNet 3.0 (Debian package `wordnet-base`, files `/usr/share/wordnet/d
 one document per synset, its lemmas as the title and its gloss (definition and usage
 examples) as the text; about 117k documents, many of them encyclopedic (people, places,
 elements, works). Any other corpus: a JSONL file with `id`, `title` and `text` per line
-(`ALTO_CORPUS=path`), e.g. a Wikipedia dump.
+(`ALTO_PIPELINE_SETTINGS__FACTOOL__CORPUS=path`), e.g. a Wikipedia dump.
 
 Questions come from the same data, never from a hand-written list: WordNet's *instance*
 synsets (pointer `@i`: a particular person, place or thing, such as "Satyendra Nath Bose,
@@ -60,7 +60,7 @@ def load_wordnet(folder: Path = WORDNET_DIR, parts: tuple[str, ...] = PARTS) -> 
     if missing:
         raise ConfigError(
             f"WordNet is not installed ({missing[0]} is missing): apt-get install wordnet-base, "
-            "or set ALTO_CORPUS to a JSONL corpus"
+            "or set ALTO_PIPELINE_SETTINGS__FACTOOL__CORPUS to a JSONL corpus"
         )
     docs: list[Document] = []
     for part in parts:

@@ -31,13 +31,13 @@ from typing import Any
 from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
 from alto.agents.factool.encoder import maxsim
 from alto.agents.factool.resources import pack, resources, unpack
+from alto.agents.factool.settings import NAME, FacToolSettings
 from alto.agents.factool.verdict import SUPPORTED, parse_verdict
 from alto.streams import Item, Pipeline, Topology
 from alto.streams.ancestry import node_key
 from alto.streams.operators import Operator
 from alto.streams.pipeline import LMCall
 
-NAME = "factool"
 BM25_K = 10  # candidates per query from BM25
 EVIDENCE_K = 3  # passages kept per query after reranking, and per claim
 
@@ -251,6 +251,7 @@ def build() -> Topology:
         NAME,
         "FacTool: answer, extract claims, retrieve and rerank evidence, verify",
         warmup=warm_up,
+        settings=FacToolSettings,
     )
     answer = p.request.lm(ANSWER)
     claims = answer.lm(CLAIMS)

@@ -23,6 +23,7 @@ import numpy as np
 from alto.agents.factool.bm25 import BM25Index, tokenize
 from alto.agents.factool.corpus import Document, load_corpus
 from alto.agents.factool.encoder import Encoder, Matrix
+from alto.agents.factool.settings import factool_settings
 from alto.config import AltoConfig, load_config
 
 _lock = threading.Lock()
@@ -57,19 +58,20 @@ class Passage:
 class Resources:
     def __init__(self, config: AltoConfig) -> None:
         self.config = config
+        self.settings = factool_settings(config)
         self._load_lock = threading.Lock()
         self._embeddings: OrderedDict[int, Matrix] = OrderedDict()
-        self._cache_size = config.passage_cache
+        self._cache_size = self.settings.passage_cache
         self._cache_lock = threading.Lock()
 
     @cached_property
     def docs(self) -> list[Document]:
-        return load_corpus(self.config.corpus)
+        return load_corpus(self.settings.corpus)
 
     @cached_property
     def index(self) -> BM25Index:
         with self._load_lock:
-            path = self.config.data_dir / f"bm25-{_corpus_id(self.config.corpus)}.npz"
+            path = self.config.data_dir / f"bm25-{_corpus_id(self.settings.corpus)}.npz"
             if path.is_file():
                 return BM25Index.load(path)
             index = BM25Index([tokenize(d.contents) for d in self.docs])

@@ -41,13 +41,13 @@ def _claim_of(path: str) -> tuple[int, ...]:
 
 
 def test_factool_on_vllm_in_both_modes(alto_config: AltoConfig, tmp_path: Path) -> None:
-    config = alto_config.with_overrides(lm_status_interval_s=0.5, warmup=True)
+    config = alto_config.with_overrides(lm={"status_interval_s": 0.5}, warmup=True)
     faust_worker = WorkerProcess(config, "w1", tmp_path)
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "vllm"))
     try:
         topology = factool.build()
         topics = [*topology.topics(config.internal_prefix), config.sink_topic]
-        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
+        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.kafka.partitions)
         asked = questions(load_wordnet(), 3, seed=5)
         requests = [
             new_request(factool.NAME, q, mode=m)

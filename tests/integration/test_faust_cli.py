@@ -24,7 +24,7 @@ def test_faust_cli_worker_serves_requests(alto_config: AltoConfig, tmp_path: Pat
     try:
         topology = example.build()
         topics = [*topology.topics(alto_config.internal_prefix), alto_config.sink_topic]
-        wait_assigned([worker], topics, alto_config.partitions)
+        wait_assigned([worker], topics, alto_config.kafka.partitions)
         texts = example.example_texts(5, seed=3)
         requests = [new_request("example", t, mode=Mode.STREAMING) for t in texts]
         Submitter(alto_config).submit_all(requests)

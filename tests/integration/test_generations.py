@@ -63,15 +63,17 @@ def _topics(config: AltoConfig) -> set[str]:
 
 def _assigned(worker: WorkerProcess, config: AltoConfig) -> None:
     topics = [*example.build().topics(config.internal_prefix), config.requests_topic]
-    wait_assigned([worker], topics, config.partitions)
+    wait_assigned([worker], topics, config.kafka.partitions)
 
 
 def test_ingest_moves_to_the_next_generation_exactly_and_the_old_one_is_deleted(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
     base = alto_config.with_overrides(pipelines=(example.NAME,))
-    first = base.with_overrides(generation=1)
-    second = base.with_overrides(generation=2, ingest_handoff=generations.handoff_file(tmp_path, 2))
+    first = base.with_overrides(generations={"current": 1})
+    second = base.with_overrides(
+        generations={"current": 2, "handoff_file": generations.handoff_file(tmp_path, 2)},
+    )
     assert set(generations.internal_topics(first)).isdisjoint(generations.internal_topics(second))
     generations.create(first)
     old = WorkerProcess(first, "g1", tmp_path, env={"ALTO_ROLES": "ingest,stages,sink"})
@@ -138,7 +140,10 @@ def test_the_stack_rotates_generations_under_load_and_deletes_the_drained_ones(
     """`alto up`'s rotation (`Stack` with `generation_s`) on the embedded broker, LM stages
     included (SIMULATED engine): two rotations under a steady load of both pipelines, every
     request answered once and right, every retired generation's topics gone."""
-    config = alto_config.with_overrides(generation_s=8.0, engine="sim", sim_time_scale=0.2)
+    config = alto_config.with_overrides(
+        generations={"rotate_s": 8.0},
+        lm={"engine": "sim", "sim_time_scale": 0.2},
+    )
     stack = Stack(
         config,
         workers=1,

@@ -31,14 +31,16 @@ def _stack(
     ]
     topology = claims.build()
     topics = [*topology.topics(config.internal_prefix), config.sink_topic, config.lm_requests_topic]
-    wait_assigned([faust_worker], topics, config.partitions)
+    wait_assigned([faust_worker], topics, config.kafka.partitions)
     return faust_worker, lms
 
 
 def test_lm_calls_stream_through_sim_workers_and_survive_a_kill(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
-    config = alto_config.with_overrides(lm_status_interval_s=0.5, sim_time_scale=1.0)
+    config = alto_config.with_overrides(
+        lm={"status_interval_s": 0.5, "sim_time_scale": 1.0},
+    )
     faust_worker, lms = _stack(config, tmp_path, 2)
     try:
         requests = [
@@ -86,7 +88,9 @@ def test_bad_lm_calls_become_dead_letters_and_failed_results(
 ) -> None:
     from alto.schemas.messages import DeadLetter
 
-    config = alto_config.with_overrides(lm_status_interval_s=0.5)
+    config = alto_config.with_overrides(
+        lm={"status_interval_s": 0.5},
+    )
     faust_worker, lms = _stack(config, tmp_path, 1)
     try:
         submitter = Submitter(config)
@@ -125,7 +129,9 @@ def test_an_engine_raising_mid_call_fails_its_request_and_the_worker_serves_on(
 
     params = tmp_path / "sim.json"
     params.write_text(json.dumps({"crash_rate": 0.4}))
-    config = alto_config.with_overrides(lm_status_interval_s=0.5, sim_params=params)
+    config = alto_config.with_overrides(
+        lm={"status_interval_s": 0.5, "sim_params": params},
+    )
     faust_worker, lms = _stack(config, tmp_path, 1)
     try:
         requests = [new_request("claims", f"subject {i}", mode=Mode.STREAMING) for i in range(16)]

@@ -64,13 +64,15 @@ def _scrape_until(port: int, ready: Callable[[Samples], bool], timeout_s: float)
 def test_metrics_endpoints_count_what_the_pipeline_did(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
-    config = alto_config.with_overrides(lm_status_interval_s=0.5, sim_time_scale=0.25)
+    config = alto_config.with_overrides(
+        lm={"status_interval_s": 0.5, "sim_time_scale": 0.25},
+    )
     faust_worker = WorkerProcess(config, "w1", tmp_path, loglevel="info")
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "sim"))
     try:
         topology = claims.build()
         topics = [*topology.topics(config.internal_prefix), config.sink_topic]
-        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
+        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.kafka.partitions)
         wait_lm_reporting(config, [0], timeout_s=60)
         # Both ports are discoverable from the status files, and logged once.
         worker_port, lm_port = _metrics_port(faust_worker), _metrics_port(lm)
@@ -141,7 +143,7 @@ def test_metrics_endpoints_count_what_the_pipeline_did(
         assert _total(m, "alto_stage_out_total", stage="claims", kind="END") == N_REQUESTS
 
         # The scheduler placed every call once, on the only instance, by the policy.
-        decisions = {"policy": config.scheduler_policy, "prompt": "claims"}
+        decisions = {"policy": config.scheduler.policy, "prompt": "claims"}
         assert _total(w, "alto_scheduler_decisions_total", **decisions) == N_REQUESTS
         assert _total(w, "alto_scheduler_decisions_total", instance="0", why="policy") == (
             N_REQUESTS

@@ -38,7 +38,7 @@ def two_workers(
     topics.append(alto_config.sink_topic)
     workers = [WorkerProcess(alto_config, f"w{i}", tmp_path) for i in (1, 2)]
     try:
-        owners = wait_assigned(workers, topics, alto_config.partitions)
+        owners = wait_assigned(workers, topics, alto_config.kafka.partitions)
         yield workers, owners
     finally:
         for w in workers:
@@ -95,7 +95,7 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
     # worker, and that worker owned the partition its derived key hashes to.
     topology = example.build()
     partitioner = DefaultPartitioner()
-    parts = list(range(alto_config.partitions))
+    parts = list(range(alto_config.kafka.partitions))
     used = collections.Counter()
     for result in got.values():
         for span in result.trace:

@@ -66,7 +66,8 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
     config = alto_config.with_overrides(
-        lm_status_interval_s=0.5, scheduler_policy="prompt_aware", sim_time_scale=2.0
+        lm={"status_interval_s": 0.5, "sim_time_scale": 2.0},
+        scheduler={"policy": "prompt_aware"},
     )
     faust_worker = WorkerProcess(config, "w1", tmp_path)
     lms = {
@@ -79,7 +80,7 @@ def test_prompt_stays_on_one_instance_and_a_killed_instance_loses_nothing(
     try:
         topology = claims.build()
         topics = [*topology.topics(config.internal_prefix), config.sink_topic]
-        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.partitions)
+        wait_assigned([faust_worker], [*topics, config.lm_requests_topic], config.kafka.partitions)
         _wait_reporting(config, {*SIM_INSTANCES, VLLM_INSTANCE}, timeout_s=240)
 
         # Phase 1, low load: one call at a time, all for the same prompt.

@@ -26,11 +26,13 @@ def soak(bootstrap_servers: str, tmp_path: Path, retention_s: float) -> None:
     config = fresh_config(
         bootstrap_servers,
         tmp_path,
-        state_retention_s=retention_s,
-        results_retention_s=retention_s,
-        state_sweep_s=0.5,
-        request_deadline_s=60.0,
-        request_retry_s=0.0,
+        state={
+            "retention_s": retention_s,
+            "results_retention_s": retention_s,
+            "sweep_s": 0.5,
+            "deadline_s": 60.0,
+        },
+        admission={"retry_s": 0.0},
     )
     report = run_soak(
         config,

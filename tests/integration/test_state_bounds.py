@@ -33,17 +33,19 @@ def bounded(
         bootstrap_servers,
         tmp_path,
         pipelines=("example",),
-        state_retention_s=2.0,
-        results_retention_s=2.0,
-        request_deadline_s=getattr(request, "param", 120.0),
-        state_sweep_s=0.5,
-        request_retry_s=0.0,
+        state={
+            "retention_s": 2.0,
+            "results_retention_s": 2.0,
+            "deadline_s": getattr(request, "param", 120.0),
+            "sweep_s": 0.5,
+        },
+        admission={"retry_s": 0.0},
     )
     worker = WorkerProcess(config, "w1", tmp_path)
     try:
         topology = example.build()
         topics = [topology.stage_topic(config.internal_prefix, s) for s in topology.topic_stages]
-        wait_assigned([worker], [*topics, config.sink_topic], config.partitions)
+        wait_assigned([worker], [*topics, config.sink_topic], config.kafka.partitions)
         yield config, worker
     finally:
         worker.stop()

@@ -121,7 +121,7 @@ class UpProcess:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("ALTO_BOOTSTRAP_SERVERS", "ALTO_TOPIC_PREFIX", "ALTO_APP_ID")
+            if k not in ("ALTO_KAFKA__BOOTSTRAP_SERVERS", "ALTO_KAFKA__TOPIC_PREFIX", "ALTO_APP_ID")
         }
         env["ALTO_DATA_DIR"] = data_dir or str(tmp / "data")
         env["PYTHONUNBUFFERED"] = "1"
@@ -208,12 +208,14 @@ def run_up_and_submit(
     ready_timeout_s: float,
     result_timeout_s: float,
     calls_lm: bool = True,
+    up_args: tuple[str, ...] = (),
     **up_options: Any,
 ) -> dict[str, Any]:
     """Start `alto up`, wait for its ready line, serve one request of `pipeline` through an
     external client, then SIGINT it: it must exit 0 and leave no process behind. A result is
     labelled simulated when the pipeline `calls_lm` on the sim engine.
-    `up_options` go to `UpProcess` (another working folder, a relative data folder...).
+    `up_args` are more flags of `alto up`; `up_options` go to `UpProcess` (another working
+    folder, a relative data folder...).
     Returns the decoded PipelineResult."""
     port = free_port()
     t0 = time.monotonic()
@@ -229,6 +231,7 @@ def run_up_and_submit(
             f"127.0.0.1:{port}",
             "--timeout",
             str(ready_timeout_s),
+            *up_args,
         ],
         tmp,
         **up_options,

@@ -21,9 +21,9 @@ def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Pat
     config = alto_config.with_overrides(pipeline_modules=("my_letters",), pipelines=("letters",))
     worker = WorkerProcess(config, "w1", tmp_path, env={"PYTHONPATH": str(tmp_path)})
     try:
-        prefix = config.topic_prefix
+        prefix = config.kafka.topic_prefix
         topics = [f"{prefix}letters.words", f"{prefix}letters.length", f"{prefix}letters.total"]
-        wait_assigned([worker], [*topics, config.requests_topic], config.partitions)
+        wait_assigned([worker], [*topics, config.requests_topic], config.kafka.partitions)
         requests = [
             new_request("letters", text, mode=mode)
             for text, mode in [("a bb ccc", Mode.STREAMING), ("four five six", Mode.BASELINE)]
@@ -43,21 +43,25 @@ def test_a_worker_serves_a_users_pipeline(alto_config: AltoConfig, tmp_path: Pat
         worker.stop()
 
 
-@pytest.mark.parametrize("route", ["module:attribute", "entry point"])
+@pytest.mark.parametrize("route", ["module:attribute", "--pipeline flag", "entry point"])
 def test_alto_up_serves_a_users_pipeline_from_outside_the_repository(
     tmp_path: Path, route: str
 ) -> None:
     """`alto up --engine sim` serves a pipeline module written in a folder of its own (a
     fan-out and a keyed aggregation, no LM), found either through `ALTO_PIPELINE_MODULES`
-    (`module:attribute`) or as an entry point of an installed distribution (a
+    or `alto up --pipeline my_letters:build` (`module:attribute`), or as an entry point of an installed distribution (a
     `.dist-info` on the path, as pip leaves it); an independent client checks the result."""
     site = tmp_path / "site"
     site.mkdir()
     env = {"PYTHONPATH": str(site)}
-    if route == "module:attribute":
+    up_args: tuple[str, ...] = ()
+    if route != "entry point":
         (site / "my_letters.py").write_text(USER_PIPELINE_MODULE)
-        env["ALTO_PIPELINE_MODULES"] = "my_letters:build"
         name = "letters"
+        if route == "module:attribute":
+            env["ALTO_PIPELINE_MODULES"] = "my_letters:build"
+        else:  # this stack serves that pipeline alone
+            up_args = ("--pipeline", "my_letters:build")
     else:
         name = "letters_ep"
         (site / "ep_letters.py").write_text(USER_PIPELINE_MODULE.replace('"letters"', f'"{name}"'))
@@ -75,6 +79,7 @@ def test_alto_up_serves_a_users_pipeline_from_outside_the_repository(
         ready_timeout_s=180,
         result_timeout_s=120,
         calls_lm=False,
+        up_args=up_args,
         env_extra=env,
     )
     assert result["status"] == "OK", result["error"]

@@ -22,7 +22,9 @@ vllm = pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 def test_vllm_streams_each_quantum_before_its_generation_ends(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
-    config = alto_config.with_overrides(lm_status_interval_s=0.5)
+    config = alto_config.with_overrides(
+        lm={"status_interval_s": 0.5},
+    )
     faust_worker = WorkerProcess(config, "w1", tmp_path)
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "vllm"))
     try:
@@ -32,7 +34,7 @@ def test_vllm_streams_each_quantum_before_its_generation_ends(
             config.sink_topic,
             config.lm_requests_topic,
         ]
-        wait_assigned([faust_worker], topics, config.partitions)
+        wait_assigned([faust_worker], topics, config.kafka.partitions)
         questions = [
             "the Moon",
             "Paris",

@@ -182,7 +182,7 @@ class _Gen:
             req = self.request(self.rid("pipeline"), f"x {MARK}", pipeline=name)
             valid("unknown_pipeline", req, req.request_id.encode(), dlq=True,
                   status=ResultStatus.FAILED)  # fmt: skip
-        limit = self.config.max_input_chars
+        limit = self.config.admission.max_input_chars
         req = self.request(self.rid("big"), MARK + "x" * limit)
         valid("input_over_max_chars", req, req.request_id.encode(), dlq=True,
               status=ResultStatus.FAILED)  # fmt: skip
@@ -260,7 +260,7 @@ class _Gen:
                         ResultStatus.FAILED)  # fmt: skip
         if not req.request_id:
             return Sent(label, kind, [(topic, key, value, None)], True)
-        if req.pipeline != PIPELINE or len(req.input) > self.config.max_input_chars:
+        if req.pipeline != PIPELINE or len(req.input) > self.config.admission.max_input_chars:
             return Sent(label, kind, [(topic, key, value, None)], True, req.request_id,
                         ResultStatus.FAILED)  # fmt: skip
         # Valid: it runs (its input or id may be odd; a bit flip may make the prompt too
@@ -456,23 +456,26 @@ def storm(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> S
     started = time.monotonic()
     tmp = tmp_path_factory.mktemp("bad-input")
     config = fresh_config(
-        bootstrap_servers, tmp, pipelines=(PIPELINE,), lm_status_interval_s=0.5,
-        sim_time_scale=0.02,
+        bootstrap_servers, tmp, pipelines=(PIPELINE,), lm={"status_interval_s": 0.5, "sim_time_scale": 0.02}, 
+        
     )  # fmt: skip
     params = tmp / "sim_params.json"
     params.write_text(json.dumps({"garbage_rate": GARBAGE_RATE}))  # SIMULATED FAULT
-    env = {"ALTO_SASL_USERNAME": "alto", "ALTO_SASL_PASSWORD": PASSWORD}
+    env = {
+        "ALTO_KAFKA__SECURITY__SASL_USERNAME": "alto",
+        "ALTO_KAFKA__SECURITY__SASL_PASSWORD": PASSWORD,
+    }
     # The Faust worker at its default log level (no --loglevel), the LM worker likewise.
     worker = WorkerProcess(config, "w1", tmp, command=[sys.executable, "-m", "alto", "worker"],
                            env=env)  # fmt: skip
     lm = WorkerProcess(config, "lm0", tmp, command=lm_worker_command(0, "sim"),
-                       env={**env, "ALTO_SIM_PARAMS": str(params)})  # fmt: skip
+                       env={**env, "ALTO_LM__SIM_PARAMS": str(params)})  # fmt: skip
     processes = {"faust worker": worker, "LM worker": lm}
     try:
         topology = claims.build()
         topics = [*topology.topics(config.internal_prefix), config.sink_topic,
                   config.lm_requests_topic, config.requests_topic]  # fmt: skip
-        wait_assigned([worker], topics, config.partitions)
+        wait_assigned([worker], topics, config.kafka.partitions)
         ready = time.monotonic()
         gen = _Gen(config, SEED)
         batches = [
@@ -488,7 +491,7 @@ def storm(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> S
         gen.rng.shuffle(sent)
         valid = [_valid_request(gen, i) for i in range(60)]
         producer = Producer({
-            "bootstrap.servers": config.bootstrap_servers, "linger.ms": 5,
+            "bootstrap.servers": config.kafka.bootstrap_servers, "linger.ms": 5,
             "message.max.bytes": 4_000_000, "enable.idempotence": False,
         })  # fmt: skip
         _produce(producer, valid[:15])  # before the storm

@@ -1,4 +1,4 @@
-"""End-to-end retry: a request with no result after ALTO_REQUEST_RETRY_S is replayed from its
+"""End-to-end retry: a request with no result after ALTO_ADMISSION__RETRY_S is replayed from its
 root by the ingest worker that admitted it, and the replay still yields exactly one correct
 result (every stage is idempotent)."""
 
@@ -18,7 +18,9 @@ from tests.harness import WorkerProcess, wait_assigned, wait_committed_to_the_en
 def test_a_request_without_result_is_replayed_and_answered_once(
     alto_config: AltoConfig, tmp_path: Path
 ) -> None:
-    config = alto_config.with_overrides(request_retry_s=2.0)
+    config = alto_config.with_overrides(
+        admission={"retry_s": 2.0},
+    )
     text = "One short sentence here. And a second one."
     request = new_request(example.NAME, text, mode=Mode.STREAMING)
     topology = example.build()
@@ -29,7 +31,7 @@ def test_a_request_without_result_is_replayed_and_answered_once(
     )
     stages = None
     try:
-        wait_assigned([front], [config.requests_topic, config.sink_topic], config.partitions)
+        wait_assigned([front], [config.requests_topic, config.sink_topic], config.kafka.partitions)
         Submitter(config).submit_all([request])
         deadline = time.monotonic() + 60
         while "replaying it from its root" not in front.log_file.read_text(errors="replace"):

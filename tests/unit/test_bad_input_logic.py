@@ -290,7 +290,10 @@ def test_the_scheduler_refuses_status_and_table_entries_it_cannot_use() -> None:
     """Regression: a status for instance 999 (or -1) made the scheduler place calls on a
     partition that does not exist (the call was lost) and hung its liveness loop draining
     it; one dated in the future kept an instance "live" until then."""
-    config = load_config(environ={}, lm_max_instances=4)
+    config = load_config(
+        environ={},
+        lm={"max_instances": 4},
+    )
     sent: list[tuple[str, bytes, bytes]] = []
 
     async def send(topic: str, key: bytes, value: bytes, partition: int | None) -> None:
@@ -399,26 +402,26 @@ def test_factool_copes_with_an_engine_that_only_emits_garbage() -> None:
 def test_secrets_are_never_rendered(caplog: pytest.LogCaptureFixture) -> None:
     password = "hunter2-Zq9!secret"  # noqa: S105 - the secret whose absence is checked
     env = {
-        "ALTO_SECURITY_PROTOCOL": "SASL_SSL",
-        "ALTO_SASL_MECHANISM": "PLAIN",
-        "ALTO_SASL_USERNAME": "alto",
-        "ALTO_SASL_PASSWORD": password,
+        "ALTO_KAFKA__SECURITY__PROTOCOL": "SASL_SSL",
+        "ALTO_KAFKA__SECURITY__SASL_MECHANISM": "PLAIN",
+        "ALTO_KAFKA__SECURITY__SASL_USERNAME": "alto",
+        "ALTO_KAFKA__SECURITY__SASL_PASSWORD": password,
     }
     config = load_config(environ=env)
-    assert config.security.sasl_password is not None
-    assert config.security.sasl_password.get_secret_value() == password
+    assert config.kafka.security.sasl_password is not None
+    assert config.kafka.security.sasl_password.get_secret_value() == password
     renderings = [
         repr(config),
         str(config),
         f"{config}",
-        repr(config.security),
+        repr(config.kafka.security),
         config.model_dump_json(),
         json.dumps(config.model_dump(), default=str),
         str(config.model_dump()),
         repr(config.with_overrides(worker_id="x")),
     ]
     with caplog.at_level(logging.DEBUG):
-        logging.getLogger("alto.test").debug("config %s %r", config, config.security)
+        logging.getLogger("alto.test").debug("config %s %r", config, config.kafka.security)
     renderings.append(caplog.text)
     for text in renderings:
         assert password not in text

@@ -79,7 +79,7 @@ def test_lm_services_have_distinct_instances_and_every_server_has_a_fixed_metric
     for name, spec in services.items():
         config = load_config(environ={k: _interpolate(v) for k, v in spec["environment"].items()})
         long_running = spec["command"][0] in ("worker", "lm-worker")
-        assert (config.metrics_port > 0) == long_running, (name, config.metrics_port)
+        assert (config.metrics.port > 0) == long_running, (name, config.metrics.port)
 
 
 def test_prometheus_scrapes_every_service_with_metrics() -> None:
@@ -94,7 +94,7 @@ def test_prometheus_scrapes_every_service_with_metrics() -> None:
     for name, spec in _alto_services().items():
         port = load_config(
             environ={k: _interpolate(v) for k, v in spec["environment"].items()}
-        ).metrics_port
+        ).metrics.port
         if port > 0:
             assert f"{name}:{port}" in targets, f"{name} serves metrics nobody scrapes"
 
@@ -102,7 +102,9 @@ def test_prometheus_scrapes_every_service_with_metrics() -> None:
 def test_the_readme_documents_every_setting() -> None:
     readme = README.read_text()
     missing = sorted(
-        v for v in env_variables() if v not in readme and not v.startswith("ALTO_SASL_")
+        v
+        for v in env_variables()
+        if v not in readme and not v.startswith("ALTO_KAFKA__SECURITY__SASL_")
     )
     assert not missing, f"settings missing from the README's configuration table: {missing}"
-    assert "ALTO_SASL_*" in readme
+    assert "ALTO_KAFKA__SECURITY__SASL_*" in readme

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -13,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from alto import metrics
 from alto.agents.faust_settings import consumer_lags
-from alto.config import AltoConfig, config_env, load_config
+from alto.config import AltoConfig, child_env, load_config
 from alto.scheduler.agent import Overloaded, SchedulerCore, _now_ms
 from alto.schemas.messages import ChatMessage, LMRequest, LMStatus, QuantumRule
 from tests.harness import until
@@ -29,7 +30,9 @@ def _scrape(port: int) -> str:
 
 
 def test_serve_binds_a_free_port_and_exposes_the_families() -> None:
-    config = AltoConfig(metrics_port=0, metrics_host="127.0.0.1")
+    config = AltoConfig(
+        metrics={"port": 0, "host": "127.0.0.1"},
+    )
     server = metrics.serve(config)
     assert server is not None
     try:
@@ -48,22 +51,36 @@ def test_serve_binds_a_free_port_and_exposes_the_families() -> None:
 def test_serve_off_and_a_taken_port_leave_the_process_running(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert metrics.serve(AltoConfig(metrics_port=-1)) is None
+    assert (
+        metrics.serve(
+            AltoConfig(
+                metrics={"port": -1},
+            )
+        )
+        is None
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = AltoConfig(metrics_port=port, metrics_host="127.0.0.1")
+        config = AltoConfig(
+            metrics={"port": port, "host": "127.0.0.1"},
+        )
         assert metrics.serve(config, "test worker") is None
     assert any("cannot serve metrics" in r.getMessage() for r in caplog.records)
 
 
-def test_metrics_port_is_configured_from_the_environment_and_passed_to_children() -> None:
-    config = load_config(environ={"ALTO_METRICS_PORT": "9464", "ALTO_METRICS_HOST": "127.0.0.1"})
-    assert (config.metrics_port, config.metrics_host) == (9464, "127.0.0.1")
-    assert config_env(config)["ALTO_METRICS_PORT"] == "9464"
-    assert load_config(environ={}).metrics_port == 0  # default: a free port per process
-    assert load_config(environ={"ALTO_METRICS_PORT": "-1"}).metrics_port == -1
+def test_metrics_port_is_configured_from_the_environment_and_passed_to_children(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        environ={"ALTO_METRICS__PORT": "9464", "ALTO_METRICS__HOST": "127.0.0.1"},
+        data_dir=tmp_path,
+    )
+    assert (config.metrics.port, config.metrics.host) == (9464, "127.0.0.1")
+    assert load_config(environ=child_env(config)).metrics == config.metrics
+    assert load_config(environ={}).metrics.port == 0  # default: a free port per process
+    assert load_config(environ={"ALTO_METRICS__PORT": "-1"}).metrics.port == -1
 
 
 def test_bounded_label_folds_values_past_its_limit() -> None:
@@ -165,7 +182,7 @@ def test_scheduler_counts_decisions_spills_waits_and_refusals() -> None:
         # prefix_hash sends one prompt to one instance; saturation 1 makes the second call
         # spill to the other, the third wait, the fourth be refused (queue of 1).
         config = AltoConfig(
-            scheduler_policy="prefix_hash", scheduler_saturation=1, scheduler_queue=1
+            scheduler={"policy": "prefix_hash", "saturation": 1, "queue": 1},
         )
         core = SchedulerCore(config, _noop_send, name="s1")
         for i in (0, 1):

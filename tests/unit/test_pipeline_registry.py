@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alto.config import AltoConfig, config_env, load_config
+from alto.config import AltoConfig, child_env, load_config
 from alto.errors import ConfigError
 from alto.streams.registry import registry
 from tests.harness import USER_PIPELINE_MODULE
@@ -50,9 +50,9 @@ def test_a_users_module_adds_its_pipeline(user_module: str) -> None:
     assert set(pipes) == {*OURS, "letters"}
 
 
-def test_the_modules_reach_child_processes_through_the_environment(user_module: str) -> None:
-    config = AltoConfig(pipeline_modules=(user_module, f"{user_module}:build"))
-    again = load_config(config_env(config))
+def test_the_modules_reach_child_processes(user_module: str, tmp_path: Path) -> None:
+    config = AltoConfig(pipeline_modules=(user_module, f"{user_module}:build"), data_dir=tmp_path)
+    again = load_config(child_env(config))
     assert again.pipeline_modules == config.pipeline_modules
 
 
@@ -71,3 +71,21 @@ def test_a_bad_source_is_a_clear_configuration_error(
     config = AltoConfig(pipeline_modules=(spec.format(m=user_module),))
     with pytest.raises(ConfigError, match=error):
         registry(config)
+
+
+def test_a_pipelines_own_settings_are_validated_by_its_model_when_it_loads() -> None:
+    from alto.agents.factool.settings import FacToolSettings, factool_settings
+
+    config = AltoConfig(pipeline_settings={"factool": {"passage_cache": 0}})
+    registry(config)
+    assert factool_settings(config) == FacToolSettings(passage_cache=0)
+    assert factool_settings(AltoConfig()).passage_cache == 4096
+    bad = [
+        ({"factool": {"passage_cache": -1}}, "settings of pipeline 'factool'"),
+        ({"factool": {"corpuss": "x"}}, "corpuss"),
+        ({"example": {"x": 1}}, "pipeline 'example' takes no settings"),
+        ({"nosuch": {"x": 1}}, "'nosuch', which is no pipeline here"),
+    ]
+    for settings, error in bad:
+        with pytest.raises(ConfigError, match=error):
+            registry(AltoConfig(pipeline_settings=settings))

@@ -52,7 +52,9 @@ class _Sent(list[tuple[str, bytes, bytes, int | None]]):
 
 def test_saturated_calls_wait_then_overflow_fails_fast() -> None:
     async def run() -> None:
-        config = AltoConfig(scheduler_saturation=2, scheduler_queue=1)
+        config = AltoConfig(
+            scheduler={"saturation": 2, "queue": 1},
+        )
         sent = _Sent()
         core = SchedulerCore(config, sent, name="s1")
         await core._on_status(_status(0))
@@ -72,7 +74,9 @@ def test_saturated_calls_wait_then_overflow_fails_fast() -> None:
 
 def test_a_new_instance_takes_load_and_the_table_is_published() -> None:
     async def run() -> None:
-        config = AltoConfig(scheduler_policy="prompt_aware", scheduler_saturation=1)
+        config = AltoConfig(
+            scheduler={"policy": "prompt_aware", "saturation": 1},
+        )
         sent = _Sent()
         core = SchedulerCore(config, sent, name="s1")
         await core._on_status(_status(0))
@@ -91,7 +95,9 @@ def test_a_new_instance_takes_load_and_the_table_is_published() -> None:
 
 def test_another_replicas_table_is_loaded() -> None:
     async def run() -> None:
-        config = AltoConfig(scheduler_policy="prompt_aware")
+        config = AltoConfig(
+            scheduler={"policy": "prompt_aware"},
+        )
         core = SchedulerCore(config, _Sent(), name="s2")
         for i in (0, 1, 2):
             await core._on_status(_status(i))
@@ -104,7 +110,13 @@ def test_another_replicas_table_is_loaded() -> None:
 
 def test_a_replayed_call_stays_on_its_engine() -> None:
     async def run() -> None:
-        core = SchedulerCore(AltoConfig(scheduler_policy="least_loaded"), _Sent(), name="s1")
+        core = SchedulerCore(
+            AltoConfig(
+                scheduler={"policy": "least_loaded"},
+            ),
+            _Sent(),
+            name="s1",
+        )
         for i, engine in ((0, "sim"), (1, "sim"), (2, "vllm")):
             status = LMStatus.decode(_status(i))
             busy = 500 * (i < 2)

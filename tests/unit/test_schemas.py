@@ -151,7 +151,9 @@ def _avro_types(avro_type: object) -> set[object]:
 
 def _named(py: set[object]) -> set[object]:
     return {
-        t.__name__ if isinstance(t, type) and t.__module__ == "alto.schemas.messages" else t
+        t.__name__
+        if isinstance(t, type) and t.__module__ in ("alto.schemas.messages", "alto.enums")
+        else t
         for t in py
     }
 

@@ -119,11 +119,17 @@ def test_markers_and_results_must_outlive_the_retry() -> None:
     from alto.config import AltoConfig
     from alto.errors import ConfigError
 
-    AltoConfig(request_retry_s=120, state_retention_s=600, results_retention_s=600)
-    AltoConfig(request_retry_s=0, state_retention_s=1, results_retention_s=1)
-    for field in ("state_retention_s", "results_retention_s"):
-        with pytest.raises((ConfigError, ValueError), match=f"{field} .* must exceed"):
-            AltoConfig(**{"request_retry_s": 120, field: 60})  # type: ignore[arg-type]
+    AltoConfig(
+        admission={"retry_s": 120},
+        state={"retention_s": 600, "results_retention_s": 600},
+    )
+    AltoConfig(
+        admission={"retry_s": 0},
+        state={"retention_s": 1, "results_retention_s": 1},
+    )
+    for field in ("retention_s", "results_retention_s"):
+        with pytest.raises((ConfigError, ValueError), match=rf"state\.{field} .* must exceed"):
+            AltoConfig(admission={"retry_s": 120}, state={field: 60})  # type: ignore[arg-type]
 
 
 class _Table:

@@ -93,6 +93,7 @@ from alto.infra.client import new_request, stage_windows
 from alto.infra.openloop import OpenLoop
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineResult, ResultStatus
+from alto.streams.critical_path import median_ms, median_shares
 
 
 def _arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -181,6 +182,9 @@ def _run_kafka(
         for stage, ms in stage_windows(g).items():
             per_stage[stage].append(ms / 1000)
     point.stages_s = {s: round(statistics.median(v), 3) for s, v in per_stage.items()}
+    topology = factool.build()
+    point.critical_ms = {k: round(v, 1) for k, v in median_ms(ok, topology).items()}
+    point.critical_shares = {k: round(v, 4) for k, v in median_shares(ok, topology).items()}
     return point
 
 

@@ -44,3 +44,7 @@ class Point:
     evidence_p50_s: float = math.nan
     evidence_p99_s: float = math.nan
     stages_s: dict[str, float] = field(default_factory=dict)  # median window per stage
+    # The critical path by kind of time (`alto.streams.critical_path`): median ms, and
+    # median share of a request's latency. Ours only: LangGraph's results have no trace.
+    critical_ms: dict[str, float] = field(default_factory=dict)
+    critical_shares: dict[str, float] = field(default_factory=dict)

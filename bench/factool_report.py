@@ -120,6 +120,24 @@ def print_points(
             f"| {p.p99_s:.1f} | {p.evidence_p50_s:.1f} / {p.evidence_p99_s:.1f} "
             f"| {p.achieved_rps:.2f} | {p.cpu_s_per_request:.2f} | {'yes' if p.passed else 'no'} |"
         )
+    print(
+        "\n### where the time went: the critical path at each load (median s, and median share "
+        "of a request; transit = broker + waiting for the worker; ours only)\n"
+    )
+    for tier in summary:
+        ours = [p for p in points if p.tier == tier and p.critical_ms]
+        if not ours:
+            continue
+        names = [f"{p.system} @{p.offered_rps:g}/s" for p in ours]
+        print("| kind | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for kind in ours[0].critical_ms:
+            cells = [
+                f"{p.critical_ms.get(kind, 0) / 1000:.2f} ({p.critical_shares.get(kind, 0):.0%})"
+                for p in ours
+            ]
+            print(f"| {kind} | " + " | ".join(cells) + " |")
+        print()
     print("\n### median time per stage at the lowest load (s, first to last span)\n")
     for tier in summary:
         low = [p for p in points if p.tier == tier and p.stages_s]

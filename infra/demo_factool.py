@@ -27,6 +27,7 @@ from alto.infra.broker import free_port
 from alto.infra.client import Submitter, TopicReader, new_request, stage_windows
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineRequest, PipelineResult, Quantum, QuantumKind
+from alto.streams.critical_path import breakdown_table
 
 # Which stage input shows which partial output (the topic a stage reads is what the stage
 # before it produced).
@@ -215,6 +216,21 @@ def _report(
             vals = sorted(stage_ms.get((name, stage), []))
             cells.append(f"{vals[len(vals) // 2] / 1000:.2f}" if vals else "-")
         print(f"| {stage} | " + " | ".join(cells) + " |")
+    print(
+        "\n## where the time went: the critical path (median s and share per request; "
+        "transit = broker + waiting for the worker)\n"
+    )
+    by_mode = {
+        m.value.lower(): [
+            results[r.request_id]
+            for r in requests
+            if r.mode is m
+            and r.request_id in results
+            and results[r.request_id].status.value == "OK"
+        ]
+        for m in modes
+    }
+    print("\n".join(breakdown_table(by_mode, factool.build())))
     all_ok = all(
         r.request_id in results and results[r.request_id].status.value == "OK" for r in requests
     )

@@ -4,7 +4,7 @@ Tansu 0.6's memory engine keeps one object per produced batch and lists every ob
 partition on each fetch that returns data (see the design's measured facts), so what makes
 its fetches slower over time is the number of *batches* a partition has ever stored, not
 records or bytes. `log_stats` reads every partition from its start with raw fetch requests
-and counts both. It reads the whole log: a probe for the end of a run or a test, not for a
+and counts both (and the bytes of their keys and values). It reads the whole log: a probe for the end of a run or a test, not for a
 loop.
 """
 
@@ -33,11 +33,12 @@ class PartitionLog:
     partition: int
     batches: int
     records: int
+    bytes: int = 0  # keys and values of the records (what the broker holds, less overhead)
 
 
 async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> PartitionLog:
     node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-    offset, batches, records, high = 0, 0, 0, None
+    offset, batches, records, size, high = 0, 0, 0, 0, None
     wait_ms = FETCH_WAIT_MS
     while node is not None and (high is None or offset < high):
         request = FetchRequest(
@@ -48,7 +49,7 @@ async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> 
         for _topic, parts in response.topics:
             for _p, error, highwater, *data in parts:
                 if error:
-                    return PartitionLog(topic, partition, batches, records)
+                    return PartitionLog(topic, partition, batches, records, size)
                 high = highwater
                 raw = MemoryRecords(data[-1])
                 while raw.has_next():
@@ -58,6 +59,7 @@ async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> 
                     last = None
                     for record in batch:
                         records += 1
+                        size += len(record.key or b"") + len(record.value or b"")
                         last = record.offset
                     batches += 1
                     if last is not None and last >= offset:
@@ -68,7 +70,7 @@ async def _partition_log(client: AIOKafkaClient, topic: str, partition: int) -> 
             if wait_ms >= MAX_WAIT_MS:
                 break
             wait_ms = min(MAX_WAIT_MS, wait_ms * 10)
-    return PartitionLog(topic, partition, batches, records)
+    return PartitionLog(topic, partition, batches, records, size)
 
 
 async def _log_stats(config: AltoConfig, topics: list[str] | None) -> list[PartitionLog]:

@@ -214,4 +214,13 @@ def verdict_text(report: SoakReport) -> str:
         lines += [
             f"    {p.topic}[{p.partition}]: {p.batches} batches, {p.records} records" for p in top
         ]
+        by_topic: dict[str, list[int]] = {}
+        for p in report.partitions:
+            row = by_topic.setdefault(p.topic, [0, 0, 0])
+            row[0], row[1], row[2] = row[0] + p.batches, row[1] + p.records, row[2] + p.bytes
+        lines.append("  the topics holding most bytes (keys and values):")
+        lines += [
+            f"    {t}: {mb / 2**20:.1f} MB in {n} records, {b} batches"
+            for t, (b, n, mb) in sorted(by_topic.items(), key=lambda kv: -kv[1][2])[:6]
+        ]
     return "\n".join(lines)

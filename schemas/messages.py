@@ -43,6 +43,9 @@ class TraceSpan:
     end_ms: int
     processed_by: tuple[str, ...] = ()
     simulated: bool = False  # done by the SIMULATED LM engine
+    # When the input this work began on (an aggregation: the input that completed it) was
+    # emitted (0: not recorded); the critical path's hops (`alto.streams.critical_path`).
+    input_ms: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class TraceSpan:
             "end_ms": self.end_ms,
             "processed_by": list(self.processed_by),
             "simulated": self.simulated,
+            "input_ms": self.input_ms,
         }
 
     @classmethod

@@ -89,5 +89,13 @@ class Ingest:
                     self.sink_topic, req.request_id, failed(req.request_id, REQUEST, why, like=root)
                 )
             ]
-        span = TraceSpan(REQUEST, "", self.worker, req.submitted_at_ms, start, (self.worker,))
+        span = TraceSpan(
+            REQUEST,
+            "",
+            self.worker,
+            req.submitted_at_ms,
+            start,
+            (self.worker,),
+            input_ms=req.submitted_at_ms,
+        )
         return list(routing.sends(REQUEST, replace(root, trace=(span,))))

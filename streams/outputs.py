@@ -253,6 +253,7 @@ class Children:
             end,
             (self.worker,),
             self.simulated,
+            input_ms=q.created_at_ms,
         )
         return replace(
             q,

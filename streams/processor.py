@@ -125,7 +125,15 @@ class StageProcessor:
         self, q: Quantum, path: tuple[PathEntry, ...], seq: int, value: Any, start: int
     ) -> Quantum:
         end = now_ms()
-        span = TraceSpan(self.name, path_str(q.path), self.worker, start, end, (self.worker,))
+        span = TraceSpan(
+            self.name,
+            path_str(q.path),
+            self.worker,
+            start,
+            end,
+            (self.worker,),
+            input_ms=q.created_at_ms,
+        )
         return replace(
             q,
             stage=self.name,
@@ -367,6 +375,7 @@ class StageProcessor:
                 state["first_ms"],
                 end,
                 tuple(sorted(state["workers"])),
+                input_ms=q.created_at_ms,  # the input that completed the node
             )
         )
         out = replace(

@@ -59,3 +59,20 @@ def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
     point = _point("sim", "streaming", 1.0, 3, [3.0] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 9.0])
     assert point.evidence_p50_s == 2.0 and point.evidence_p99_s == 9.0
     assert summarize([point])["sim"]["streaming"]["evidence_p99_low_load_s"] == 9.0
+
+
+def test_the_report_prints_the_critical_path_of_our_points_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from alto.bench.factool_report import print_points
+
+    done = [float(i) for i in range(10)]
+    ours = _point("sim", "streaming", 0.5, 10, [2.0] * 10, done)
+    ours.critical_ms = {"transit": 700.0, "lm": 1300.0}
+    ours.critical_shares = {"transit": 0.35, "lm": 0.65}
+    theirs = _point("sim", "langgraph", 0.5, 10, [2.0] * 10, done)
+    points = [ours, theirs]
+    print_points(points, summarize(points), {"sim": 0.3}, 1.0)
+    out = capsys.readouterr().out
+    assert "| kind | streaming @0.5/s |" in out
+    assert "| transit | 0.70 (35%) |" in out and "| lm | 1.30 (65%) |" in out

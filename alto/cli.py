@@ -176,14 +176,12 @@ def _config(args: argparse.Namespace) -> AltoConfig:
     flags: list[str] = getattr(args, "pipelines", None) or []
     if not flags:
         return config
-    modules = [f for f in flags if ":" in f]
     names = [f for f in flags if ":" not in f]
-    known = registry(config.with_overrides(pipeline_modules=(*config.pipeline_modules, *modules)))
-    for spec in modules:  # the pipeline a module names is served by its own name
-        names += [n for n, r in known.items() if r.source.startswith(f"module {spec}")]
-    return config.with_overrides(
-        pipeline_modules=(*config.pipeline_modules, *modules), pipelines=tuple(names)
-    )
+    modules = (*config.pipeline_modules, *(f for f in flags if ":" in f))
+    config = config.with_overrides(pipeline_modules=modules)
+    # The pipeline a module names is served by its own name.
+    names += [n for n, r in registry(config).items() if r.module in flags]
+    return config.with_overrides(pipelines=tuple(names))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from pydantic import (
 
 from alto.enums import EngineName, Mode, PolicyName, Role
 from alto.errors import ConfigError
-from alto.files import write_json
+from alto.files import write_text
 
 ENV_PREFIX = "ALTO_"
 NESTED = "__"
@@ -461,7 +461,7 @@ def child_env(config: AltoConfig) -> dict[str, str]:
     path = config.data_dir.resolve() / "settings" / f"{digest}.json"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, values)
+        write_text(path, text)
     env = {CONFIG_FILE_ENV: str(path)}
     if (password := config.kafka.security.sasl_password) is not None:
         env["ALTO_KAFKA__SECURITY__SASL_PASSWORD"] = password.get_secret_value()

@@ -9,7 +9,12 @@ from typing import Any
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write `value` as JSON to `path` atomically (a temporary file beside it, renamed)."""
+    """Write `value` as JSON to `path` atomically (see `write_text`)."""
+    write_text(path, json.dumps(value))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file beside it, renamed)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
+    tmp.write_text(text)
     tmp.replace(path)

@@ -93,7 +93,7 @@ from alto.infra.client import new_request, stage_windows
 from alto.infra.openloop import OpenLoop
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineResult, ResultStatus
-from alto.streams.critical_path import median_ms, median_shares
+from alto.streams.critical_path import medians
 
 
 def _arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -183,8 +183,9 @@ def _run_kafka(
             per_stage[stage].append(ms / 1000)
     point.stages_s = {s: round(statistics.median(v), 3) for s, v in per_stage.items()}
     topology = factool.build()
-    point.critical_ms = {k: round(v, 1) for k, v in median_ms(ok, topology).items()}
-    point.critical_shares = {k: round(v, 4) for k, v in median_shares(ok, topology).items()}
+    found = medians(ok, topology)
+    point.critical_ms = {k: round(v, 1) for k, v in found.ms.items()}
+    point.critical_shares = {k: round(v, 4) for k, v in found.shares.items()}
     return point
 
 

@@ -27,6 +27,7 @@ from alto.infra.broker import free_port
 from alto.infra.client import Submitter, TopicReader, new_request, stage_windows
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineRequest, PipelineResult, Quantum, QuantumKind
+from alto.streams import Topology
 from alto.streams.critical_path import breakdown_table
 
 # Which stage input shows which partial output (the topic a stage reads is what the stage
@@ -120,7 +121,7 @@ def run_factool_demo(
         results = _watch(config, requests, progress, timeout_s)
     finally:
         stack.stop()
-    ok = _report(requests, progress, results)
+    ok = _report(requests, progress, results, topology)
     print("\nstopped the stack.", flush=True)
     return 0 if ok else 1
 
@@ -171,6 +172,7 @@ def _report(
     requests: list[PipelineRequest],
     progress: dict[str, _Progress],
     results: dict[str, PipelineResult],
+    topology: Topology,
 ) -> bool:
     """Final results, latency per mode, time per stage; True when every request is OK."""
     print("\n## results\n")
@@ -230,7 +232,7 @@ def _report(
         ]
         for m in modes
     }
-    print("\n".join(breakdown_table(by_mode, factool.build())))
+    print("\n".join(breakdown_table(by_mode, topology)))
     all_ok = all(
         r.request_id in results and results[r.request_id].status.value == "OK" for r in requests
     )

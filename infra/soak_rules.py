@@ -3,6 +3,7 @@ not) from the windows (see `alto.infra.soak`)."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -214,13 +215,16 @@ def verdict_text(report: SoakReport) -> str:
         lines += [
             f"    {p.topic}[{p.partition}]: {p.batches} batches, {p.records} records" for p in top
         ]
-        by_topic: dict[str, list[int]] = {}
+        size: collections.Counter[str] = collections.Counter()
+        records_of: collections.Counter[str] = collections.Counter()
+        batches_of: collections.Counter[str] = collections.Counter()
         for p in report.partitions:
-            row = by_topic.setdefault(p.topic, [0, 0, 0])
-            row[0], row[1], row[2] = row[0] + p.batches, row[1] + p.records, row[2] + p.bytes
+            size[p.topic] += p.bytes
+            records_of[p.topic] += p.records
+            batches_of[p.topic] += p.batches
         lines.append("  the topics holding most bytes (keys and values):")
         lines += [
-            f"    {t}: {mb / 2**20:.1f} MB in {n} records, {b} batches"
-            for t, (b, n, mb) in sorted(by_topic.items(), key=lambda kv: -kv[1][2])[:6]
+            f"    {t}: {n / 2**20:.1f} MB in {records_of[t]} records, {batches_of[t]} batches"
+            for t, n in size.most_common(6)
         ]
     return "\n".join(lines)

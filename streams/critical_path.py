@@ -180,36 +180,40 @@ def breakdown_ms(result: PipelineResult, topology: Topology) -> dict[str, int]:
     return totals
 
 
-def median_shares(results: Iterable[PipelineResult], topology: Topology) -> dict[str, float]:
-    """The median share of each kind of time in the results' critical paths (each result's
-    shares add up to 1; medians of shares need not)."""
-    shares: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    for result in results:
-        parts = breakdown_ms(result, topology)
-        total = sum(parts.values())
-        if total <= 0:
-            continue
-        for kind, ms in parts.items():
-            shares[kind].append(ms / total)
-    return {k: statistics.median(v) for k, v in shares.items() if v}
+@dataclass(frozen=True)
+class Medians:
+    """Over many results' critical paths, per kind of time: the median milliseconds, and
+    the median share of a request (each result's shares add up to 1; their medians need
+    not)."""
+
+    ms: dict[str, float]
+    shares: dict[str, float]
 
 
-def median_ms(results: Iterable[PipelineResult], topology: Topology) -> dict[str, float]:
-    """The median milliseconds of each kind of time in the results' critical paths."""
+def medians(results: Iterable[PipelineResult], topology: Topology) -> Medians:
+    """The results' critical paths, each walked once, summarised by kind."""
     parts = [breakdown_ms(r, topology) for r in results]
-    return {k: float(statistics.median(p[k] for p in parts)) for k in KINDS} if parts else {}
+    shares: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for one in parts:
+        if (total := sum(one.values())) > 0:
+            for kind, ms in one.items():
+                shares[kind].append(ms / total)
+    return Medians(
+        {k: float(statistics.median(p[k] for p in parts)) for k in KINDS} if parts else {},
+        {k: statistics.median(v) for k, v in shares.items() if v},
+    )
 
 
 def breakdown_table(columns: dict[str, list[PipelineResult]], topology: Topology) -> list[str]:
     """A Markdown table: per column (a mode, a system at a load), the median seconds and
     the median share of each kind of time on the critical path."""
     names = [name for name, results in columns.items() if results]
-    ms = {name: median_ms(columns[name], topology) for name in names}
-    shares = {name: median_shares(columns[name], topology) for name in names}
+    found = {name: medians(columns[name], topology) for name in names}
     lines = ["| critical path | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for kind in KINDS:
         cells = [
-            f"{ms[n].get(kind, 0.0) / 1000:.2f} s ({shares[n].get(kind, 0.0):.0%})" for n in names
+            f"{m.ms.get(kind, 0.0) / 1000:.2f} s ({m.shares.get(kind, 0.0):.0%})"
+            for m in found.values()
         ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines

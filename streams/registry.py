@@ -26,15 +26,17 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from alto.config import AltoConfig
 from alto.errors import ConfigError
 from alto.streams import Pipeline, Topology
 
 ENTRY_POINT_GROUP = "alto.pipelines"
+
+M = TypeVar("M", bound=BaseModel)
 
 Builder = Callable[[], Any]
 
@@ -45,6 +47,7 @@ class Registered:
 
     topology: Topology
     source: str  # "built-in", "module mypipes:build", "entry point sentiment (dist 1.0)"
+    module: str | None = None  # the `config.pipeline_modules` entry it came from
 
 
 # Our own pipelines, named like a user's (`module:callable`) and loaded by the same code: the
@@ -95,18 +98,19 @@ def _from_module(spec: str, source: str | None = None) -> tuple[Any, str]:
         raise ConfigError(f"{source}: the module has no {attr!r}") from None
 
 
-def _sources(modules: Iterable[str]) -> Iterable[tuple[Any, str]]:
+def _sources(modules: Iterable[str]) -> Iterable[tuple[Any, str, str | None]]:
+    """(builder, where it came from, the `pipeline_modules` entry that named it)."""
     for spec in BUILT_IN:
-        yield _from_module(spec, "built-in")
+        yield (*_from_module(spec, "built-in"), None)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
         source = f"entry point {ep.name} = {ep.value} ({dist})"
         try:
-            yield ep.load(), source
+            yield ep.load(), source, None
         except Exception as exc:
             raise ConfigError(f"{source} does not load: {type(exc).__name__}: {exc}") from exc
     for spec in modules:
-        yield _from_module(spec)
+        yield (*_from_module(spec), spec)
 
 
 def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
@@ -114,13 +118,13 @@ def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
     `alto.pipelines` entry points, and those `config.pipeline_modules` names."""
     modules = config.pipeline_modules if config is not None else ()
     out: dict[str, Registered] = {}
-    for builder, source in _sources(modules):
+    for builder, source, module in _sources(modules):
         topology = _call(builder, source)
         if (known := out.get(topology.pipeline)) is not None:
             raise ConfigError(
                 f"two pipelines named {topology.pipeline!r}: from {known.source} and {source}"
             )
-        out[topology.pipeline] = Registered(topology, source)
+        out[topology.pipeline] = Registered(topology, source, module)
     if config is not None:
         for name in config.pipeline_settings:
             if name not in out:
@@ -132,15 +136,20 @@ def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
 def pipeline_settings(config: AltoConfig, topology: Topology) -> Any:
     """`topology`'s own settings from `config.pipeline_settings`, validated by its model
     (None: a pipeline without settings)."""
-    raw = config.settings_of(topology.pipeline)
     if topology.settings is None:
-        if raw:
+        if raw := config.settings_of(topology.pipeline):
             raise ConfigError(f"pipeline {topology.pipeline!r} takes no settings, got {dict(raw)}")
         return None
+    return own_settings(config, topology.pipeline, topology.settings)
+
+
+def own_settings(config: AltoConfig, pipeline: str, model: type[M]) -> M:
+    """`pipeline`'s own settings in `config`, validated by `model` (what a pipeline's
+    stage code calls; the registry has checked them once when the process loaded it)."""
     try:
-        return topology.settings.model_validate(raw)
+        return model.model_validate(config.settings_of(pipeline))
     except ValidationError as exc:
-        raise ConfigError(f"settings of pipeline {topology.pipeline!r}: {exc}") from exc
+        raise ConfigError(f"settings of pipeline {pipeline!r}: {exc}") from exc
 
 
 def all_topologies(config: AltoConfig | None = None) -> list[Topology]:

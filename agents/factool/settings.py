@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from alto.config import AltoConfig
+from alto.streams.registry import own_settings
 
 NAME = "factool"
 
@@ -26,4 +27,4 @@ class FacToolSettings(BaseModel):
 
 def factool_settings(config: AltoConfig) -> FacToolSettings:
     """FacTool's settings in `config` (the registry has validated them once already)."""
-    return FacToolSettings.model_validate(config.settings_of(NAME))
+    return own_settings(config, NAME, FacToolSettings)

@@ -9,7 +9,7 @@ from alto.agents import claims, example
 from alto.lm_service.serving import serve_call
 from alto.lm_service.sim import SimEngine, SimParams
 from alto.schemas.messages import Mode, PipelineResult, ResultStatus, TraceSpan
-from alto.streams.critical_path import KINDS, breakdown_ms, critical_path, median_shares
+from alto.streams.critical_path import KINDS, breakdown_ms, critical_path, medians
 from alto.streams.local import LocalRunner, make_request
 from alto.streams.pipeline import REQUEST
 
@@ -142,6 +142,6 @@ def test_real_traces_of_both_pipelines_partition_their_latency() -> None:
             parts = breakdown_ms(result, topology)
             assert sum(parts.values()) == result.latency_ms
             assert parts["unattributed"] == 0, (result.request_id, parts)
-        shares = median_shares(results.values(), topology)
+        shares = medians(results.values(), topology).shares
         assert set(shares) == set(KINDS)
-    assert median_shares(lm_results.values(), claims.build())["lm"] > 0
+    assert medians(lm_results.values(), claims.build()).shares["lm"] > 0

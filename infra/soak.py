@@ -4,7 +4,8 @@ and CPU, table sizes, the broker's log, consumer lag) and a verdict at the end.
 
 The verdict (`flat`) is the steady-state rule of issue 13, on spans of the run:
 - latency: p50 and p99 of the results in the last span within `latency_tolerance` (20%) of
-  those in the first span after warm-up;
+  those in the first span after warm-up (p95 or p90 in place of p99 where a span has too few
+  results to estimate it: `soak_rules.high_quantile`);
 - memory: every process's RSS at the end within `rss_tolerance` (+10%) of its RSS at the end
   of the first span;
 - nothing lost: every request has a result once the load stops (after a drain).

@@ -49,6 +49,21 @@ def bootstrap_servers() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_broker(bootstrap_servers: str) -> Iterator[str]:
+    """A broker of the test's own where the suite runs on the embedded one: a test that judges
+    the stack's drift must not inherit what the rest of the suite stored there (a CI run's
+    soak began on 133k records in 51k batches). A configured or containerised broker is
+    shared as it is (it has retention)."""
+    if os.environ.get("ALTO_KAFKA__BOOTSTRAP_SERVERS") or docker_engine_available():
+        yield bootstrap_servers
+        return
+    from alto.infra.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
 def alto_config(bootstrap_servers: str, tmp_path: Path) -> AltoConfig:
     return fresh_config(bootstrap_servers, tmp_path)
 

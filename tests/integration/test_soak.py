@@ -3,7 +3,8 @@
 The rule is about drift, not speed: latency in the last span against the first, the Faust
 and LM workers' memory, the tables' keys once the (here shortened) state retention has
 passed, nothing lost, nothing wrong. The embedded broker's memory is reported but not judged:
-its memory engine keeps every record ever produced (README, Steady state)."""
+its memory engine keeps every record ever produced (README, Steady state), which is also why
+the soak gets a broker of its own (`own_broker`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ RESULTS_RETENTION_S = 30.0
 
 
 @pytest.mark.timeout(420)
-def test_a_short_soak_holds_steady(bootstrap_servers: str, tmp_path: Path) -> None:
-    soak(bootstrap_servers, tmp_path, retention_s=5.0)
+def test_a_short_soak_holds_steady(own_broker: str, tmp_path: Path) -> None:
+    soak(own_broker, tmp_path, retention_s=5.0)
 
 
 def soak(bootstrap_servers: str, tmp_path: Path, retention_s: float) -> None:

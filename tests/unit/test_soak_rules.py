@@ -6,6 +6,7 @@ import math
 
 from alto.bench.hop import drift, windows
 from alto.infra.soak import Window, judge
+from alto.infra.soak_rules import high_quantile
 
 
 def _w(i: int, lat: float, rss: dict[str, float], keys: int = 100) -> Window:
@@ -33,13 +34,30 @@ def test_latency_memory_tables_and_losses_each_fail_the_verdict() -> None:
     v = judge(ws, lost=2, wrong=1, settle_s=600)
     text = " | ".join(v.reasons)
     assert not v.flat
-    assert "p50 grew" in text and "p99 grew" in text
+    assert "p50 grew" in text and "p95 grew" in text  # 300 results per span: p99 unsupported
     assert "w RSS grew" in text and "broker RSS grew" in text
     assert "table keys grew" in text
     assert "2 requests lost" in text and "1 results wrong" in text
     exempt = judge(ws, lost=0, wrong=0, exempt=("broker", "w"), latency_tolerance=1.5)
     assert exempt.flat, exempt.reasons  # no settle_s: tables not judged
     assert exempt.table_keys is None
+
+
+def test_the_high_quantile_is_one_the_spans_sample_supports() -> None:
+    assert [high_quantile(n) for n in (20, 50, 99, 100, 499, 500, 5000)] == [
+        0.9, 0.9, 0.9, 0.95, 0.95, 0.99, 0.99
+    ]  # fmt: skip
+    # 90 results per span (the test's soak): one slow result in the last span is p99 there,
+    # not p90; a whole slow tail is both.
+    ws = [_w(i, 1.0, {"w": 100.0}) for i in range(8)]
+    for w in ws:
+        w.latencies = [1.0] * 30
+    ws[-1].latencies[0] = 10.0
+    v = judge(ws, lost=0, wrong=0, span_s=90)
+    assert v.flat and v.high_q == 0.9 and v.high == (1.0, 1.0), v
+    ws[-1].latencies[:5] = [10.0] * 5
+    ws[-2].latencies[:5] = [10.0] * 5
+    assert "p90 grew from 1.000 s to 10.000 s" in " ".join(judge(ws, 0, 0, span_s=90).reasons)
 
 
 def test_memory_is_judged_on_each_spans_peak_a_sawtooth_is_flat_a_leak_is_not() -> None:

@@ -33,7 +33,7 @@ from alto import metrics
 from alto.agents import scheduler_role, upkeep
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
-from alto.agents.stores import PartitionStore, ResultsStore
+from alto.agents.stores import CoalescedTable, PartitionStore, ResultsStore
 from alto.agents.transport import FaustApp
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
@@ -344,12 +344,19 @@ class AltoApp:
             meter.seconds.observe(time.perf_counter() - started)
 
         if spec.kind is StageKind.AGGREGATE:
-            table = self.app.Table(
-                name,
+            table_options: dict[str, Any] = dict(
                 default=None,
                 partitions=self.config.kafka.partitions,
                 schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
             )
+            if self.config.state.coalesce_changelog:
+                table = self.app.tables.add(
+                    CoalescedTable(
+                        self.app, name=name, beacon=self.app.tables.beacon, **table_options
+                    )
+                )
+            else:
+                table = self.app.Table(name, **table_options)
             self.tables[name] = table
             self.aggregates[name] = (table, processor, topic_name)
 

@@ -1,13 +1,78 @@
-"""The stage processors' view of Faust tables: one partition's keys of an aggregator's
-table, and the sink's memory of emitted results (whose changelog is the results topic)."""
+"""The stage processors' view of Faust tables: an aggregator's table whose changelog writes
+are coalesced per commit, one partition's keys of it, and the sink's memory of emitted
+results (whose changelog is the results topic)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
+import faust
+
+from alto import metrics
 from alto.errors import BadInputError
 from alto.schemas.messages import PipelineResult
+
+
+class CoalescedTable(faust.Table):  # type: ignore[misc]
+    """A Faust table that writes a changed key to its changelog once per producer flush, with
+    its value at that moment, rather than once per update (Kafka Streams' record cache does
+    the same per commit interval). An aggregator's node is updated by every quantum it
+    gathers (a sentence's words, a claim's passages) and its whole state, trace included, was
+    written each time: a soak's `sentence_stats` changelog held 16 MB in 5,949 records where
+    its input topic held 1.7 MB.
+
+    Correctness rests on when the producer is flushed (`flush_changelogs`, called by the
+    producer's `flush`): before every offset commit (Faust computes the offsets first, from
+    events already processed, whose writes are therefore pending), after a revocation has
+    waited for the events in hand and before the partitions move, and at shutdown. So a
+    committed input's state is on the changelog before its offset, as before; what an
+    unflushed write loses on a crash is the state of inputs not committed, which are read
+    again (every stage is idempotent). Values are serialized at the flush: the latest wins."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # (partition, key) -> (value, value serializer); None with "raw" is a tombstone.
+        self._pending: dict[tuple[int | None, Any], tuple[Any, Any]] = {}
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self._defer(self.partition_for_key(key), key, value, None)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        self._defer(self.partition_for_key(key), key, None, "raw")
+        self._sensor_on_del(self, key)
+
+    def send_changelog(  # type: ignore[override]
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> None:
+        """A write from outside an event (the state sweep's tombstones and markers), deferred
+        like the rest: there is no message to return until the flush."""
+        self._defer(partition, key, value, value_serializer)
+
+    def _defer(self, partition: int | None, key: Any, value: Any, serializer: Any) -> None:
+        if (partition, key) in self._pending:
+            metrics.CHANGELOG_COALESCED.labels(self.name).inc()
+        self._pending[(partition, key)] = (value, serializer)
+
+    def flush_changelog(self) -> int:
+        """Hand every pending write to the producer (its buffer); returns how many."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            metrics.CHANGELOG_WRITES.labels(self.name).inc(len(pending))
+        for (partition, key), (value, serializer) in pending.items():
+            super().send_changelog(partition, key, value, value_serializer=serializer)
+        return len(pending)
+
+
+def flush_changelogs(tables: Iterable[Any]) -> int:
+    """Flush the pending changelog writes of every `CoalescedTable` among `tables`."""
+    return sum(t.flush_changelog() for t in tables if isinstance(t, CoalescedTable))
 
 
 class PartitionStore(MutableMapping[str, Any]):

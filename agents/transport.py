@@ -57,6 +57,7 @@ from faust.transport.drivers.aiokafka import (
 from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
+from alto.agents.stores import flush_changelogs
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,15 @@ class _Producer(Producer):
         if self.threaded_producer is not None:
             buffer.threaded_producer = self.threaded_producer
         self.buffer = buffer
+
+    async def flush(self) -> None:
+        """Hand the tables' coalesced changelog writes to the buffer, then drain it: every
+        flush (before each offset commit, at a revocation) makes the state of what was
+        processed durable (`alto.agents.stores.CoalescedTable`). A buffer that has stopped
+        takes nothing: those writes' inputs are not committed and are read again."""
+        if self.buffer.state == "running":
+            flush_changelogs(self.app.tables.values())
+        await super().flush()
 
 
 class _Transport(Transport):

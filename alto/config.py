@@ -109,13 +109,16 @@ class StateSettings(_Section):
     replays, so keep them longer than the admission's `retry_s`), fails a request whose node
     has been open for `deadline_s` (0: never) naming the stage that holds it, and forgets
     results older than `results_retention_s` (a replay after that would be answered again).
-    A node's trace keeps at most `max_trace_spans` spans."""
+    A node's trace keeps at most `max_trace_spans` spans. With `coalesce_changelog`, an
+    aggregator's table writes each changed key to its changelog once per commit (its latest
+    value) instead of once per update (`alto.agents.stores.CoalescedTable`)."""
 
     retention_s: float = Field(default=600.0, gt=0)
     deadline_s: float = Field(default=300.0, ge=0)
     results_retention_s: float = Field(default=600.0, gt=0)
     sweep_s: float = Field(default=10.0, gt=0)
     max_trace_spans: int = Field(default=256, ge=1)
+    coalesce_changelog: bool = True
 
 
 class GenerationSettings(_Section):

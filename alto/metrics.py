@@ -115,6 +115,17 @@ PARTITION_REREADS = Counter(
     "Partitions read again from the committed offset because that record stayed "
     "unprocessed while later ones were processed (agents/transport.py)",
 )
+CHANGELOG_COALESCED = Counter(
+    "alto_changelog_writes_coalesced",
+    "Table updates that replaced a write still pending for the same key, so that only the "
+    "latest value went to the changelog (agents/stores.py)",
+    ["table"],
+)
+CHANGELOG_WRITES = Counter(
+    "alto_changelog_writes",
+    "Records an aggregator's table wrote to its changelog (agents/stores.py)",
+    ["table"],
+)
 ADMISSION_IN_FLIGHT = Gauge(
     "alto_admission_in_flight",
     "Requests this ingest worker admitted that have no result yet (streams/admission.py)",

@@ -33,8 +33,8 @@ from alto import metrics
 from alto.agents import scheduler_role, upkeep
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
-from alto.agents.stores import CoalescedTable, PartitionStore, ResultsStore
-from alto.agents.transport import FaustApp
+from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table
+from alto.agents.transport import FaustApp, received_ms
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
 from alto.kafka import aiokafka_settings
@@ -57,9 +57,6 @@ from alto.streams.processor import (
 )
 
 log = logging.getLogger(__name__)
-
-# How often the consumer-lag gauge is refreshed (it reads cached offsets, no broker request).
-LAG_INTERVAL_S = 5.0
 
 
 class AltoApp:
@@ -338,25 +335,13 @@ class AltoApp:
             except BadInputError as exc:
                 await self.undecodable(event, exc, stage, node_key=True)
                 return
-            outs = processor.process(quantum, store)
+            outs = processor.process(quantum, store, received_ms(event.message))
             async for out in outs:
                 await self.deliver((out,), event, meter)
             meter.seconds.observe(time.perf_counter() - started)
 
         if spec.kind is StageKind.AGGREGATE:
-            table_options: dict[str, Any] = dict(
-                default=None,
-                partitions=self.config.kafka.partitions,
-                schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
-            )
-            if self.config.state.coalesce_changelog:
-                table = self.app.tables.add(
-                    CoalescedTable(
-                        self.app, name=name, beacon=self.app.tables.beacon, **table_options
-                    )
-                )
-            else:
-                table = self.app.Table(name, **table_options)
+            table = aggregate_table(self.app, name, self.config)
             self.tables[name] = table
             self.aggregates[name] = (table, processor, topic_name)
 

@@ -10,6 +10,7 @@ from typing import Any
 import faust
 
 from alto import metrics
+from alto.config import AltoConfig
 from alto.errors import BadInputError
 from alto.schemas.messages import PipelineResult
 
@@ -68,6 +69,19 @@ class CoalescedTable(faust.Table):  # type: ignore[misc]
         for (partition, key), (value, serializer) in pending.items():
             super().send_changelog(partition, key, value, value_serializer=serializer)
         return len(pending)
+
+
+def aggregate_table(app: Any, name: str, config: AltoConfig) -> Any:
+    """An aggregating stage's table (JSON keys and values), coalesced unless
+    `state.coalesce_changelog` is off."""
+    options: dict[str, Any] = {
+        "default": None,
+        "partitions": config.kafka.partitions,
+        "schema": faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+    }
+    if not config.state.coalesce_changelog:
+        return app.Table(name, **options)
+    return app.tables.add(CoalescedTable(app, name=name, beacon=app.tables.beacon, **options))
 
 
 def flush_changelogs(tables: Iterable[Any]) -> int:

@@ -104,6 +104,14 @@ async def true_end_offsets(
     return out
 
 
+def received_ms(message: Any) -> int:
+    """When Faust's consumer handed `message` to the streams, on the wall clock (its monitor
+    stamps `time_in` on the monotonic clock); 0 when it was not stamped."""
+    if message.time_in is None:
+        return 0
+    return round(time.time() * 1000 - (time.monotonic() - message.time_in) * 1000)
+
+
 class _ConsumerThread(AIOKafkaConsumerThread):
     def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> Any:
         consumer = super()._create_consumer(loop)

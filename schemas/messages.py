@@ -46,6 +46,9 @@ class TraceSpan:
     # When the input this work began on (an aggregation: the input that completed it) was
     # emitted (0: not recorded); the critical path's hops (`alto.streams.critical_path`).
     input_ms: int = 0
+    # When this worker's consumer handed that input over (0: not recorded): `input_ms` to
+    # here is broker transit, from here to `start_ms` (an aggregation: `end_ms`) waiting.
+    received_ms: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class TraceSpan:
             "processed_by": list(self.processed_by),
             "simulated": self.simulated,
             "input_ms": self.input_ms,
+            "received_ms": self.received_ms,
         }
 
     @classmethod

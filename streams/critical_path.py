@@ -9,9 +9,12 @@ that arrived last (the latest upstream end inside its node). The path from submi
 completion is then cut into segments of these kinds:
 
 - `ingest`: submitted (client clock) until ingest took the request;
-- `transit`: an upstream span's end until the next stage's work started: broker transit
-  plus waiting for the worker (queued behind other events). For an aggregation, from its
-  last input's emission until it emitted (its fold is included: a few ms);
+- `transit`: an upstream span's end until the next stage's worker received the input
+  (produced, on the broker, fetched, handed to the stream by Faust's consumer). Where the
+  span did not record when it was received, this includes `waiting`;
+- `waiting`: received until the stage's work started: queued behind other events in the
+  worker. For an aggregation, from receiving its last input until it emitted (its fold is
+  included: a few ms);
 - `lm_dispatch`: an LM call's trip to its engine: the LM stage's topic, the scheduler, the
   LM worker's work topic and its queue, until the engine started the call;
 - `lm`: the engine, from the call's start until the quantum on the path was emitted;
@@ -21,8 +24,7 @@ completion is then cut into segments of these kinds:
   `state.max_trace_spans`, or a trace cut short), so the segments always add up to the
   request's latency.
 
-Transit and waiting are one segment: a span records when work started, not when the
-record was fetched. Clock: every span is stamped by the host of the worker that did the
+Clock: every span is stamped by the host of the worker that did the
 work; on one host (`alto up`) they share a clock.
 """
 
@@ -36,7 +38,7 @@ from alto.schemas.messages import PipelineResult, TraceSpan
 from alto.streams.ancestry import LEVEL_SEPARATOR
 from alto.streams.pipeline import REQUEST, StageKind, Topology
 
-KINDS = ("ingest", "transit", "lm_dispatch", "lm", "compute", "delivery", "unattributed")
+KINDS = ("ingest", "transit", "waiting", "lm_dispatch", "lm", "compute", "delivery", "unattributed")
 _LM = (StageKind.LM, StageKind.LM_WORDS)
 _LEVEL_MAKERS = (StageKind.FAN_OUT, StageKind.LM, StageKind.LM_WORDS)
 
@@ -158,12 +160,18 @@ def critical_path(result: PipelineResult, topology: Topology) -> list[Segment]:
         if stage.kind is StageKind.AGGREGATE:
             if emitted is None:  # when its last input came is unknown
                 break
+            if span.received_ms:
+                charge("waiting", span.stage, span.received_ms)
             charge("transit", span.stage, emitted)
         else:
             charge("lm" if stage.kind in _LM else "compute", span.stage, span.start_ms)
             if emitted is not None:
-                hop = "lm_dispatch" if stage.kind is StageKind.LM else "transit"
-                charge(hop, span.stage, emitted)
+                if stage.kind is StageKind.LM:
+                    charge("lm_dispatch", span.stage, emitted)
+                else:
+                    if span.received_ms:
+                        charge("waiting", span.stage, span.received_ms)
+                    charge("transit", span.stage, emitted)
         span = upstream
     if span is not None and span.stage == REQUEST:
         charge("ingest", REQUEST, result.submitted_at_ms)

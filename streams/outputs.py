@@ -220,6 +220,7 @@ class Children:
         *,
         stream: bool = True,
         simulated: bool = False,
+        received_ms: int = 0,
     ) -> None:
         self.routing = routing
         self.stage = stage
@@ -227,6 +228,7 @@ class Children:
         self.parent = parent
         self.stream = stream and parent.mode is Mode.STREAMING
         self.simulated = simulated  # the children are SIMULATED LM output
+        self.received_ms = received_ms  # when the parent was handed over (0: unknown)
         self.start_ms = now_ms()
         self.count = 0
         self._held: list[Send] = []
@@ -254,6 +256,7 @@ class Children:
             (self.worker,),
             self.simulated,
             input_ms=q.created_at_ms,
+            received_ms=self.received_ms,
         )
         return replace(
             q,

@@ -81,8 +81,11 @@ class StageProcessor:
         self.worker = worker
         self.max_spans = max_spans
 
-    async def process(self, q: Quantum, store: StateStore | None = None) -> AsyncIterator[Output]:
-        """Outputs for one input, yielded the moment they exist (streaming)."""
+    async def process(
+        self, q: Quantum, store: StateStore | None = None, received_ms: int = 0
+    ) -> AsyncIterator[Output]:
+        """Outputs for one input, yielded the moment they exist (streaming). `received_ms`:
+        when the consumer handed `q` over (wall clock; 0: unknown), for the trace."""
         try:
             if q.kind is QuantumKind.FAILED:
                 yield Send(self.routing.sink_topic, q.request_id, q)
@@ -95,19 +98,19 @@ class StageProcessor:
             if self.stage.kind is StageKind.AGGREGATE:
                 if store is None:
                     raise TypeError("an aggregating stage needs a state store")
-                for out in self._aggregate(q, store):
+                for out in self._aggregate(q, store, received_ms):
                     yield out
             elif q.kind is QuantumKind.END:
                 for send in self.routing.sends(self.name, self._forwarded_end(q)):
                     yield send
             elif self.stage.kind is StageKind.MAP:
-                async for out in self._map(q):
+                async for out in self._map(q, received_ms):
                     yield out
             elif self.stage.kind is StageKind.LM:
                 for out in self._lm_call(q):
                     yield out
             else:
-                async for out in self._fan_out(q):
+                async for out in self._fan_out(q, received_ms):
                     yield out
         except BadInputError as exc:
             yield DeadLetterOut(exc.reason, str(exc), q.request_id, self.name)
@@ -122,7 +125,13 @@ class StageProcessor:
         return Item(payload_value(q), q.request_id, q.path, q.stage)
 
     def _child(
-        self, q: Quantum, path: tuple[PathEntry, ...], seq: int, value: Any, start: int
+        self,
+        q: Quantum,
+        path: tuple[PathEntry, ...],
+        seq: int,
+        value: Any,
+        start: int,
+        received_ms: int,
     ) -> Quantum:
         end = now_ms()
         span = TraceSpan(
@@ -133,6 +142,7 @@ class StageProcessor:
             end,
             (self.worker,),
             input_ms=q.created_at_ms,
+            received_ms=received_ms,
         )
         return replace(
             q,
@@ -151,7 +161,7 @@ class StageProcessor:
         yield DeadLetterOut("stage_error", text, q.request_id, self.name)
         yield self.routing.failed(q, self.name, text)
 
-    async def _map(self, q: Quantum) -> AsyncIterator[Output]:
+    async def _map(self, q: Quantum, received_ms: int) -> AsyncIterator[Output]:
         start = now_ms()
         item = self._item(q)
         assert self.stage.fn is not None
@@ -162,7 +172,7 @@ class StageProcessor:
                 value = self.stage.fn(item)
             if inspect.isawaitable(value):
                 value = await value
-            out = self._child(q, q.path, q.seq, value, start)
+            out = self._child(q, q.path, q.seq, value, start, received_ms)
         except Exception as exc:  # the stage's own code: its failure fails the request only
             async for o in self._call_failed(q, exc):
                 yield o
@@ -170,9 +180,16 @@ class StageProcessor:
         for send in self.routing.sends(self.name, out):
             yield send
 
-    async def _fan_out(self, q: Quantum) -> AsyncIterator[Output]:
+    async def _fan_out(self, q: Quantum, received_ms: int) -> AsyncIterator[Output]:
         item = self._item(q)
-        children = Children(self.routing, self.name, self.worker, q, stream=self.stage.streams)
+        children = Children(
+            self.routing,
+            self.name,
+            self.worker,
+            q,
+            stream=self.stage.streams,
+            received_ms=received_ms,
+        )
         assert self.stage.fn is not None
         try:
             fn = self.stage.fn
@@ -220,7 +237,7 @@ class StageProcessor:
 
     # -- stateful ------------------------------------------------------------------
 
-    def _aggregate(self, q: Quantum, store: StateStore) -> list[Output]:
+    def _aggregate(self, q: Quantum, store: StateStore, received_ms: int = 0) -> list[Output]:
         level = self.topology.level[self.name]
         if q.kind is QuantumKind.END and len(q.path) < level:
             # The END of a node above our level: not ours to count, our consumers need it.
@@ -266,7 +283,7 @@ class StageProcessor:
         if not all("" in t["complete"] for t in state["trackers"].values()):
             store[key] = state
             return []
-        return self._emit(q, node, key, state, store)
+        return self._emit(q, node, key, state, store, received_ms)
 
     def _new_state(self, q: Quantum) -> dict[str, Any]:
         assert self.stage.operator is not None
@@ -356,6 +373,7 @@ class StageProcessor:
         key: str,
         state: dict[str, Any],
         store: StateStore,
+        received_ms: int,
     ) -> list[Output]:
         assert self.stage.operator is not None
         try:
@@ -376,6 +394,7 @@ class StageProcessor:
                 end,
                 tuple(sorted(state["workers"])),
                 input_ms=q.created_at_ms,  # the input that completed the node
+                received_ms=received_ms,
             )
         )
         out = replace(

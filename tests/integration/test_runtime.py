@@ -24,6 +24,7 @@ from alto.schemas.messages import (
     ResultStatus,
 )
 from alto.streams.ancestry import key_at_level
+from alto.streams.pipeline import REQUEST
 from tests.harness import WorkerProcess, wait_assigned, wait_committed_to_the_end
 
 STATEFUL = ("sentence_stats", "request_stats")
@@ -99,6 +100,12 @@ def test_two_workers_serve_400_concurrent_requests_exactly(
     used = collections.Counter()
     for result in got.values():
         for span in result.trace:
+            if span.stage != REQUEST:
+                # Every stage records when its input was emitted and received (one host, one
+                # clock; rounding to the millisecond either way): the critical path's transit
+                # and waiting (streams/critical_path.py).
+                done = span.end_ms if span.stage in STATEFUL else span.start_ms
+                assert span.input_ms - 1 <= span.received_ms <= done + 1, span
             if span.stage not in STATEFUL:
                 continue
             assert len(span.processed_by) == 1, (

@@ -29,8 +29,10 @@ def _result(spans: list[TraceSpan], submitted: int, completed: int) -> PipelineR
     )
 
 
-def _span(stage: str, path: str, start: int, end: int, input_ms: int = 0) -> TraceSpan:
-    return TraceSpan(stage, path, "w", start, end, input_ms=input_ms)
+def _span(
+    stage: str, path: str, start: int, end: int, input_ms: int = 0, received_ms: int = 0
+) -> TraceSpan:
+    return TraceSpan(stage, path, "w", start, end, input_ms=input_ms, received_ms=received_ms)
 
 
 def test_the_path_follows_the_child_that_finished_last_and_adds_up_to_the_latency() -> None:
@@ -94,6 +96,39 @@ def test_recorded_emission_times_follow_a_call_whose_children_share_one_span() -
         ("transit", "answer", 1345, 1360),
         ("delivery", "answer", 1360, 1380),
     ]
+
+
+def test_where_the_input_was_received_transit_and_waiting_are_split() -> None:
+    # The same request as above, with each stage's span recording when its worker's consumer
+    # handed the input over: the hop up to there is transit, the rest until the work started
+    # (an aggregation: until it emitted) waiting. The LM call's hop stays lm_dispatch.
+    spans = [
+        _span(REQUEST, "", 1000, 1010, input_ms=1000),
+        _span("claims", "", 1100, 1200, input_ms=1010, received_ms=1020),
+        _span("words", "claims:0", 1205, 1210, input_ms=1200, received_ms=1202),
+        _span("words", "claims:2", 1320, 1330, input_ms=1300, received_ms=1306),
+        _span("claim_stats", "claims:0", 1212, 1215, input_ms=1211, received_ms=1213),
+        _span("claim_stats", "claims:2", 1331, 1345, input_ms=1340, received_ms=1342),
+        _span("answer", "", 1216, 1360, input_ms=1345, received_ms=1355),
+    ]
+    result = _result(spans, 1000, 1380)
+    path = critical_path(result, claims.build())
+    assert [(s.kind, s.stage, s.start_ms, s.end_ms) for s in path] == [
+        ("ingest", REQUEST, 1000, 1010),
+        ("lm_dispatch", "claims", 1010, 1100),
+        ("lm", "claims", 1100, 1300),
+        ("transit", "words", 1300, 1306),
+        ("waiting", "words", 1306, 1320),
+        ("compute", "words", 1320, 1340),
+        ("transit", "claim_stats", 1340, 1342),
+        ("waiting", "claim_stats", 1342, 1345),
+        ("transit", "answer", 1345, 1355),
+        ("waiting", "answer", 1355, 1360),
+        ("delivery", "answer", 1360, 1380),
+    ]
+    parts = breakdown_ms(result, claims.build())
+    assert (parts["transit"], parts["waiting"]) == (18, 22)
+    assert sum(parts.values()) == result.latency_ms
 
 
 def test_a_missing_span_leaves_the_rest_unattributed_not_lost() -> None:

@@ -72,6 +72,8 @@ class AltoApp:
         self.app = FaustApp(
             config.group_id,
             fetch_max_wait_ms=config.kafka.fetch_max_wait_ms,
+            idle_fetch_wait_ms=config.kafka.idle_fetch_wait_ms,
+            idle_after_s=config.kafka.idle_after_s,
             client_settings=aiokafka_settings(config),
             **settings,
         )

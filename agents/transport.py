@@ -58,6 +58,7 @@ from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
 from alto.agents.stores import flush_changelogs
+from alto.kafka import FetchPacer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,13 @@ class _Consumer(Consumer):
         # Partitions whose committed offset is known for the current assignment (read from
         # the broker by `perform_seek`, after each rebalance): the only ones we commit.
         self._seeked: set[Any] = set()
+        idle_ms, idle_after_s = self.app.conf.alto_idle_fetch
+        self._pacer = FetchPacer(
+            lambda: getattr(self._thread, "_consumer", None),
+            self.app.conf.alto_fetch_max_wait_ms,
+            idle_ms,
+            idle_after_s,
+        )
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -255,8 +263,11 @@ class _Consumer(Consumer):
             for tp, start in due.items():
                 if tp in assigned:  # else its next owner starts at the committed offset
                     await self.seek(tp, start)
+        records = 0
         async for item in super().getmany(timeout):
+            records += 1
             yield item
+        self._pacer.saw(records)
 
 
 class _NoReadOffsets(dict[Any, Any]):
@@ -342,18 +353,22 @@ class _Transport(Transport):
 
 
 class FaustApp(faust.App):
-    """A Faust app whose consumer fetch wait is `fetch_max_wait_ms` (milliseconds) and whose
+    """A Faust app whose consumer fetch wait is `fetch_max_wait_ms` (milliseconds; paced to
+    `idle_fetch_wait_ms` after `idle_after_s` without records, `alto.kafka.FetchPacer`) and whose
     table recovery checks end offsets by reading (`client_settings`: how to connect)."""
 
     def __init__(
         self,
         *args: Any,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_wait_ms: int = 0,
+        idle_after_s: float = 10.0,
         client_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.conf.alto_fetch_max_wait_ms = fetch_max_wait_ms
+        self.conf.alto_idle_fetch = (idle_fetch_wait_ms, idle_after_s)  # `FetchPacer`
         # aiokafka connection settings for checking end offsets (None: trust the broker).
         self.conf.alto_client_settings = client_settings
 

@@ -72,6 +72,12 @@ class KafkaSettings(_Section):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     # How long a consumer fetch may wait for data (see agents/transport.py for why it is low).
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
+    # A consumer's fetch wait doubles after each `idle_after_s` without records, up to this,
+    # and drops back at the first record (`alto.kafka.FetchPacer`): the embedded broker holds
+    # every fetch for its whole wait, so an idle stack otherwise fetches 1000 / wait times a
+    # second per consumer. 0 (or not above `fetch_max_wait_ms`): never.
+    idle_fetch_wait_ms: int = Field(default=1000, ge=0, le=10_000)
+    idle_after_s: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
     # Producer batching of the Faust workers (ms a produce waits to gather more records):
     # the embedded broker's fetch costs grow with every batch a partition ever stored.

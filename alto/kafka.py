@@ -84,8 +84,11 @@ async def follow(
             ends = await consumer.end_offsets(tps)
             for tp in tps:
                 consumer.seek(tp, max(0, ends[tp] - tail))
+        k = config.kafka
+        pacer = FetchPacer(consumer, fetch_wait_ms, k.idle_fetch_wait_ms, k.idle_after_s)
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
+            pacer.saw(sum(map(len, batch.values())))
             for records in batch.values():
                 for record in records:
                     yield record
@@ -154,3 +157,62 @@ def ensure_topics(
     if wrong:
         raise BrokerError(f"topics exist with other partition counts (have, want): {wrong}")
     return counts
+
+
+class FetchPacer:
+    """Paces one aiokafka consumer's fetches: the configured wait (`fetch_max_wait_ms`) while
+    records come; after each further `idle_after_s` without one the wait doubles, up to
+    `idle_fetch_wait_ms`; the first record brings it back. The embedded broker holds every
+    fetch for its whole wait, so the wait is at once a hop's latency floor and, idle, 1000 /
+    wait fetches a second per consumer, each costing the broker in proportion to the
+    partitions it names. Paced, an idle stack fetches about once a second per consumer, and
+    the first record after an idle spell waits at most one fetch at the wait then reached
+    (per consumer on its path): 20 ms after 10 s of silence, 40 ms after 20 s, the maximum
+    after about a minute. A steady stream never leaves the configured wait. On a broker
+    that answers as soon as data arrives (Apache Kafka) pacing costs nothing.
+
+    `consumer` is the `AIOKafkaConsumer` or a callable returning it (Faust's runs in its own
+    thread and may be replaced); its fetcher reads the wait whenever it builds a request."""
+
+    def __init__(self, consumer: Any, busy_ms: int, idle_ms: int, idle_after_s: float) -> None:
+        self.busy_ms = busy_ms
+        self.idle_ms = idle_ms
+        self.idle_after_s = idle_after_s
+        self._consumer = consumer
+        self._last_record = time.monotonic()
+        self.wait_ms = busy_ms  # as last set
+
+    @classmethod
+    def for_config(cls, config: AltoConfig, consumer: Any) -> FetchPacer:
+        k = config.kafka
+        return cls(consumer, k.fetch_max_wait_ms, k.idle_fetch_wait_ms, k.idle_after_s)
+
+    @property
+    def enabled(self) -> bool:
+        return self.idle_ms > self.busy_ms
+
+    @property
+    def idle(self) -> bool:
+        return self.wait_ms > self.busy_ms
+
+    def saw(self, records: int, now: float | None = None) -> None:
+        """Call after every poll with how many records it returned (`now`: monotonic s)."""
+        if not self.enabled:
+            return
+        now = time.monotonic() if now is None else now
+        if records:
+            self._last_record = now
+            wait = self.busy_ms
+        else:
+            spells = int((now - self._last_record) / self.idle_after_s)
+            wait = min(self.idle_ms, self.busy_ms << min(spells, 16))
+        if wait != self.wait_ms:
+            self._set(wait)
+
+    def _set(self, wait_ms: int) -> None:
+        consumer = self._consumer() if callable(self._consumer) else self._consumer
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is None:  # not started yet: nothing to pace
+            return
+        fetcher._fetch_max_wait_ms = wait_ms
+        self.wait_ms = wait_ms

@@ -122,7 +122,8 @@ def print_points(
         )
     print(
         "\n### where the time went: the critical path at each load (median s, and median share "
-        "of a request; transit = broker + waiting for the worker; ours only)\n"
+        "of a request; transit = emitted until the stage's worker received it, waiting = "
+        "received until the work started; ours only)\n"
     )
     for tier in summary:
         ours = [p for p in points if p.tier == tier and p.critical_ms]

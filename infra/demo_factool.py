@@ -220,7 +220,8 @@ def _report(
         print(f"| {stage} | " + " | ".join(cells) + " |")
     print(
         "\n## where the time went: the critical path (median s and share per request; "
-        "transit = broker + waiting for the worker)\n"
+        "transit = emitted until the stage's worker received it, waiting = received until "
+        "the work started)\n"
     )
     by_mode = {
         m.value.lower(): [

@@ -27,7 +27,7 @@ from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from alto.files import write_json
-from alto.kafka import aiokafka_settings
+from alto.kafka import FetchPacer, aiokafka_settings
 from alto.lm_service.engine import Engine
 from alto.lm_service.serving import serve_call
 from alto.schemas.messages import (
@@ -125,6 +125,7 @@ class LMWorker:
         await self._producer.start()
         await consumer.start()
         consumer.assign([self.tp])
+        pacer = FetchPacer.for_config(self.config, consumer)
         background = [
             asyncio.ensure_future(self._report_status()),
             asyncio.ensure_future(self._commit_loop(consumer)),
@@ -133,6 +134,7 @@ class LMWorker:
         try:
             while not self._stop.is_set():
                 batch = await consumer.getmany(self.tp, timeout_ms=200)
+                pacer.saw(len(batch.get(self.tp, ())))
                 for record in batch.get(self.tp, []):
                     await self._slots.acquire()
                     self.offsets.started(record.offset)

@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_chaos)
 
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
-    p.add_argument("name", choices=["hop", "lm", "scheduler", "bm25", "factool", "overload"])
+    p.add_argument(
+        "name", choices=["hop", "lm", "scheduler", "bm25", "factool", "overload", "idle"]
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
     p.add_argument("--tier", choices=["sim", "vllm"], default=None, help="factool: one tier only")

@@ -33,6 +33,10 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
         from alto.bench.factool import main as factool_main
 
         return factool_main(quick=quick, json_path=json_path, **options)
+    if name == "idle":
+        from alto.bench.idle import main as idle_main
+
+        return idle_main(quick=quick, json_path=json_path)
     if name == "overload":
         from alto.bench.overload import main as overload_main
 

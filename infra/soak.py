@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # -- sampling the stack ------------------------------------------------------------------
 
 
-class _Sampler:
+class StackSampler:
     """RSS and CPU of each child of the stack (with its own children), and the Faust
     workers' table sizes and consumer lag from their `/metrics`."""
 
@@ -215,7 +215,7 @@ def run_soak(
         total = max(1, round(minutes * 60 * rate))
         work = workload(total, seed)
         offsets = [i / rate for i in range(total)]
-        sampler = _Sampler(stack)
+        sampler = StackSampler(stack)
         sampler.sample()
         with OpenLoop(stack.config) as loop:
             t0 = time.time()

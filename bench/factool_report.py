@@ -123,7 +123,8 @@ def print_points(
     print(
         "\n### where the time went: the critical path at each load (median s, and median share "
         "of a request; transit = emitted until the stage's worker received it, waiting = "
-        "received until the work started; ours only)\n"
+        "received until the work started; LangGraph's from its steps' spans: its LM calls, "
+        "its other steps, and the time between them as waiting)\n"
     )
     for tier in summary:
         ours = [p for p in points if p.tier == tier and p.critical_ms]

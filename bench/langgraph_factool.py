@@ -40,11 +40,14 @@ from alto.lm_service.quanta import QuantumRule, split_all
 from alto.schemas.messages import PathEntry
 from alto.streams import REQUEST
 from alto.streams.ancestry import node_key
+from alto.streams.critical_path import KINDS
 from alto.streams.operators import Item
 from alto.streams.pipeline import LMCall
 
 Path = tuple[PathEntry, ...]
-Span = tuple[str, float, float]  # (step, start, end) in time.monotonic() seconds
+# (step, the claim's path ('' for the request's own steps), start, end): time.monotonic() s
+Span = tuple[str, str, float, float]
+LM_STEPS = frozenset({"answer", "claims", "queries", "verify"})
 
 
 class Generator(Protocol):
@@ -107,8 +110,14 @@ def _encode(query: str) -> Any:
     return factool.encode(query)["emb"]
 
 
-def _span(step: str, start: float) -> list[Span]:
-    return [(step, start, time.monotonic())]
+def _span(step: str, start: float, claim: str = "") -> list[Span]:
+    return [(step, claim, start, time.monotonic())]
+
+
+def _claim(state: ClaimState | QueryInput) -> str:
+    """The claim's path, as our traces write it (a query's: its claim's)."""
+    path = state["path"] if "claim" in state else state["path"][:-1]
+    return "/".join(f"{p.stage}:{p.index}" for p in path)
 
 
 def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
@@ -116,7 +125,7 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
         start = time.monotonic()
         item = Item(state["claim"], state["request_id"], state["path"], "claims")
         found = await _lm(engine, factool.QUERIES, "queries", item)
-        return {"queries": found, "spans": _span("queries", start)}
+        return {"queries": found, "spans": _span("queries", start, _claim(state))}
 
     def fan_out(state: ClaimState) -> list[Send] | str:
         sends = [
@@ -143,25 +152,28 @@ def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
         reranked = await asyncio.to_thread(factool.rerank, joined)
         return {
             "reranked": [(state["path"][-1].index, reranked)],
-            "spans": [("search", start, searched), *_span("rerank", searched)],
+            "spans": [
+                ("search", _claim(state), start, searched),
+                *_span("rerank", searched, _claim(state)),
+            ],
         }
 
     def evidence(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
         ranked = [r for _, r in sorted(state.get("reranked", []), key=lambda e: e[0])]
         found = factool._evidence({"claims": [state["claim"]], "rerank": ranked})
-        return {"evidence": found, "spans": _span("evidence", start)}
+        return {"evidence": found, "spans": _span("evidence", start, _claim(state))}
 
     async def claim_search(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
         checked = await asyncio.to_thread(factool.claim_search, state["evidence"])
-        return {"checked": checked, "spans": _span("claim_search", start)}
+        return {"checked": checked, "spans": _span("claim_search", start, _claim(state))}
 
     async def verify(state: ClaimState) -> dict[str, Any]:
         start = time.monotonic()
         item = Item(state["checked"], state["request_id"], state["path"], "claim_search")
         texts = await _lm(engine, factool.VERIFY, "verify", item)
-        return {"verdict": texts, "spans": _span("verify", start)}
+        return {"verdict": texts, "spans": _span("verify", start, _claim(state))}
 
     def judge(state: ClaimState) -> dict[str, Any]:
         return {
@@ -243,7 +255,7 @@ def build_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:
 def _steps(spans: Sequence[Span], origin: float) -> dict[str, dict[str, float]]:
     """Per step: calls, summed busy time, and its window relative to `origin` (seconds)."""
     out: dict[str, dict[str, float]] = {}
-    for step, start, end in spans:
+    for step, _, start, end in spans:
         s = out.setdefault(
             step, {"calls": 0, "busy_s": 0.0, "first_start_s": start - origin, "last_end_s": 0.0}
         )
@@ -252,6 +264,45 @@ def _steps(spans: Sequence[Span], origin: float) -> dict[str, dict[str, float]]:
         s["first_start_s"] = min(s["first_start_s"], start - origin)
         s["last_end_s"] = max(s["last_end_s"], end - origin)
     return out
+
+
+def critical_ms(spans: Sequence[Span], origin: float, end: float) -> dict[str, int]:
+    """One request's critical path through its spans, in the kinds of our own
+    (`alto.streams.critical_path.KINDS`, every kind, zeros included), partitioning `origin`
+    (arrival) to `end` (report): answer and claims, then the claim verified last: its
+    queries, the retrieval that finished last (BM25 and MiniLM, then rerank), evidence,
+    claim search, verify. LM calls are `lm`, the other steps `compute`, and the time between
+    steps `waiting` (the event loop, a free thread, LangGraph's supersteps, the report)."""
+
+    def to_ms(t: float) -> int:
+        return round((t - origin) * 1000)
+
+    path = [s for s in spans if not s[1]]
+    claims: dict[str, list[Span]] = {}
+    for s in spans:
+        if s[1]:
+            claims.setdefault(s[1], []).append(s)
+    if claims:
+        last = max(claims.values(), key=lambda ss: max(s[3] for s in ss))
+        for step in ("queries", "evidence", "claim_search", "verify"):
+            found = max((s for s in last if s[0] == step), key=lambda s: s[3], default=None)
+            if found is not None:
+                path.append(found)
+        rerank = max((s for s in last if s[0] == "rerank"), key=lambda s: s[3], default=None)
+        if rerank is not None:  # its search ended where it started
+            path += [rerank, *(s for s in last if s[0] == "search" and s[3] == rerank[2])]
+    totals = dict.fromkeys(KINDS, 0)
+    cursor = to_ms(end)
+    for step, _, start, stop in sorted(path, key=lambda s: s[3], reverse=True):
+        for kind, at in (
+            ("waiting", to_ms(stop)),
+            ("lm" if step in LM_STEPS else "compute", to_ms(start)),
+        ):
+            at = max(0, min(at, cursor))
+            totals[kind] += cursor - at
+            cursor = at
+    totals["waiting"] += cursor
+    return totals
 
 
 async def run_open_loop(
@@ -289,6 +340,7 @@ async def run_open_loop(
             "output": state["report"],
             "error": None,
             "steps": _steps(state.get("spans", []), due),
+            "critical_ms": critical_ms(state.get("spans", []), due, time.monotonic()),
         }
 
     return list(

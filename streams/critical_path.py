@@ -200,7 +200,12 @@ class Medians:
 
 def medians(results: Iterable[PipelineResult], topology: Topology) -> Medians:
     """The results' critical paths, each walked once, summarised by kind."""
-    parts = [breakdown_ms(r, topology) for r in results]
+    return medians_of([breakdown_ms(r, topology) for r in results])
+
+
+def medians_of(parts: list[dict[str, int]]) -> Medians:
+    """Critical paths already cut by kind (`breakdown_ms`, or another system's path in the
+    same kinds), summarised by kind."""
     shares: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for one in parts:
         if (total := sum(one.values())) > 0:

@@ -59,6 +59,7 @@ from faust.transport.producer import ProducerBuffer
 from alto import metrics
 from alto.agents.stores import flush_changelogs
 from alto.kafka import FetchPacer
+from alto.streams.outputs import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def received_ms(message: Any) -> int:
     stamps `time_in` on the monotonic clock); 0 when it was not stamped."""
     if message.time_in is None:
         return 0
-    return round(time.time() * 1000 - (time.monotonic() - message.time_in) * 1000)
+    return now_ms() - round((time.monotonic() - message.time_in) * 1000)
 
 
 class _ConsumerThread(AIOKafkaConsumerThread):

@@ -36,6 +36,11 @@ class IdleRun:
     after_ms: list[int]  # the ones sent after it, one at a time
 
 
+def sampled_s(idle_s: float) -> float:
+    """The end of the idle spell over which CPU is measured."""
+    return min(30.0, idle_s / 2)
+
+
 def measure(config: AltoConfig, setting: str, *, idle_s: float, requests: int) -> IdleRun:
     from alto.agents import example
     from alto.infra.broker import free_port
@@ -64,10 +69,10 @@ def measure(config: AltoConfig, setting: str, *, idle_s: float, requests: int) -
 
         latency_ms("A first request. It warms every path.")
         progress(f"idle {setting}: idle for {idle_s:.0f} s")
-        time.sleep(idle_s - min(30.0, idle_s / 2))
+        time.sleep(idle_s - sampled_s(idle_s))
         sampler = StackSampler(stack)
         sampler.sample()
-        time.sleep(min(30.0, idle_s / 2))
+        time.sleep(sampled_s(idle_s))
         _, cpu = sampler.sample()
         texts = [t for t in example.example_texts(4 * requests, seed=9) if t][:requests]
         latencies = [latency_ms(t) for t in texts]
@@ -92,7 +97,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     print(
         f"Default `alto up` stack (embedded broker, 2 Faust workers, 1 SIMULATED LM worker), "
         f"idle {idle_s:.0f} s after one request; CPU over the spell's last "
-        f"{min(30.0, idle_s / 2):.0f} s (100% = a core); then `example` requests one at a "
+        f"{sampled_s(idle_s):.0f} s (100% = a core); then `example` requests one at a "
         "time.\n"
     )
     names = sorted({n for r in runs for n in r.cpu_pct})

@@ -39,7 +39,7 @@ from alto.lm_service.engine import GenerationParams, Prompt
 from alto.lm_service.quanta import QuantumRule, split_all
 from alto.schemas.messages import PathEntry
 from alto.streams import REQUEST
-from alto.streams.ancestry import node_key
+from alto.streams.ancestry import node_key, path_str
 from alto.streams.critical_path import KINDS
 from alto.streams.operators import Item
 from alto.streams.pipeline import LMCall
@@ -116,8 +116,7 @@ def _span(step: str, start: float, claim: str = "") -> list[Span]:
 
 def _claim(state: ClaimState | QueryInput) -> str:
     """The claim's path, as our traces write it (a query's: its claim's)."""
-    path = state["path"] if "claim" in state else state["path"][:-1]
-    return "/".join(f"{p.stage}:{p.index}" for p in path)
+    return path_str(state["path"] if "claim" in state else state["path"][:-1])
 
 
 def _claim_graph(engine: Generator) -> CompiledStateGraph[Any, Any, Any, Any]:

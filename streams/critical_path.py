@@ -149,6 +149,12 @@ def critical_path(result: PipelineResult, topology: Topology) -> list[Segment]:
         out.append(Segment(kind, stage, start, cursor))
         cursor = start
 
+    def arrived(span: TraceSpan, emitted: int) -> None:
+        """The hop into `span`'s work: waiting once received (where recorded), transit before."""
+        if span.received_ms:
+            charge("waiting", span.stage, span.received_ms)
+        charge("transit", span.stage, emitted)
+
     span = max(finals, key=_end, default=None)
     if span is not None:
         charge("delivery", span.stage, span.end_ms)
@@ -160,18 +166,13 @@ def critical_path(result: PipelineResult, topology: Topology) -> list[Segment]:
         if stage.kind is StageKind.AGGREGATE:
             if emitted is None:  # when its last input came is unknown
                 break
-            if span.received_ms:
-                charge("waiting", span.stage, span.received_ms)
-            charge("transit", span.stage, emitted)
+            arrived(span, emitted)
         else:
             charge("lm" if stage.kind in _LM else "compute", span.stage, span.start_ms)
-            if emitted is not None:
-                if stage.kind is StageKind.LM:
-                    charge("lm_dispatch", span.stage, emitted)
-                else:
-                    if span.received_ms:
-                        charge("waiting", span.stage, span.received_ms)
-                    charge("transit", span.stage, emitted)
+            if emitted is not None and stage.kind is StageKind.LM:
+                charge("lm_dispatch", span.stage, emitted)
+            elif emitted is not None:
+                arrived(span, emitted)
         span = upstream
     if span is not None and span.stage == REQUEST:
         charge("ingest", REQUEST, result.submitted_at_ms)

@@ -237,7 +237,7 @@ class StageProcessor:
 
     # -- stateful ------------------------------------------------------------------
 
-    def _aggregate(self, q: Quantum, store: StateStore, received_ms: int = 0) -> list[Output]:
+    def _aggregate(self, q: Quantum, store: StateStore, received_ms: int) -> list[Output]:
         level = self.topology.level[self.name]
         if q.kind is QuantumKind.END and len(q.path) < level:
             # The END of a node above our level: not ours to count, our consumers need it.

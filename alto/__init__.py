@@ -19,6 +19,7 @@ __all__ = [
     "LMCall",
     "Operator",
     "Pipeline",
+    "PipelineIndex",
     "Stage",
     "StageKind",
     "Stream",
@@ -47,7 +48,15 @@ if TYPE_CHECKING:
         sum_of,
         top_k,
     )
-    from alto.streams.pipeline import REQUEST, LMCall, Pipeline, Stage, StageKind, Topology
+    from alto.streams.pipeline import (
+        REQUEST,
+        LMCall,
+        Pipeline,
+        PipelineIndex,
+        Stage,
+        StageKind,
+        Topology,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -237,6 +237,28 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    """Each served pipeline's index (`Pipeline(index=...)`): its status, or build it."""
+    import os
+
+    from alto.streams.registry import all_topologies
+
+    config = _config(args)
+    if args.background:
+        os.nice(19)  # beside a serving stack: take only the CPU it leaves
+    indexed = [t for t in all_topologies(config) if t.index is not None]
+    if not indexed:
+        print("no served pipeline has an index")
+    for topology in indexed:
+        assert topology.index is not None
+        if args.action == "build":
+            line = topology.index.build(config, progress=not args.background)
+        else:
+            line = topology.index.status(config)
+        print(f"{topology.pipeline}\t{line}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alto.bench import run_bench
 
@@ -245,6 +267,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options["tiers"] = (args.tier,)
     if args.sim_time_scale is not None:
         options["sim_time_scale"] = args.sim_time_scale
+    if args.sim_profile is not None:
+        options["sim_profile"] = args.sim_profile
     if args.minutes is not None:
         options["minutes"] = args.minutes
     return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
@@ -385,9 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_chaos)
 
+    p = sub.add_parser(
+        "index", help="build what pipelines read from disk ahead (FacTool: the passage store)"
+    )
+    p.add_argument("action", choices=["build", "status"])
+    _pipeline_flag(p)
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="build at the lowest CPU priority, without a progress bar (beside a serving stack)",
+    )
+    p.set_defaults(func=_cmd_index)
+
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
     p.add_argument(
-        "name", choices=["hop", "lm", "scheduler", "bm25", "factool", "overload", "idle"]
+        "name",
+        choices=["hop", "lm", "scheduler", "bm25", "rerank", "factool", "overload", "idle"],
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
@@ -396,8 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--sim-time-scale",
         type=float,
         default=None,
-        help="factool: the sim tier's LM speed (default 0.25; 1.0 = our CPU-calibrated "
-        "SmolLM2), an ablation of LM time's share",
+        help="factool: the sim tier's LM speed (default: the profile's, 0.25 for cpu, 1.0 "
+        "for paper; 1.0 = the profile's own hardware), an ablation of LM time's share",
+    )
+    p.add_argument(
+        "--sim-profile",
+        choices=["cpu", "paper"],
+        default=None,
+        help="factool: the sim tier's LM hardware: cpu (SmolLM2 on this machine, the default) "
+        "or paper (a 7B model on an A100, from cited measurements)",
     )
     p.add_argument(
         "--minutes",

@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from alto.enums import EngineName, Mode, PolicyName, Role
+from alto.enums import EngineName, Mode, PolicyName, Role, SimProfile
 from alto.errors import ConfigError
 from alto.files import write_text
 
@@ -171,6 +171,9 @@ class LMSettings(_Section):
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"
     sim_time_scale: float = Field(default=1.0, gt=0)
+    # The SIMULATED engine's hardware: "cpu" (SmolLM2 here) or "paper" (a 7B model on an
+    # A100, from cited measurements); `sim_params` fields override the profile's.
+    sim_profile: SimProfile = "cpu"
     sim_params: Path | None = None  # JSON of SimParams (from `alto bench lm`); None: defaults
 
 

@@ -25,3 +25,6 @@ class Mode(enum.StrEnum):
 EngineName = Literal["vllm", "sim"]
 PolicyName = Literal["round_robin", "least_loaded", "prefix_hash", "cache_aware", "prompt_aware"]
 Role = Literal["ingest", "stages", "sink", "scheduler"]
+# The SIMULATED engine's hardware profiles (`alto.lm_service.sim.PROFILES`): "cpu" is
+# SmolLM2-135M under vLLM on this project's 2-core machines; "paper" a 7B model on an A100.
+SimProfile = Literal["cpu", "paper"]

@@ -9,10 +9,11 @@ from typing import Any
 
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
-    `sim_time_scale`, hop's `minutes`."""
-    allowed = {"factool": {"tiers", "sim_time_scale"}, "hop": {"minutes"}}.get(name, set())
-    if set(options) - allowed:
-        raise SystemExit(f"options {sorted(set(options) - allowed)} do not apply to {name!r}")
+    `sim_time_scale` and `sim_profile`, hop's `minutes`."""
+    allowed = {"factool": {"tiers", "sim_time_scale", "sim_profile"}, "hop": {"minutes"}}
+    allowed_here = allowed.get(name, set())
+    if set(options) - allowed_here:
+        raise SystemExit(f"options {sorted(set(options) - allowed_here)} do not apply to {name!r}")
     if name == "hop":
         from alto.bench.hop import main
 
@@ -29,6 +30,10 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
         from alto.bench.bm25 import main as bm25_main
 
         return bm25_main(quick=quick, json_path=json_path)
+    if name == "rerank":
+        from alto.bench.rerank import main as rerank_main
+
+        return rerank_main(quick=quick, json_path=json_path)
     if name == "factool":
         from alto.bench.factool import main as factool_main
 

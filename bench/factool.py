@@ -16,8 +16,10 @@ the arrival window; with points of a minute or two that count is biased low by t
 latency itself.)
 
 Tiers:
-- `sim`: SIMULATED LM engines (`ALTO_LM__SIM_TIME_SCALE` = `SIM_TIME_SCALE`: our CPU-calibrated
-  SmolLM2 model run 4x faster, so one unloaded request takes seconds, as in the paper),
+- `sim`: SIMULATED LM engines of a hardware profile (`--sim-profile`): `cpu` (the default),
+  our CPU-calibrated SmolLM2 model run 4x faster (`SIM_TIME_SCALE`), so one unloaded request
+  takes seconds, as in the paper; or `paper`, a 7B model on an A100 in real time, from
+  cited measurements (`alto.lm_service.sim`),
   7 LM instances (the paper's 2 answering + 2 claim + 3 query instances; our verification
   calls share them), 2 Faust workers for the other stages (the paper's 4 BM25, 1 encoding
   and 4 reranking instances do not fit 2 CPU cores; ours run as partitions of the two
@@ -81,10 +83,10 @@ from alto.bench.factool_point import (
     SEED,
     SIM_LM_INSTANCES,
     SIM_LOADS,
-    SIM_TIME_SCALE,
     TARGET_MEDIAN_S,
     VLLM_LOADS,
     Point,
+    SimSetup,
 )
 from alto.bench.factool_report import describe, plot_points, print_points, summarize
 from alto.config import AltoConfig, load_config
@@ -222,9 +224,9 @@ class _Pool:
 
 def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
     if tier == "sim":
-        from alto.lm_service.sim import SimEngine, SimParams
+        from alto.lm_service.sim import SimEngine, sim_params
 
-        return [SimEngine(SimParams(time_scale=config.lm.sim_time_scale)) for _ in range(n)]
+        return [SimEngine(sim_params(config)) for _ in range(n)]
     from alto.lm_service.vllm_engine import VLLMEngine
 
     return [VLLMEngine.from_config(config)]
@@ -233,18 +235,30 @@ def _engines(tier: str, config: AltoConfig, n: int) -> list[Any]:
 # -- a tier ----------------------------------------------------------------------------
 
 
-def _tier(tier: str, quick: bool, time_scale: float) -> tuple[list[Point], float]:
+def _factool_settings() -> dict[str, Any]:
+    """The deployment's FacTool settings, with the store read where `alto index build` put it."""
+    config = load_config()
+    own = dict(config.pipeline_settings.get(factool.NAME, {}))
+    own.setdefault("index_dir", str(config.data_dir.resolve()))
+    return own
+
+
+def _tier(tier: str, quick: bool, sim: SimSetup) -> tuple[list[Point], float]:
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
     base = load_config(
-        lm={"sim_time_scale": time_scale},
+        lm={"sim_time_scale": sim.scale, "sim_profile": sim.profile},
         kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": FETCH_WAIT_MS},
         data_dir=OUT_DIR / "data" / f"factool-{tier}",
         warmup=True,
-        # No system may rerank with embeddings another system's run left.
-        pipeline_settings={factool.NAME: {"passage_cache": 0}},
+        # No system may rerank with embeddings another system's run left in memory; all read
+        # the passage store `alto index build` filled (under the default data folder).
+        # (The deployment's own FacTool settings stay: `..._PASSAGE_STORE=false` runs the
+        # bench with every candidate encoded online, as before the store.)
+        pipeline_settings={factool.NAME: {**_factool_settings(), "passage_cache": 0}},
         pipelines=(factool.NAME,),
     )
-    resources(base)  # LangGraph runs in this process: the same settings
+    store = resources(base).store  # LangGraph runs in this process: the same settings
+    progress(f"passage store {store.folder}: {store.coverage().line()} (the rest encoded online)")
     docs = load_corpus(factool_settings(base).corpus)
     lm_instances = SIM_LM_INSTANCES if tier == "sim" else 1
     stack = Stack(
@@ -347,20 +361,27 @@ def main(
     quick: bool,
     json_path: Path | None,
     tiers: tuple[str, ...] = ("sim", "vllm"),
-    sim_time_scale: float = SIM_TIME_SCALE,
+    sim_profile: str = "cpu",
+    sim_time_scale: float | None = None,
 ) -> int:
-    """`sim_time_scale` other than `SIM_TIME_SCALE` is an ablation (LM time's share of the
-    work), reported as such; the comparison of systems is always made at one scale."""
+    """`sim_profile` picks the sim tier's hardware (`cpu`, `paper`); a `sim_time_scale` other
+    than the profile's own is an ablation (LM time's share of the work), reported as such;
+    the comparison of systems is always made at one profile and scale."""
+    sim = SimSetup(sim_profile, sim_time_scale)
     started = time.perf_counter()
     points: list[Point] = []
     idle: dict[str, float] = {}
     for tier in tiers:
         with stdout_to_stderr():  # vLLM logs to stdout; stdout keeps only the markdown
-            tier_points, idle[tier] = _tier(tier, quick, sim_time_scale)
+            tier_points, idle[tier] = _tier(tier, quick, sim)
             points += tier_points
     summary = summarize(points)
-    print_points(points, summary, idle, sim_time_scale)
-    plot = plot_points(points, sim_time_scale)
+    res = resources()
+    store = res.store.coverage()
+    print_points(points, summary, idle, sim)
+    read = "read" if res.settings.passage_store else "not read: every candidate encoded online"
+    print(f"\nPassage store: {store.line()} ({read}).")
+    plot = plot_points(points, sim)
     elapsed = time.perf_counter() - started
     print(f"\n(plot: {plot}; bench took {elapsed / 60:.1f} min{' with --quick' if quick else ''})")
     raw: dict[str, Any] = {
@@ -370,6 +391,13 @@ def main(
     }
     write_json(
         json_path,
-        {**raw, "quick": quick, "elapsed_s": elapsed, "sim_time_scale": sim_time_scale},
+        {
+            **raw,
+            "quick": quick,
+            "elapsed_s": elapsed,
+            "sim_profile": sim.profile,
+            "sim_time_scale": sim.scale,
+            "passage_store": {**asdict(store), "read": res.settings.passage_store},
+        },
     )
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 TARGET_MEDIAN_S = 4.0
 PASS_ACHIEVED = 0.8
-SIM_TIME_SCALE = 0.25
+SIM_TIME_SCALE = 0.25  # the `cpu` profile's (the `paper` profile runs in real time)
 SIM_LM_INSTANCES = 7
 FAUST_WORKERS = 2
 SEED = 11
@@ -25,6 +25,29 @@ SIM_LOADS = {
 VLLM_LOADS = {"quick": ((0.05,), 3), "full": ((0.03, 0.06), 6)}
 IDLE_S = 10.0  # how long the idle stack's CPU use is measured, per tier
 DRAIN_S = 120.0  # how long a point waits for its last results after its last arrival
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """The sim tier's LM engines: a profile (`alto.lm_service.sim.PROFILES`) at a time scale."""
+
+    profile: str = "cpu"
+    time_scale: float | None = None  # None: the profile's own (cpu 0.25, paper 1.0)
+
+    @property
+    def scale(self) -> float:
+        if self.time_scale is not None:
+            return self.time_scale
+        return SIM_TIME_SCALE if self.profile == "cpu" else 1.0
+
+    def label(self) -> str:
+        return f"profile `{self.profile}`, time scale {self.scale:g}"
+
+    def suffix(self) -> str:
+        """The plot's file-name suffix: none for the default setup."""
+        if self.profile == "cpu" and self.scale == SIM_TIME_SCALE:
+            return ""
+        return f"_{self.profile}_scale{self.scale:g}"
 
 
 @dataclass

@@ -14,9 +14,9 @@ from alto.bench.common import (
 from alto.bench.factool_point import (
     PASS_ACHIEVED,
     SIM_LM_INSTANCES,
-    SIM_TIME_SCALE,
     TARGET_MEDIAN_S,
     Point,
+    SimSetup,
 )
 
 
@@ -56,13 +56,12 @@ def print_points(
     points: list[Point],
     summary: dict[str, dict[str, dict[str, Any]]],
     idle: dict[str, float],
-    time_scale: float,
+    sim: SimSetup,
 ) -> None:
     print("## alto bench factool: streaming vs baseline vs LangGraph\n")
     print(
         f"Target: median <= {TARGET_MEDIAN_S:g} s and achieved >= {PASS_ACHIEVED:.0%} of offered. "
-        f"Tier `sim`: SIMULATED LM engines ({SIM_LM_INSTANCES} instances, time scale "
-        f"{time_scale:g}); tier `vllm`: one real vLLM worker (SmolLM2-135M, CPU).\n"
+        f"Tier `sim`: SIMULATED LM engines ({SIM_LM_INSTANCES} instances, {sim.label()}); tier `vllm`: one real vLLM worker (SmolLM2-135M, CPU).\n"
     )
     print(
         "| tier | system | sustained load (req/s) | P99 at low load (s) | median at low load (s) "
@@ -160,7 +159,7 @@ def print_points(
         print()
 
 
-def plot_points(points: list[Point], time_scale: float) -> Path | None:
+def plot_points(points: list[Point], sim: SimSetup) -> Path | None:
     try:
         import matplotlib
 
@@ -186,14 +185,13 @@ def plot_points(points: list[Point], time_scale: float) -> Path | None:
                 label=f"{system} P99",
             )
         ax.axhline(TARGET_MEDIAN_S, color="grey", linewidth=0.8, linestyle=":")
-        sim = f" (SIMULATED LM engines, time scale {time_scale:g})" if tier == "sim" else ""
-        ax.set_title(f"FacTool, {tier}{sim}", fontsize=10)
+        label = f" (SIMULATED LM engines, {sim.label()})" if tier == "sim" else ""
+        ax.set_title(f"FacTool, {tier}{label}", fontsize=10)
         ax.set_xlabel("offered load (req/s)")
         ax.set_ylabel("latency (s)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    ablation = "" if time_scale == SIM_TIME_SCALE else f"_scale{time_scale:g}"
-    path = OUT_DIR / f"factool_latency{ablation}.png"
+    path = OUT_DIR / f"factool_latency{sim.suffix()}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

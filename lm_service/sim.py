@@ -4,7 +4,7 @@ Why: our machines have 2 CPU cores and no GPU, so experiments at the paper's sca
 LM instances per stage) need an engine model. Everything it produces is labelled simulated.
 
 Timing model (per engine iteration, as in vLLM's continuous batching; `iteration_s`):
-    iteration_s = max(decode_base_s, decode_per_seq_s * running)
+    iteration_s = max(decode_base_s, decode_per_seq_s * running) * tokens_per_word
                   + prefill_s_per_token * new_uncached_prompt_tokens
 The decode term is a roofline: a small batch costs what reading the weights once costs
 (`decode_base_s`, flat in batch size), a large one what its per-sequence compute costs.
@@ -22,6 +22,42 @@ each): 32.2 tok/s for one stream and 263 tok/s for 16, TTFT 0.128 s for an 87-to
 refits them against vLLM on the machine at hand and writes them to
 bench-out/sim_calibration.json;
 `ALTO_LM__SIM_PARAMS=<that file>` makes sim workers use them.
+
+Profiles (`PROFILES`, `ALTO_LM__SIM_PROFILE`, `alto bench factool --sim-profile`):
+- `cpu` (the default): the fit above, SmolLM2-135M under vLLM on this project's 2 cores.
+- `paper`: a 7B-class model in fp16 on one A100-80GB, the regime of the ALTO paper (which
+  served a 7B-class model on A100s). Every figure is a public measurement; none is tuned to
+  an outcome of ours. Direct vLLM tables for this setup were not reachable from here, so
+  the figures come from two other continuous-batching engines' published benchmarks of
+  Llama-2-7B / LLaMA-7B on the A100, checked against the vLLM-based figures we could read:
+  - decode, batch 1: 10 ms per iteration. lmdeploy's A100-80G fp16 benchmark of llama2-7b
+    (TurboMind, `docs/en/benchmark/a100_fp16.md` in InternLM/lmdeploy, v0.1.0a1, static
+    inference table): batch 1, 128 new tokens, 100.02 tokens/s, per-token latency p50
+    0.009 s. vLLM's CUDA-graph pull request (vllm-project/vllm#1440) quotes about 1.05 s for
+    100 new tokens of Llama-2-7B at batch 1 (10.5 ms a token; GPU not stated).
+  - decode, batch 64: 15.4 ms per iteration, so 0.24 ms per sequence once the weights' read
+    no longer dominates. Same lmdeploy table: batch 64, 1 prompt token, 128 new tokens,
+    4,154.81 tokens/s (64 / 4,154.81 s = 15.4 ms). At 2,048 tokens of context the same
+    table gives 30-47 ms (p50); Sarathi-Serve (Agrawal et al., OSDI 2024, Sec. 5.1 and
+    Table 3; built on vLLM) implies about 20 ms for Mistral-7B at batch 32 with 4k-token
+    prompts. FacTool's calls have a few hundred tokens of context, hence the short-context
+    figure.
+  - prefill: 61 us per prompt token. TensorRT-LLM's A100 FP16 table for LLaMA 7B
+    (`docs/source/performance.md`, v0.5, batch 1): first token 16 ms after 128 prompt
+    tokens, 133 ms after 2,048, so (133 - 16) / 1,920 tokens; lmdeploy's table gives
+    22 ms and 139 ms, the same slope.
+  - KV capacity 100k tokens: Llama-2-7B's KV is 2 x 32 layers x 4,096 x 2 bytes = 0.5 MiB
+    a token; vLLM's default 90% of 80 GB, less 13.5 GB of weights and a few of activations,
+    leaves about 52 GB. Prefix blocks of 16 tokens (vLLM's GPU block size), a third of the
+    KV for cached prefixes, a 4,096-token context (Llama 2), up to 256 running sequences
+    (vLLM's default `max_num_seqs`).
+  - 1.3 tokens per word: this simulator emits a word per iteration, a 7B model's
+    SentencePiece vocabulary averages about 1.3 tokens per English word (OpenAI's rule of
+    thumb, 100 tokens to about 75 words), so each emitted word costs 1.3 decode steps.
+  - verification output of about 40 words (FacTool's verifier answers with its reasoning,
+    the error, a correction and the verdict), against 12 on the `cpu` profile, whose
+    prompts ask SmolLM2 for a verdict and one sentence.
+  The claim and query fan-out (the paper's Table 1) is the same on both profiles.
 
 Text (deterministic per request id), by prompt template name, with the fan-out of the
 paper's Table 1: "claims" -> 3.3 +- 1.8 list items; "queries" -> 2.5 +- 1.3 lines of
@@ -48,10 +84,11 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from alto.config import AltoConfig
 from alto.errors import ConfigError, EngineError
 from alto.lm_service.engine import CallUsage, Engine, EngineStats, GenerationParams, Prompt
 
@@ -85,25 +122,66 @@ class SimParams:
     # tokens (16 on GPUs), so a shared prefix shorter than a block is never a hit.
     cache_block_tokens: int = 128
     time_scale: float = 1.0  # < 1 runs faster than real time (same relative timing)
+    # Decode steps a word costs (the simulator emits one word per iteration; see `paper`).
+    tokens_per_word: float = 1.0
+    # Mean words of a verification's reason (sd a third of it), after its verdict line.
+    verify_words: float = 12.0
     # SIMULATED FAULT: fraction of calls that emit garbage (see the module docstring).
     garbage_rate: float = 0.0
     # SIMULATED FAULT: fraction of calls during which the engine raises mid-generation.
     crash_rate: float = 0.0
 
     @classmethod
-    def from_file(cls, path: Path, **overrides: Any) -> SimParams:
-        """Parameters from a JSON object (as `alto bench lm` writes); unknown keys are an error."""
+    def from_file(cls, path: Path, base: SimParams | None = None, **overrides: Any) -> SimParams:
+        """Parameters from a JSON object (as `alto bench lm` writes) laid over `base` (the
+        defaults); unknown keys are an error."""
         try:
             raw = json.loads(path.read_text())
-            return cls(**{**raw, **overrides})
+            return replace(base or cls(), **{**raw, **overrides})
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"simulator parameters in {path}: {exc}") from exc
+
+
+# The hardware profiles (see the module docstring for every figure's source).
+PROFILES: dict[str, SimParams] = {
+    "cpu": SimParams(),
+    "paper": SimParams(
+        decode_base_s=0.010,
+        decode_per_seq_s=0.00024,
+        prefill_s_per_token=0.000061,
+        max_batch=256,
+        kv_capacity_tokens=100_000,
+        context_tokens=4096,
+        prefix_cache_tokens=33_000,
+        tokens_per_message=5,
+        cache_block_tokens=16,
+        tokens_per_word=1.3,
+        verify_words=40.0,
+    ),
+}
+
+
+def sim_params(config: AltoConfig) -> SimParams:
+    """The simulator's parameters under `config`: its profile, then `sim_params` (a file)
+    over it, and its time scale."""
+    base = profile_params(config.lm.sim_profile)
+    scale = config.lm.sim_time_scale
+    if config.lm.sim_params is not None:
+        return SimParams.from_file(config.lm.sim_params, base, time_scale=scale)
+    return replace(base, time_scale=scale)
+
+
+def profile_params(name: str, **overrides: Any) -> SimParams:
+    """The parameters of profile `name` (`PROFILES`), with `overrides` (e.g. `time_scale`)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown simulator profile {name!r}; one of {sorted(PROFILES)}")
+    return replace(PROFILES[name], **overrides)
 
 
 def iteration_s(params: SimParams, running: int, new_prefill_tokens: int) -> float:
     """Simulated time of one engine iteration (before `time_scale`)."""
     decode = max(params.decode_base_s, params.decode_per_seq_s * running)
-    return decode + params.prefill_s_per_token * new_prefill_tokens
+    return decode * params.tokens_per_word + params.prefill_s_per_token * new_prefill_tokens
 
 
 class PrefixCache:
@@ -158,7 +236,12 @@ def _words(rng: random.Random, n: int) -> list[str]:
 
 
 def sim_text(
-    request_id: str, prompt_name: str, max_tokens: int, *, fill: bool = False
+    request_id: str,
+    prompt_name: str,
+    max_tokens: int,
+    *,
+    fill: bool = False,
+    verify_words: float = 12.0,
 ) -> list[str]:
     """The simulated output of one request as token strings (deterministic per request id);
     `fill` continues with more sentences up to exactly `max_tokens` (ignore_eos).
@@ -179,7 +262,8 @@ def sim_text(
             lines.append(" ".join(_words(rng, _count(rng, 5.5, 3.1))))
     elif kind == "verify":
         lines.append(rng.choice(("SUPPORTED", "REFUTED", "NOT ENOUGH INFO")))
-        lines.append(" ".join(_words(rng, _count(rng, 12, 4, 3))).capitalize() + ".")
+        reason = _count(rng, verify_words, verify_words / 3, 3)
+        lines.append(" ".join(_words(rng, reason)).capitalize() + ".")
     else:
         for _ in range(_count(rng, 4, 1.5)):
             lines.append(" ".join(_words(rng, _count(rng, 12, 4, 3))).capitalize() + ".")
@@ -208,6 +292,7 @@ def sim_output(
     *,
     fill: bool = False,
     garbage_rate: float = 0.0,
+    verify_words: float = 12.0,
 ) -> list[str | bytes]:
     """What the SIMULATED engine emits for one call: `sim_text`, or, for the fraction
     `garbage_rate` of calls (a SIMULATED FAULT), garbage of one of `GARBAGE_KINDS`."""
@@ -216,7 +301,7 @@ def sim_output(
         return garbage(
             kind, _rng(f"garbage:{kind}|{_TAG.sub('', request_id, count=1)}"), max_tokens
         )
-    return list(sim_text(request_id, prompt_name, max_tokens, fill=fill))
+    return list(sim_text(request_id, prompt_name, max_tokens, fill=fill, verify_words=verify_words))
 
 
 def garbage_kind(request_id: str, garbage_rate: float) -> str | None:
@@ -326,6 +411,7 @@ class SimEngine(Engine):
                 params.max_tokens,
                 fill=params.ignore_eos,
                 garbage_rate=self.params.garbage_rate,
+                verify_words=self.params.verify_words,
             ),
             n_prompt,
             n_prompt - cached,

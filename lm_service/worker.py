@@ -361,13 +361,9 @@ def _rid(key: bytes | None) -> str | None:
 
 def make_engine(config: AltoConfig, name: str) -> Engine:
     if name == "sim":
-        from alto.lm_service.sim import SimEngine, SimParams
+        from alto.lm_service.sim import SimEngine, sim_params
 
-        if config.lm.sim_params is not None:
-            return SimEngine(
-                SimParams.from_file(config.lm.sim_params, time_scale=config.lm.sim_time_scale)
-            )
-        return SimEngine(SimParams(time_scale=config.lm.sim_time_scale))
+        return SimEngine(sim_params(config))
     from alto.lm_service.vllm_engine import VLLMEngine
 
     return VLLMEngine.from_config(config)

@@ -13,7 +13,15 @@ from alto.streams.operators import (
     sum_of,
     top_k,
 )
-from alto.streams.pipeline import REQUEST, LMCall, Pipeline, Stage, StageKind, Topology
+from alto.streams.pipeline import (
+    REQUEST,
+    LMCall,
+    Pipeline,
+    PipelineIndex,
+    Stage,
+    StageKind,
+    Topology,
+)
 
 __all__ = [
     "REQUEST",
@@ -21,6 +29,7 @@ __all__ = [
     "LMCall",
     "Operator",
     "Pipeline",
+    "PipelineIndex",
     "Stage",
     "StageKind",
     "Stream",

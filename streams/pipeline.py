@@ -13,13 +13,16 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from alto.errors import PipelineError
 from alto.streams.handles import Stream, join
 from alto.streams.operators import Item, Operator
+
+if TYPE_CHECKING:
+    from alto.config import AltoConfig
 
 REQUEST = "request"
 """Name of the pipeline's input (the root of every ancestry tree) and of its level."""
@@ -74,6 +77,19 @@ class Stage:
         return self.kind is StageKind.AGGREGATE
 
 
+class PipelineIndex(Protocol):
+    """What a pipeline builds ahead of serving and reads from disk while it serves (an
+    embedding store, say), so that no request pays for it: `alto index status|build`."""
+
+    def status(self, config: AltoConfig) -> str:
+        """One line: how much of the index is built, and where."""
+        ...
+
+    def build(self, config: AltoConfig, progress: bool) -> str:
+        """Build what is missing (resumable); one line on what was done."""
+        ...
+
+
 @dataclass(frozen=True)
 class Topology:
     """What the runtime derives from a pipeline's stage annotations."""
@@ -90,6 +106,7 @@ class Topology:
     # The pipeline's own settings (`AltoConfig.pipeline_settings[pipeline]`), validated by
     # the registry when a process loads it.
     settings: type[BaseModel] | None = None
+    index: PipelineIndex | None = None  # built ahead of serving (`alto index build`)
 
     def stage_topic(self, prefix: str, stage: str) -> str:
         """The input topic of `stage`."""
@@ -135,6 +152,9 @@ class Pipeline:
     """The pipeline's own settings model (frozen pydantic): a deployment sets its fields in
     `pipeline_settings.<name>` (`ALTO_PIPELINE_SETTINGS__<NAME>__<FIELD>`), and every
     process validates them when it loads the pipeline (`alto.streams.registry`)."""
+    index: PipelineIndex | None = None
+    """What the stages read from disk, built ahead by `alto index build` (see `PipelineIndex`);
+    stages must still serve (more slowly) while it is incomplete."""
     _stages: dict[str, Stage] = field(default_factory=dict)
 
     @property
@@ -368,6 +388,7 @@ class Pipeline:
             terminal=terminal,
             warmup=self.warmup,
             settings=self.settings,
+            index=self.index,
         )
 
 

@@ -45,7 +45,11 @@ def model_dir() -> Path:
 class Encoder:
     """Token embeddings from the packaged MiniLM (CPU, batched, thread-safe)."""
 
-    def __init__(self, folder: Path | None = None, max_tokens: int = 128, threads: int = 0) -> None:
+    MAX_TOKENS = 128  # wordpieces kept per text (MiniLM was trained on 128 and fewer)
+
+    def __init__(
+        self, folder: Path | None = None, max_tokens: int = MAX_TOKENS, threads: int = 0
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging

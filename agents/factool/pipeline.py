@@ -30,7 +30,7 @@ from typing import Any
 
 from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
 from alto.agents.factool.encoder import maxsim
-from alto.agents.factool.resources import pack, resources, unpack
+from alto.agents.factool.resources import PassageIndex, pack, resources, unpack
 from alto.agents.factool.settings import NAME, FacToolSettings
 from alto.agents.factool.verdict import SUPPORTED, parse_verdict
 from alto.streams import Item, Pipeline, Topology
@@ -252,6 +252,7 @@ def build() -> Topology:
         "FacTool: answer, extract claims, retrieve and rerank evidence, verify",
         warmup=warm_up,
         settings=FacToolSettings,
+        index=PassageIndex(),
     )
     answer = p.request.lm(ANSWER)
     claims = answer.lm(CLAIMS)

@@ -23,6 +23,12 @@ class FacToolSettings(BaseModel):
     # Corpus passages whose token embeddings a worker keeps for reranking (0: none; the
     # FacTool benchmark uses 0 so that no system gains from another's run of a question).
     passage_cache: int = Field(default=4096, ge=0)
+    # Read passages' token embeddings from the passage store (`alto index build`) where it
+    # holds them; False: encode every reranked passage online (the store is not read).
+    passage_store: bool = True
+    # Where the BM25 index and the passage store are kept (None: ALTO_DATA_DIR); a
+    # benchmark with a data folder of its own points here to reuse what was built.
+    index_dir: Path | None = None
 
 
 def factool_settings(config: AltoConfig) -> FacToolSettings:

@@ -64,6 +64,7 @@ def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
 def test_the_report_prints_the_critical_path_of_our_points_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from alto.bench.factool_point import SimSetup
     from alto.bench.factool_report import print_points
 
     done = [float(i) for i in range(10)]
@@ -72,7 +73,16 @@ def test_the_report_prints_the_critical_path_of_our_points_only(
     ours.critical_shares = {"transit": 0.35, "lm": 0.65}
     theirs = _point("sim", "langgraph", 0.5, 10, [2.0] * 10, done)
     points = [ours, theirs]
-    print_points(points, summarize(points), {"sim": 0.3}, 1.0)
+    print_points(points, summarize(points), {"sim": 0.3}, SimSetup("paper"))
     out = capsys.readouterr().out
+    assert "SIMULATED LM engines (7 instances, profile `paper`, time scale 1)" in out
     assert "| kind | streaming @0.5/s |" in out
     assert "| transit | 0.70 (35%) |" in out and "| lm | 1.30 (65%) |" in out
+
+
+def test_the_sim_setup_names_its_profile_and_scale() -> None:
+    from alto.bench.factool_point import SIM_TIME_SCALE, SimSetup
+
+    assert SimSetup().scale == SIM_TIME_SCALE and SimSetup().suffix() == ""
+    assert SimSetup("paper").scale == 1.0 and SimSetup("paper").suffix() == "_paper_scale1"
+    assert SimSetup("cpu", 1.0).suffix() == "_cpu_scale1"

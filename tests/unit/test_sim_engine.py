@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from alto.config import AltoConfig
 from alto.errors import ConfigError, EngineError
 from alto.lm_service.engine import GenerationParams, Prompt
 from alto.lm_service.quanta import split_all
-from alto.lm_service.sim import PrefixCache, SimEngine, SimParams, sim_text
+from alto.lm_service.sim import (
+    PrefixCache,
+    SimEngine,
+    SimParams,
+    iteration_s,
+    profile_params,
+    sim_params,
+    sim_text,
+)
 
 
 def _prompt(name: str, text: str = "Question: what is the Moon?") -> Prompt:
@@ -141,3 +150,49 @@ def test_a_tagged_request_id_simulates_the_same_text_as_its_base() -> None:
     assert sim_text("r7~baseline|answer:0#claims", "claims", 96) == base
     assert sim_text("r7~langgraph|answer:0#claims", "claims", 96) == base
     assert sim_text("r8|answer:0#claims", "claims", 96) != base
+
+
+def test_the_paper_profile_reproduces_its_cited_figures() -> None:
+    """Each figure of the `paper` profile against the measurement it cites (sim.py's doc)."""
+    paper = profile_params("paper")
+    per_word = paper.tokens_per_word
+    assert per_word == pytest.approx(1.3)
+    # Decode, batch 1: lmdeploy's llama2-7b on an A100-80G, 100.02 tokens/s (10 ms a token).
+    assert iteration_s(paper, 1, 0) / per_word == pytest.approx(1 / 100.02, rel=0.01)
+    # Batch 64: 4,154.81 tokens/s (15.4 ms an iteration), within 1%.
+    assert 64 / (iteration_s(paper, 64, 0) / per_word) == pytest.approx(4154.81, rel=0.01)
+    # Flat until the per-sequence cost passes the weights' read (about 42 sequences).
+    assert iteration_s(paper, 32, 0) == iteration_s(paper, 1, 0)
+    # Prefill: TensorRT-LLM's LLaMA 7B, 16 ms after 128 prompt tokens, 133 ms after 2,048.
+    slope = iteration_s(paper, 1, 2048) - iteration_s(paper, 1, 128)
+    assert slope == pytest.approx(0.133 - 0.016, rel=0.01)
+    # Against the `cpu` profile (SmolLM2 on 2 cores): a word 2.4x faster at batch 1,
+    # prefill 18x faster per token.
+    cpu = profile_params("cpu")
+    assert iteration_s(cpu, 1, 0) / iteration_s(paper, 1, 0) == pytest.approx(2.39, rel=0.01)
+    assert cpu.prefill_s_per_token / paper.prefill_s_per_token == pytest.approx(18.4, rel=0.01)
+
+
+def test_a_profile_then_a_calibration_file_then_the_time_scale(tmp_path: Path) -> None:
+    config = AltoConfig(lm={"sim_profile": "paper", "sim_time_scale": 0.5})
+    params = sim_params(config)
+    assert params.decode_base_s == 0.010 and params.time_scale == 0.5
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"decode_base_s": 0.02}))
+    params = sim_params(config.with_overrides(lm={"sim_params": path}))
+    # The file's fields over the profile's; the rest of the profile stays.
+    assert params.decode_base_s == 0.02 and params.tokens_per_word == 1.3
+    assert sim_params(AltoConfig()) == SimParams()
+    with pytest.raises(ConfigError, match="unknown simulator profile 'tpu'"):
+        profile_params("tpu")
+
+
+def test_verification_length_follows_the_profile() -> None:
+    def reason_words(verify_words: float) -> float:
+        texts = [
+            sim_text(f"r{i}", "factool.verify", 512, verify_words=verify_words) for i in range(400)
+        ]
+        return statistics.mean(len("".join(t).splitlines()[1].split()) for t in texts)
+
+    assert 11 < reason_words(12.0) < 13
+    assert 38 < reason_words(profile_params("paper").verify_words) < 42

@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")
-    p.add_argument("--tier", choices=["sim", "vllm"], default=None, help="factool: one tier only")
+    p.add_argument(
+        "--tier", choices=["sim", "vllm", "cluster"], default=None, help="factool: one tier only"
+    )
     p.add_argument(
         "--sim-time-scale",
         type=float,

@@ -68,7 +68,6 @@ from alto.agents.factool.settings import factool_settings
 from alto.bench.common import (
     OUT_DIR,
     cpu_seconds,
-    percentile,
     progress,
     stdout_to_stderr,
     write_json,
@@ -79,14 +78,13 @@ from alto.bench.factool_point import (
     FETCH_WAIT_MS,
     IDLE_S,
     PARTITIONS,
-    PASS_ACHIEVED,
     SEED,
     SIM_LM_INSTANCES,
     SIM_LOADS,
-    TARGET_MEDIAN_S,
     VLLM_LOADS,
     Point,
     SimSetup,
+    make_point,
 )
 from alto.bench.factool_report import describe, plot_points, print_points, summarize
 from alto.config import AltoConfig, load_config
@@ -105,38 +103,6 @@ def _arrivals(n: int, rate: float, seed: int) -> list[float]:
         t += rng.expovariate(rate)
         out.append(t)
     return out
-
-
-def _point(
-    tier: str,
-    system: str,
-    rate: float,
-    sent: int,
-    latencies: list[float],
-    done: list[float],
-    evidence: list[float] | None = None,
-) -> Point:
-    lat = sorted(latencies)
-    done = sorted(done)
-    achieved = (
-        (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
-    )
-    point = Point(
-        tier,
-        system,
-        rate,
-        sent,
-        len(lat),
-        percentile(lat, 50),
-        percentile(lat, 99),
-        achieved,
-    )
-    point.passed = (
-        len(lat) == sent and point.p50_s <= TARGET_MEDIAN_S and achieved >= PASS_ACHIEVED * rate
-    )
-    ready = sorted(evidence or [])
-    point.evidence_p50_s, point.evidence_p99_s = percentile(ready, 50), percentile(ready, 99)
-    return point
 
 
 def _evidence_ready_s(result: PipelineResult) -> float | None:
@@ -169,7 +135,7 @@ def _run_kafka(
             loop.wait(outcomes, DRAIN_S)
             cpu_used = cpu_seconds() - cpu_before
     ok = [o.result for o in outcomes if o.result is not None and o.status is ResultStatus.OK]
-    point = _point(
+    point = make_point(
         tier,
         mode.value.lower(),
         rate,
@@ -338,7 +304,7 @@ def _tier(tier: str, quick: bool, sim: SimSetup) -> tuple[list[Point], float]:
             for r in runs
             if r.get("output") is not None and "evidence" in r.get("steps", {})
         ]
-        point = _point(tier, "langgraph", rate, n, lat, done, ready)
+        point = make_point(tier, "langgraph", rate, n, lat, done, ready)
         point.cpu_s_per_request = round(cpu_used / n, 3)
         _set_critical(point, medians_of([r["critical_ms"] for r in runs if r.get("output")]))
         points.append(point)
@@ -360,7 +326,7 @@ def main(
     *,
     quick: bool,
     json_path: Path | None,
-    tiers: tuple[str, ...] = ("sim", "vllm"),
+    tiers: tuple[str, ...] = ("sim", "vllm", "cluster"),
     sim_profile: str = "cpu",
     sim_time_scale: float | None = None,
 ) -> int:
@@ -371,9 +337,15 @@ def main(
     started = time.perf_counter()
     points: list[Point] = []
     idle: dict[str, float] = {}
+    cluster: dict[str, Any] = {}
     for tier in tiers:
         with stdout_to_stderr():  # vLLM logs to stdout; stdout keeps only the markdown
-            tier_points, idle[tier] = _tier(tier, quick, sim)
+            if tier == "cluster":
+                from alto.bench.factool_cluster import run_tier
+
+                tier_points, cluster = run_tier(resources().docs, quick)
+            else:
+                tier_points, idle[tier] = _tier(tier, quick, sim)
             points += tier_points
     summary = summarize(points)
     res = resources()
@@ -381,6 +353,12 @@ def main(
     print_points(points, summary, idle, sim)
     read = "read" if res.settings.passage_store else "not read: every candidate encoded online"
     print(f"\nPassage store: {store.line()} ({read}).")
+    if cluster:
+        print(
+            f"\nCluster tier (SIMULATED): points of {cluster['point_s']:g} virtual s, "
+            f"{cluster['wall_s_per_point']} s of wall time each (median); service times per "
+            f"event (ms, MiniLM stages on a GPU): {cluster['service_ms']}"
+        )
     plot = plot_points(points, sim)
     elapsed = time.perf_counter() - started
     print(f"\n(plot: {plot}; bench took {elapsed / 60:.1f} min{' with --quick' if quick else ''})")
@@ -398,6 +376,7 @@ def main(
             "sim_profile": sim.profile,
             "sim_time_scale": sim.scale,
             "passage_store": {**asdict(store), "read": res.settings.passage_store},
+            "cluster": cluster,
         },
     )
     return 0

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from alto.bench.factool import PASS_ACHIEVED, TARGET_MEDIAN_S, _arrivals, _point
+from alto.bench.factool import _arrivals
+from alto.bench.factool_point import PASS_ACHIEVED, TARGET_MEDIAN_S, make_point
 from alto.bench.factool_report import summarize
 
 
@@ -19,22 +20,22 @@ def test_poisson_arrivals_are_seeded_and_have_the_offered_rate() -> None:
 
 def test_a_point_passes_only_with_every_result_a_median_on_target_and_the_load_carried() -> None:
     done = [10.0 + i for i in range(10)]  # one completion a second
-    ok = _point("sim", "streaming", 1.0, 10, [1.0] * 10, done)
+    ok = make_point("sim", "streaming", 1.0, 10, [1.0] * 10, done)
     assert ok.passed and ok.achieved_rps == pytest.approx(1.0)
-    slow = _point("sim", "streaming", 1.0, 10, [TARGET_MEDIAN_S + 1] * 10, done)
+    slow = make_point("sim", "streaming", 1.0, 10, [TARGET_MEDIAN_S + 1] * 10, done)
     assert not slow.passed
-    lagging = _point("sim", "streaming", 1.0 / (PASS_ACHIEVED - 0.1), 10, [1.0] * 10, done)
+    lagging = make_point("sim", "streaming", 1.0 / (PASS_ACHIEVED - 0.1), 10, [1.0] * 10, done)
     assert not lagging.passed
-    lost = _point("sim", "streaming", 1.0, 11, [1.0] * 10, done)
+    lost = make_point("sim", "streaming", 1.0, 11, [1.0] * 10, done)
     assert not lost.passed
 
 
 def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> None:
     done = [float(i) for i in range(10)]
     points = [
-        _point("sim", "baseline", 0.5, 10, [2.0] * 9 + [9.0], done),
-        _point("sim", "baseline", 1.0, 10, [3.0] * 10, done),
-        _point("sim", "baseline", 2.0, 10, [8.0] * 10, done),
+        make_point("sim", "baseline", 0.5, 10, [2.0] * 9 + [9.0], done),
+        make_point("sim", "baseline", 1.0, 10, [3.0] * 10, done),
+        make_point("sim", "baseline", 2.0, 10, [8.0] * 10, done),
     ]
     s = summarize(points)["sim"]["baseline"]
     assert s["sustained_load_rps"] == 1.0
@@ -56,7 +57,7 @@ def test_evidence_ready_is_the_last_evidence_span_after_submission() -> None:
     )
     assert _evidence_ready_s(result) == pytest.approx(2.25)
     assert _evidence_ready_s(dataclasses.replace(result, trace=spans[:1])) is None
-    point = _point("sim", "streaming", 1.0, 3, [3.0] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 9.0])
+    point = make_point("sim", "streaming", 1.0, 3, [3.0] * 3, [1.0, 2.0, 3.0], [1.0, 2.0, 9.0])
     assert point.evidence_p50_s == 2.0 and point.evidence_p99_s == 9.0
     assert summarize([point])["sim"]["streaming"]["evidence_p99_low_load_s"] == 9.0
 
@@ -68,10 +69,10 @@ def test_the_report_prints_the_critical_path_of_our_points_only(
     from alto.bench.factool_report import print_points
 
     done = [float(i) for i in range(10)]
-    ours = _point("sim", "streaming", 0.5, 10, [2.0] * 10, done)
+    ours = make_point("sim", "streaming", 0.5, 10, [2.0] * 10, done)
     ours.critical_ms = {"transit": 700.0, "lm": 1300.0}
     ours.critical_shares = {"transit": 0.35, "lm": 0.65}
-    theirs = _point("sim", "langgraph", 0.5, 10, [2.0] * 10, done)
+    theirs = make_point("sim", "langgraph", 0.5, 10, [2.0] * 10, done)
     points = [ours, theirs]
     print_points(points, summarize(points), {"sim": 0.3}, SimSetup("paper"))
     out = capsys.readouterr().out

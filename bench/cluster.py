@@ -54,6 +54,7 @@ from alto.schemas.messages import (
     PipelineRequest,
     PipelineResult,
     Quantum,
+    QuantumKind,
     ResultStatus,
 )
 from alto.streams.ingest import Ingest
@@ -78,7 +79,8 @@ WORKER = "cluster"
 class ClusterSpec:
     """What takes virtual time, and how the cluster is laid out."""
 
-    service_s: Mapping[str, float] = field(default_factory=dict)  # per event, by stage
+    # Per event, by `cost_key` (a stage's data events; `stage:END` for its ENDs).
+    service_s: Mapping[str, float] = field(default_factory=dict)
     hop_s: float = HOP_S
     lm_hops: int = LM_HOPS
     lm_pools: Mapping[str, int] = field(default_factory=lambda: dict(PAPER_LM_POOLS))
@@ -206,13 +208,14 @@ class Cluster:
 
     async def _serve(self, stage: str, queue: asyncio.Queue[Quantum]) -> None:
         processor, store = self.processors[stage], self.stores[stage]
-        service = self.spec.service_s.get(stage, 0.0)
         while True:
             q = await queue.get()
+            key = cost_key(stage, q)
             t0 = time.perf_counter()
             outs = [o async for o in processor.process(q, store)]
             if self.costs is not None:
-                self.costs.setdefault(stage, []).append(time.perf_counter() - t0)
+                self.costs.setdefault(key, []).append(time.perf_counter() - t0)
+            service = self.spec.service_s.get(key, 0.0)
             if service > 0:
                 await asyncio.sleep(service)
                 self.run_state.busy_s[stage] += service
@@ -264,10 +267,17 @@ class Cluster:
             self._all_done.set()
 
 
+def cost_key(stage: str, q: Quantum) -> str:
+    """Events are costed apart by kind: a stage's data (`stage`) does its work, its ENDs and
+    other control quanta (`stage:END`) only bookkeeping."""
+    return stage if q.kind is QuantumKind.DATA else f"{stage}:{q.kind.value}"
+
+
 def service_times(costs: CostLog, gpu_factor: float = GPU_FACTOR) -> dict[str, float]:
-    """Per stage: the median measured cost of one event, on a GPU for the MiniLM stages."""
+    """Per stage and kind of event: the median measured cost of one, on a GPU for the MiniLM
+    stages."""
     return {
-        stage: statistics.median(spent) / (gpu_factor if stage in GPU_STAGES else 1.0)
-        for stage, spent in costs.items()
+        key: statistics.median(spent) / (gpu_factor if key.split(":")[0] in GPU_STAGES else 1.0)
+        for key, spent in costs.items()
         if spent
     }

@@ -130,13 +130,14 @@ def print_points(
                 f"baseline / streaming P99 at low load {p99_ratio:.2f}x (goal 1.8x), "
                 f"{evidence_ratio:.2f}x until the evidence is ready (the paper's endpoint)"
             )
-    print(
-        "\nCPU s/request: CPU time of everything under test (our stack: broker, Faust and LM "
-        "workers; LangGraph: its process) over the point, per request sent. The idle stack "
-        "alone uses "
-        + ", ".join(f"{cores:.2f} cores ({tier})" for tier, cores in idle.items())
-        + " of the machine's 2 polling the embedded broker; LangGraph has no broker."
-    )
+    if idle:
+        print(
+            "\nCPU s/request: CPU time of everything under test (our stack: broker, Faust and "
+            "LM workers; LangGraph: its process) over the point, per request sent. The idle "
+            "stack alone uses "
+            + ", ".join(f"{cores:.2f} cores ({tier})" for tier, cores in idle.items())
+            + " of the machine's 2 polling the embedded broker; LangGraph has no broker."
+        )
     print(
         "\nEvidence ready: from arrival until every claim has its evidence, where the paper's "
         "pipeline ended (ours goes on to verify each claim and report)."
@@ -153,6 +154,12 @@ def print_points(
             f"| {p.p99_s:.1f} | {p.evidence_p50_s:.1f} / {p.evidence_p99_s:.1f} "
             f"| {p.achieved_rps:.2f} | {p.cpu_s_per_request:.2f} | {'yes' if p.passed else 'no'} |"
         )
+    if any(p.critical_ms for p in points):
+        _print_critical(points, summary)
+    _print_stages(points, summary)
+
+
+def _print_critical(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -> None:
     print(
         "\n### where the time went: the critical path at each load (median s, and median share "
         "of a request; transit = emitted until the stage's worker received it, waiting = "
@@ -173,6 +180,9 @@ def print_points(
             ]
             print(f"| {kind} | " + " | ".join(cells) + " |")
         print()
+
+
+def _print_stages(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -> None:
     print("\n### median time per stage at the lowest load (s, first to last span)\n")
     for tier in summary:
         low = [p for p in points if p.tier == tier and p.stages_s]

@@ -52,6 +52,11 @@ def summarize(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
+def _cpu(p: Point) -> str:
+    """CPU per request, or "-" where the tier does not measure it (virtual time)."""
+    return "-" if math.isnan(p.cpu_s_per_request) else f"{p.cpu_s_per_request:.2f}"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a (the divisor is 0)"
 
@@ -152,7 +157,7 @@ def print_points(
         print(
             f"| {p.tier} | {p.system} | {p.offered_rps:g} | {p.completed}/{p.sent} | {p.p50_s:.1f} "
             f"| {p.p99_s:.1f} | {p.evidence_p50_s:.1f} / {p.evidence_p99_s:.1f} "
-            f"| {p.achieved_rps:.2f} | {p.cpu_s_per_request:.2f} | {'yes' if p.passed else 'no'} |"
+            f"| {p.achieved_rps:.2f} | {_cpu(p)} | {'yes' if p.passed else 'no'} |"
         )
     if any(p.critical_ms for p in points):
         _print_critical(points, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -41,6 +42,26 @@ def cpu_seconds() -> float:
     (the stack: broker, workers, LM engines). Differences over a run give its CPU cost."""
     usage = tree_usage(os.getpid())
     return usage[1] if usage is not None else 0.0
+
+
+# The kinds of process of a stack, by the name `Stack.pids` gives each (`worker-2`: faust).
+ROLES = {"broker": "broker", "worker": "faust", "lm": "lm"}
+
+
+def cpu_by_role(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far, summed per kind of process of a stack (`ROLES`; each with its
+    descendants, e.g. vLLM's engine core), plus `client`: this process alone (the bench's
+    producer and result reader, or LangGraph itself)."""
+    import psutil
+
+    out: dict[str, float] = collections.defaultdict(float)
+    for name, pid in pids.items():
+        usage = tree_usage(pid)
+        if usage is not None:
+            out[ROLES.get(name.split("-")[0], "other")] += usage[1]
+    times = psutil.Process().cpu_times()
+    out["client"] = times.user + times.system
+    return dict(out)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -67,6 +67,7 @@ from alto.agents.factool.resources import resources
 from alto.agents.factool.settings import factool_settings
 from alto.bench.common import (
     OUT_DIR,
+    cpu_by_role,
     cpu_seconds,
     progress,
     stdout_to_stderr,
@@ -122,6 +123,7 @@ def _run_kafka(
     arrivals: list[float],
     tag: str,
     rate: float,
+    pids: dict[str, int],
 ) -> Point:
     requests = [
         new_request(factool.NAME, q, mode=mode, request_id=f"{tag}-{i}~{mode.value.lower()}")
@@ -130,10 +132,11 @@ def _run_kafka(
     desc = f"{tier} {mode.value.lower():9} @{rate:g}/s"
     with tqdm(total=len(requests), desc=desc, leave=False) as bar:
         with OpenLoop(config, on_result=lambda _: bar.update(1)) as loop:
-            cpu_before = cpu_seconds()
+            cpu_before, roles_before = cpu_seconds(), cpu_by_role(pids)
             outcomes = loop.run(requests, arrivals)
             loop.wait(outcomes, DRAIN_S)
             cpu_used = cpu_seconds() - cpu_before
+            roles = cpu_by_role(pids)
     ok = [o.result for o in outcomes if o.result is not None and o.status is ResultStatus.OK]
     point = make_point(
         tier,
@@ -145,6 +148,10 @@ def _run_kafka(
         [e for g in ok if (e := _evidence_ready_s(g)) is not None],
     )
     point.cpu_s_per_request = round(cpu_used / len(requests), 3)
+    point.cpu_s_by_role = {
+        role: round((spent - roles_before.get(role, 0.0)) / len(requests), 3)
+        for role, spent in sorted(roles.items())
+    }
     per_stage: dict[str, list[float]] = collections.defaultdict(list)
     for g in ok:
         for stage, ms in stage_windows(g).items():
@@ -246,7 +253,14 @@ def _tier(tier: str, quick: bool, sim: SimSetup) -> tuple[list[Point], float]:
         config = stack.config
         # A few requests first: warm caches (and vLLM's compiled paths) for every system.
         _run_kafka(
-            config, tier, Mode.STREAMING, questions(docs, 2, seed=1), [0.0, 0.5], "warm", 1.0
+            config,
+            tier,
+            Mode.STREAMING,
+            questions(docs, 2, seed=1),
+            [0.0, 0.5],
+            "warm",
+            1.0,
+            stack.pids(),
         )
         idle_cores = _idle_cores()
         progress(f"{tier}: the idle stack uses {idle_cores:.2f} cores (broker and client polls)")
@@ -255,7 +269,7 @@ def _tier(tier: str, quick: bool, sim: SimSetup) -> tuple[list[Point], float]:
             arrivals = _arrivals(n, rate, SEED + k)
             systems = [Mode.STREAMING, Mode.BASELINE]
             for mode in systems if k % 2 == 0 else systems[::-1]:
-                point = _run_kafka(config, tier, mode, asked, arrivals, f"p{k}", rate)
+                point = _run_kafka(config, tier, mode, asked, arrivals, f"p{k}", rate, stack.pids())
                 points.append(point)
                 progress(describe(point))
     finally:

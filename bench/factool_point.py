@@ -65,6 +65,8 @@ class Point:
     achieved_rps: float
     passed: bool = False
     cpu_s_per_request: float = math.nan  # CPU of everything under test / requests sent
+    # The same by kind of process (`bench.common.ROLES`, and `client`): ours only.
+    cpu_s_by_role: dict[str, float] = field(default_factory=dict)
     # Arrival -> every claim has its evidence: the paper's endpoint (its pipeline ended at
     # reranking; ours goes on to verify and report).
     evidence_p50_s: float = math.nan

@@ -159,9 +159,30 @@ def print_points(
             f"| {p.p99_s:.1f} | {p.evidence_p50_s:.1f} / {p.evidence_p99_s:.1f} "
             f"| {p.achieved_rps:.2f} | {_cpu(p)} | {'yes' if p.passed else 'no'} |"
         )
+    if any(p.cpu_s_by_role for p in points):
+        _print_cpu(points)
     if any(p.critical_ms for p in points):
         _print_critical(points, summary)
     _print_stages(points, summary)
+
+
+def _print_cpu(points: list[Point]) -> None:
+    """Where our CPU per request goes, by kind of process, beside LangGraph's total."""
+    print(
+        "\n### CPU seconds per request by process (idle use included; client: the bench's "
+        "producer and result reader; LangGraph: its one process)\n"
+    )
+    ours = [p for p in points if p.cpu_s_by_role]
+    roles = sorted({r for p in ours for r in p.cpu_s_by_role})
+    print("| tier | system | offered | " + " | ".join(roles) + " | total |")
+    print("|---|---|---|" + "---|" * (len(roles) + 1))
+    for p in ours:
+        cells = " | ".join(f"{p.cpu_s_by_role.get(r, 0.0):.2f}" for r in roles)
+        print(f"| {p.tier} | {p.system} | {p.offered_rps:g} | {cells} | {_cpu(p)} |")
+    for p in points:
+        if p.system == "langgraph" and not math.isnan(p.cpu_s_per_request):
+            blanks = " | ".join("-" for _ in roles)
+            print(f"| {p.tier} | {p.system} | {p.offered_rps:g} | {blanks} | {_cpu(p)} |")
 
 
 def _print_critical(points: list[Point], summary: dict[str, dict[str, dict[str, Any]]]) -> None:

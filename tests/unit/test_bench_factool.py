@@ -72,12 +72,16 @@ def test_the_report_prints_the_critical_path_of_our_points_only(
     ours = make_point("sim", "streaming", 0.5, 10, [2.0] * 10, done)
     ours.critical_ms = {"transit": 700.0, "lm": 1300.0}
     ours.critical_shares = {"transit": 0.35, "lm": 0.65}
+    ours.cpu_s_by_role = {"broker": 0.4, "client": 0.1, "faust": 0.6, "lm": 0.3}
+    ours.cpu_s_per_request = 1.4
     theirs = make_point("sim", "langgraph", 0.5, 10, [2.0] * 10, done)
     points = [ours, theirs]
     print_points(points, summarize(points), {"sim": 0.3}, SimSetup("paper"))
     out = capsys.readouterr().out
     assert "SIMULATED LM engines (7 instances, profile `paper`, time scale 1)" in out
     assert "| kind | streaming @0.5/s |" in out
+    assert "| broker | client | faust | lm | total |" in out
+    assert "| sim | streaming | 0.5 | 0.40 | 0.10 | 0.60 | 0.30 | 1.40 |" in out
     assert "| transit | 0.70 (35%) |" in out and "| lm | 1.30 (65%) |" in out
 
 

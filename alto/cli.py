@@ -269,6 +269,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options["sim_time_scale"] = args.sim_time_scale
     if args.sim_profile is not None:
         options["sim_profile"] = args.sim_profile
+    if args.cluster_loads is not None:
+        options["cluster_loads"] = tuple(float(x) for x in args.cluster_loads.split(","))
+    if args.cluster_point_s is not None:
+        options["cluster_point_s"] = args.cluster_point_s
     if args.minutes is not None:
         options["minutes"] = args.minutes
     return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
@@ -444,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="factool: the sim tier's LM hardware: cpu (SmolLM2 on this machine, the default) "
         "or paper (a 7B model on an A100, from cited measurements)",
+    )
+    p.add_argument(
+        "--cluster-loads",
+        default=None,
+        metavar="R1,R2,...",
+        help="factool: the cluster tier's offered loads (req/s) instead of its sweep",
+    )
+    p.add_argument(
+        "--cluster-point-s",
+        type=float,
+        default=None,
+        help="factool: virtual seconds of arrivals per cluster point (default 30, --full 180)",
     )
     p.add_argument(
         "--minutes",

@@ -9,8 +9,12 @@ from typing import Any
 
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
-    `sim_time_scale` and `sim_profile`, hop's `minutes`."""
-    allowed = {"factool": {"tiers", "sim_time_scale", "sim_profile"}, "hop": {"minutes"}}
+    `sim_time_scale`, `sim_profile`, `cluster_loads` and `cluster_point_s`, hop's
+    `minutes`."""
+    allowed = {
+        "factool": {"tiers", "sim_time_scale", "sim_profile", "cluster_loads", "cluster_point_s"},
+        "hop": {"minutes"},
+    }
     allowed_here = allowed.get(name, set())
     if set(options) - allowed_here:
         raise SystemExit(f"options {sorted(set(options) - allowed_here)} do not apply to {name!r}")

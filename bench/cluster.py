@@ -103,6 +103,8 @@ class ClusterRun:
     results: dict[str, PipelineResult] = field(default_factory=dict)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     busy_s: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    # Per LM pool: sequences running per instance, sampled at each arrival (the batch).
+    lm_batch: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     wall_s: float = 0.0
 
     def latencies(self) -> list[float]:
@@ -203,6 +205,9 @@ class Cluster:
 
     def _arrive(self, request: PipelineRequest) -> None:
         self.run_state.arrived_s[request.request_id] = self._loop.time()
+        for pool, engines in self._engines.items():
+            running = sum(e.stats().running for e in engines) / len(engines)
+            self.run_state.lm_batch[pool].append(running)
         # The request is produced to the requests topic and read by a worker's ingest: a hop.
         self._dispatch(self.ingest.handle(request))
 

@@ -343,10 +343,13 @@ def main(
     tiers: tuple[str, ...] = ("sim", "vllm", "cluster"),
     sim_profile: str = "cpu",
     sim_time_scale: float | None = None,
+    cluster_loads: tuple[float, ...] | None = None,
+    cluster_point_s: float | None = None,
 ) -> int:
     """`sim_profile` picks the sim tier's hardware (`cpu`, `paper`); a `sim_time_scale` other
     than the profile's own is an ablation (LM time's share of the work), reported as such;
-    the comparison of systems is always made at one profile and scale."""
+    the comparison of systems is always made at one profile and scale. `cluster_loads` and
+    `cluster_point_s` replace the cluster tier's sweep (e.g. to look for its knee)."""
     sim = SimSetup(sim_profile, sim_time_scale)
     started = time.perf_counter()
     points: list[Point] = []
@@ -357,7 +360,9 @@ def main(
             if tier == "cluster":
                 from alto.bench.factool_cluster import run_tier
 
-                tier_points, cluster = run_tier(resources().docs, quick)
+                tier_points, cluster = run_tier(
+                    resources().docs, quick, cluster_loads, cluster_point_s
+                )
             else:
                 tier_points, idle[tier] = _tier(tier, quick, sim)
             points += tier_points

@@ -68,22 +68,30 @@ def calibrate(docs: list[Document], memo: dict[tuple[str, str], Any]) -> dict[st
     return service_times(costs)
 
 
-def run_tier(docs: list[Document], quick: bool) -> tuple[list[Point], dict[str, Any]]:
+def run_tier(
+    docs: list[Document],
+    quick: bool,
+    loads: tuple[float, ...] | None = None,
+    point_s: float | None = None,
+) -> tuple[list[Point], dict[str, Any]]:
+    """The tier's points; `loads` and `point_s` replace the size's own (`LOADS`, `POINT_S`)."""
     size = "quick" if quick else "full"
+    loads = loads or LOADS[size]
+    duration = point_s or POINT_S[size]
     memo: dict[tuple[str, str], Any] = {}
     progress("cluster (SIMULATED, virtual time): calibrating the stages' service times")
     service = calibrate(docs, memo)
     asked = questions(docs, POOL, seed=SEED)
     points: list[Point] = []
     walls: list[float] = []
-    for k, rate in enumerate(LOADS[size]):
+    for k, rate in enumerate(loads):
         for system, (mode, in_process) in SYSTEMS.items():
             spec = ClusterSpec(
                 service_s=service,
                 hop_s=0.0 if in_process else ClusterSpec().hop_s,
                 lm_hops=0 if in_process else ClusterSpec().lm_hops,
             )
-            arrivals = _requests(asked, rate, POINT_S[size], f"p{k}{system[0]}", mode, SEED + k)
+            arrivals = _requests(asked, rate, duration, f"p{k}{system[0]}", mode, SEED + k)
             topology = cluster_topology(factool.build(), memo)
             run = run_virtual(Cluster(topology, spec).run(arrivals, DRAIN_S))
             walls.append(run.wall_s)
@@ -101,18 +109,24 @@ def run_tier(docs: list[Document], quick: bool) -> tuple[list[Point], dict[str, 
                 for stage, busy in run.busy_s.items()
             }
             busiest = max(use.items(), key=lambda kv: kv[1], default=("-", 0.0))
-            point.stages_s = {"busiest_stage_utilisation": round(busiest[1], 3)}
+            batch = {p: statistics.mean(v) for p, v in run.lm_batch.items() if v}
+            point.stages_s = {
+                "busiest_stage_utilisation": round(busiest[1], 3),
+                **{f"lm_batch_{p}": round(b, 1) for p, b in batch.items()},
+            }
             points.append(point)
             progress(
                 f"cluster {system:9} offered {rate:g}/s: {point.completed}/{point.sent} done, "
                 f"p50 {point.p50_s:.2f} s, p99 {point.p99_s:.2f} s, achieved "
                 f"{point.achieved_rps:.2f}/s, busiest stage {busiest[0]} "
-                f"({point.stages_s['busiest_stage_utilisation']:.0%}); {run.wall_s:.1f} s of wall "
+                f"({point.stages_s['busiest_stage_utilisation']:.0%}), mean LM batch "
+                + ", ".join(f"{p} {b:.1f}" for p, b in batch.items())
+                + f"; {run.wall_s:.1f} s of wall "
                 f"time {'PASS' if point.passed else 'fail'}"
             )
     info = {
         "service_ms": {s: round(v * 1000, 3) for s, v in sorted(service.items())},
-        "point_s": POINT_S[size],
+        "point_s": duration,
         "wall_s_per_point": round(statistics.median(walls), 1) if walls else None,
     }
     return points, info

@@ -228,6 +228,8 @@ class PassageStore:
             os.rename(tmp, final)
         except OSError:  # another builder finished it first: theirs is the same
             shutil.rmtree(tmp, ignore_errors=True)
+        with self._lock:  # this process reads it at once, not after RESCAN_S
+            self._missing_since.pop(shard, None)
 
 
 def encode_passages(encoder: Encoder, texts: list[str]) -> list[Matrix]:

@@ -1,6 +1,11 @@
 """FacTool through the real broker with its passage store built ahead: every evidence score a
-worker reports is the MaxSim of a query against the store's (quantised) vectors, not against
-vectors it encoded itself; SIMULATED LM engine (the `paper` profile), both modes."""
+worker reports is the MaxSim of a query against the store's vectors, not against vectors it
+encoded itself; SIMULATED LM engine (the `paper` profile), both modes.
+
+So that the two sources cannot be confused, the store is built with each passage's neighbour's
+text (passage i holds passage i+1's vectors): scores from it differ from scores of the real
+passage by far more than the noise of encoding a query in another process (thread counts
+change the float sums, and the query travels as float16 between stages)."""
 
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ def test_workers_rerank_with_the_stored_vectors(alto_config: AltoConfig, tmp_pat
         pipelines=(factool.NAME,),
     )
     res = Resources(config)
-    assert res.build_store() == 1  # 600 passages: one shard, built before the workers start
+    n = len(res.docs)
+    shifted = res.store.build(lambda r: [res.docs[(i + 1) % n].contents for i in r], res.encoder)
+    assert shifted == 1  # 600 passages: one shard, built before the workers start
     faust_worker = WorkerProcess(config, "w1", tmp_path)
     lm = WorkerProcess(config, "lm0", tmp_path, command=lm_worker_command(0, "sim"))
     try:
@@ -71,8 +78,8 @@ def test_workers_rerank_with_the_stored_vectors(alto_config: AltoConfig, tmp_pat
                 online_scores += any(_near(q, online, passage["score"]) for q in queries)
     assert checked >= 6
     assert stored_scores == checked  # every score: a query against the stored vectors
-    assert online_scores < checked  # and those are not what online encoding gives
+    assert online_scores < checked / 2  # not what encoding the passage itself gives
 
 
 def _near(query: np.ndarray, passage: np.ndarray, score: float) -> bool:
-    return abs(maxsim(query, passage) / max(1, len(query)) - score) < 2e-6
+    return abs(maxsim(query, passage) / max(1, len(query)) - score) < 5e-3

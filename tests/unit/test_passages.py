@@ -95,14 +95,17 @@ def test_a_partial_store_serves_its_shards_and_a_build_resumes(
     manifest = json.loads((tmp_path / "store" / "store.json").read_text())
     assert manifest["passages"] == len(docs) and manifest["dim"] == DIM
 
+    assert sorted(store.get(range(len(docs)))) == list(range(32, 64))  # 0 and 2 missed now
     # A half-written shard (a build killed before its rename) is not a shard.
     (tmp_path / "store" / ".shard-00000.123.456").mkdir()
     assert store.missing() == [0, 2]
 
-    # A reader that missed a shard looks again (after RESCAN_S) and finds it.
-    monkeypatch.setattr(passages_mod, "RESCAN_S", 0.0)
     assert store.build(_texts(docs), encoder) == 2  # resumes: only the missing two
     assert store.build(_texts(docs), encoder) == 0
+    # The builder reads its new shards at once; another process that missed them looks
+    # again after RESCAN_S.
+    assert sorted(store.get(range(len(docs)))) == list(range(len(docs)))
+    monkeypatch.setattr(passages_mod, "RESCAN_S", 0.0)
     assert sorted(reader.get(range(len(docs)))) == list(range(len(docs)))
     assert store.coverage().complete
 
@@ -123,7 +126,7 @@ def test_resources_read_the_store_and_encode_only_what_it_lacks(
     (three,) = encoder.token_embeddings([res.docs[3].contents])
     assert np.allclose(before[3], three, atol=1e-5)
 
-    assert res.build_store() == 1
+    assert res.build_store() == 1  # read at once by the process that built it
     stored = res.store.get([3, 5])
     after = res.passage_embeddings([3, 5])
     assert all(np.array_equal(after[i], stored[i]) for i in (3, 5))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.agents.factool.bm25 import ScoreAccumulator, tokenize
-from alto.agents.factool.encoder import Matrix, maxsim
+from alto.agents.factool.encoder import Matrix, score
 from alto.agents.factool.pipeline import BM25_K, EVIDENCE_K
 from alto.agents.factool.resources import Resources
 from alto.bench.common import percentile, progress, write_json
@@ -47,7 +47,7 @@ def _queries(res: Resources, n: int, seed: int) -> list[str]:
 
 
 def _scores(query: Matrix, passages: dict[int, Matrix]) -> dict[int, float]:
-    return {doc: maxsim(query, emb) / max(1, len(query)) for doc, emb in passages.items()}
+    return {doc: score(query, emb) for doc, emb in passages.items()}
 
 
 def _top(scores: dict[int, float]) -> list[int]:

@@ -96,6 +96,12 @@ def maxsim(query: Matrix, passage: Matrix) -> float:
     return float((query @ passage.T).max(axis=1).sum())
 
 
+def score(query: Matrix, passage: Matrix) -> float:
+    """MaxSim per query token: what the rerank stage ranks by (scores of queries of
+    different lengths compare)."""
+    return maxsim(query, passage) / max(1, len(query))
+
+
 def rerank(query: Matrix, passages: dict[str, Matrix], k: int) -> list[tuple[str, float]]:
     """The `k` best passages by MaxSim, best first (ties: by id)."""
     scored = [(pid, maxsim(query, emb)) for pid, emb in passages.items()]

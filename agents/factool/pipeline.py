@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alto.agents.factool.bm25 import BM25Index, ScoreAccumulator, tokenize
-from alto.agents.factool.encoder import maxsim
+from alto.agents.factool.encoder import score
 from alto.agents.factool.resources import PassageIndex, pack, resources, unpack
 from alto.agents.factool.settings import NAME, FacToolSettings
 from alto.agents.factool.verdict import SUPPORTED, parse_verdict
@@ -155,12 +155,12 @@ def rerank(joined: dict[str, Any]) -> dict[str, Any]:
     """Stage 6: MaxSim of the query's token vectors against each candidate's, per query
     token (so scores of queries of different lengths compare)."""
     query = unpack(joined["emb"])
-    candidates = {int(doc): float(score) for doc, score in joined["candidates"]}
+    candidates = {int(doc): float(bm25) for doc, bm25 in joined["candidates"]}
     res = resources()
     passages = res.passage_embeddings(sorted(candidates))
-    scored = []
+    scored: list[dict[str, Any]] = []
     for doc, emb in passages.items():
-        score = maxsim(query, emb) / max(1, query.shape[0])
+        passage_score = score(query, emb)
         p = res.passage(doc)
         scored.append(
             {
@@ -168,7 +168,7 @@ def rerank(joined: dict[str, Any]) -> dict[str, Any]:
                 "title": p.title,
                 "text": p.text,
                 "bm25": candidates[doc],
-                "score": round(score, 6),
+                "score": round(passage_score, 6),
             }
         )
     scored.sort(key=lambda e: (-e["score"], e["doc_id"]))

@@ -99,7 +99,6 @@ class ClusterRun:
     arrived_s: dict[str, float] = field(default_factory=dict)
     done_s: dict[str, float] = field(default_factory=dict)  # the result reached the sink
     evidence_s: dict[str, float] = field(default_factory=dict)  # the last evidence left
-    ok: set[str] = field(default_factory=set)
     results: dict[str, PipelineResult] = field(default_factory=dict)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     busy_s: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
@@ -107,11 +106,22 @@ class ClusterRun:
     lm_batch: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     wall_s: float = 0.0
 
+    @property
+    def ok(self) -> set[str]:
+        return {r for r, result in self.results.items() if result.status is ResultStatus.OK}
+
     def latencies(self) -> list[float]:
-        return [self.done_s[r] - self.arrived_s[r] for r in self.done_s if r in self.ok]
+        ok = self.ok
+        return [self.done_s[r] - self.arrived_s[r] for r in self.done_s if r in ok]
 
     def evidence_ready(self) -> list[float]:
-        return [self.evidence_s[r] - self.arrived_s[r] for r in self.evidence_s if r in self.ok]
+        ok = self.ok
+        return [self.evidence_s[r] - self.arrived_s[r] for r in self.evidence_s if r in ok]
+
+    def span_s(self) -> float:
+        """From the first arrival to the last arrival or result."""
+        times = [*self.arrived_s.values(), *self.done_s.values()]
+        return max(1e-9, max(times, default=0.0) - min(times, default=0.0))
 
 
 CostLog = dict[str, list[float]]
@@ -265,8 +275,6 @@ class Cluster:
             return
         self.run_state.done_s[result.request_id] = self._loop.time()
         self.run_state.results[result.request_id] = result
-        if result.status is ResultStatus.OK:
-            self.run_state.ok.add(result.request_id)
         self._remaining -= 1
         if self._remaining <= 0:
             self._all_done.set()

@@ -17,7 +17,15 @@ from typing import Any
 
 from alto.agents.factool import pipeline as factool
 from alto.agents.factool.corpus import Document, questions
-from alto.bench.cluster import Cluster, ClusterSpec, CostLog, cluster_topology, service_times
+from alto.bench.cluster import (
+    HOP_S,
+    LM_HOPS,
+    Cluster,
+    ClusterSpec,
+    CostLog,
+    cluster_topology,
+    service_times,
+)
 from alto.bench.common import progress
 from alto.bench.factool_point import SEED, Point, make_point
 from alto.bench.virtual_time import run_virtual
@@ -88,8 +96,8 @@ def run_tier(
         for system, (mode, in_process) in SYSTEMS.items():
             spec = ClusterSpec(
                 service_s=service,
-                hop_s=0.0 if in_process else ClusterSpec().hop_s,
-                lm_hops=0 if in_process else ClusterSpec().lm_hops,
+                hop_s=0.0 if in_process else HOP_S,
+                lm_hops=0 if in_process else LM_HOPS,
             )
             arrivals = _requests(asked, rate, duration, f"p{k}{system[0]}", mode, SEED + k)
             topology = cluster_topology(factool.build(), memo)
@@ -101,11 +109,12 @@ def run_tier(
                 rate,
                 len(arrivals),
                 run.latencies(),
-                sorted(run.done_s[r] for r in run.ok),
+                [run.done_s[r] for r in run.ok],
                 run.evidence_ready(),
             )
+            span = run.span_s()
             use = {
-                stage: busy / (_span(run) * spec.instances_of(stage))
+                stage: busy / (span * spec.instances_of(stage))
                 for stage, busy in run.busy_s.items()
             }
             busiest = max(use.items(), key=lambda kv: kv[1], default=("-", 0.0))
@@ -130,8 +139,3 @@ def run_tier(
         "wall_s_per_point": round(statistics.median(walls), 1) if walls else None,
     }
     return points, info
-
-
-def _span(run: Any) -> float:
-    times = list(run.arrived_s.values()) + list(run.done_s.values())
-    return max(1e-9, max(times, default=0.0) - min(times, default=0.0))

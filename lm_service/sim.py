@@ -171,11 +171,11 @@ def sim_params(config: AltoConfig) -> SimParams:
     return replace(base, time_scale=scale)
 
 
-def profile_params(name: str, **overrides: Any) -> SimParams:
-    """The parameters of profile `name` (`PROFILES`), with `overrides` (e.g. `time_scale`)."""
+def profile_params(name: str) -> SimParams:
+    """The parameters of profile `name` (`PROFILES`)."""
     if name not in PROFILES:
         raise ConfigError(f"unknown simulator profile {name!r}; one of {sorted(PROFILES)}")
-    return replace(PROFILES[name], **overrides)
+    return PROFILES[name]
 
 
 def iteration_s(params: SimParams, running: int, new_prefill_tokens: int) -> float:

@@ -150,9 +150,10 @@ class PassageStore:
         """The stored embeddings among `indices` (those whose shard is built)."""
         out: dict[int, Matrix] = {}
         for i in indices:
-            shard = self._shard(i // self.shard_docs)
+            number, local = divmod(i, self.shard_docs)
+            shard = self._shard(number)
             if shard is not None:
-                out[i] = shard.passage(i - (i // self.shard_docs) * self.shard_docs)
+                out[i] = shard.passage(local)
         return out
 
     def is_built(self, shard: int) -> bool:

@@ -10,11 +10,21 @@ be ingested by exactly one of them:
 - the operator (`alto.infra.generations.hand_over`) then reads the old group's committed
   offsets, which are now exactly the requests it handled, and writes them to the new
   generation's handoff file (`ALTO_GENERATIONS__HANDOFF_FILE`);
-- the new generation's ingest waits for that file, acknowledges without handling the
-  requests below those offsets (the old generation's), and handles the rest.
+- the new generation's consumer does not fetch the requests topic until that file exists
+  (`IngestHandover.gated`): then it starts each partition at the file's offset, which
+  counts as that partition's committed offset from then on (`IngestHandover.start`), so the
+  old generation's requests are never read here. After a later rebalance a partition whose
+  group has committed less (nothing yet) is started there too.
 
 The new generation runs and is warm before the old one closes, so requests wait only for
 the handoff itself (a commit and a file), not for a worker to start.
+
+Before the gate, the new generation's ingest read the requests topic from its group's
+offsets (where the old generation had committed when the new one was created), and its
+agent waited on the first request for the file. At every handover most partitions' first
+record then stayed unprocessed while later ones were, so the consumer's stall re-read
+(`alto.agents.transport`) read them again 10 s later: a 5-11 s p99 bump in `alto soak` after
+each rotation (3-4 re-reads per worker per handover, ALTO_GENERATIONS__ROTATE_S=60).
 """
 
 from __future__ import annotations
@@ -41,9 +51,15 @@ class IngestHandover:
     """This worker's side of a handover: the gate of a new generation's ingest (`ours`) and
     the closing of an old one's (`close`)."""
 
-    def __init__(self, handoff: Path | None) -> None:
+    def __init__(self, handoff: Path | None, topic: str) -> None:
         self.handoff = handoff
+        self.topic = topic  # the requests topic
+        # Where this generation's reading of each requests partition begins (None: waiting
+        # for the handoff file; empty: the first generation, which takes every request).
         self._starts: dict[int, int] | None = None if handoff is not None else {}
+        self._known = asyncio.Event()
+        if handoff is None:
+            self._known.set()
         self.closed = asyncio.Event()
         self.committed = False  # closed, and what it handled committed
         self._busy = 0
@@ -56,16 +72,24 @@ class IngestHandover:
             return "open"
         return "closed" if self.committed else "closing"
 
+    @property
+    def gated(self) -> bool:
+        """Whether the requests topic must not be fetched yet (no handoff file so far)."""
+        return self._starts is None
+
+    def start(self, partition: int, committed: int) -> int:
+        """The offset this generation's reading of a requests partition begins at, given the
+        group's `committed` one: never below the handoff's (call once not `gated`)."""
+        return max(committed, (self._starts or {}).get(partition, 0))
+
     async def ours(self, partition: int, offset: int) -> bool:
-        """Whether this generation ingests the request at `offset`. Waits for the handoff
-        file first; a closed ingest never returns (the request is left unacknowledged, for
-        the next generation)."""
+        """Whether this generation ingests the request at `offset` (a request below the
+        handoff's offsets is the old generation's). A closed ingest never returns (the
+        request is left unacknowledged, for the next generation)."""
         if self.closed.is_set():
             await asyncio.Future()  # cancelled when the worker stops
-        starts = self._starts
-        if starts is None:
-            starts = self._starts = await self._wait_for_handoff()
-        return offset >= starts.get(partition, 0)
+        await self._known.wait()  # the gate keeps requests away until then
+        return offset >= (self._starts or {}).get(partition, 0)
 
     @contextlib.asynccontextmanager
     async def handling(self) -> AsyncIterator[None]:
@@ -90,18 +114,27 @@ class IngestHandover:
         self.committed = True
         log.info("ingest closed: what it handled is committed")
 
-    async def _wait_for_handoff(self) -> dict[int, int]:
-        assert self.handoff is not None
+    async def wait_for_handoff(self) -> None:
+        """Open the gate once the previous generation's handoff file exists."""
+        if self.handoff is None or not self.gated:
+            return
         log.info("ingest waits for the previous generation's handoff (%s)", self.handoff)
         while not self.handoff.is_file():
             await asyncio.sleep(HANDOFF_POLL_S)
         starts = {int(p): int(o) for p, o in json.loads(self.handoff.read_text()).items()}
+        self._starts = starts
+        self._known.set()
         log.info("ingest starts after the previous generation: %s", starts)
-        return starts
 
 
 def define_handover(rt: AltoApp) -> None:
-    """SIGUSR1 closes this worker's ingest (see the module docstring)."""
+    """SIGUSR1 closes this worker's ingest; a new generation's ingest opens once its handoff
+    file exists (see the module docstring)."""
+    rt.app.conf.alto_ingest_gate = rt.handover  # read by the consumer (`_Consumer`)
+
+    @rt.app.task
+    async def open_the_gate() -> None:
+        await rt.handover.wait_for_handoff()
 
     @rt.app.task
     async def on_sigusr1() -> None:

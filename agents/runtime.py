@@ -110,7 +110,7 @@ class AltoApp:
         self.scheduler: SchedulerCore | None = None  # with the scheduler role
         # Generations (`alto.infra.generations`): SIGUSR1 closes ingest; the next generation
         # takes the requests topic from the offsets this one committed.
-        self.handover = IngestHandover(config.generations.handoff_file)
+        self.handover = IngestHandover(config.generations.handoff_file, config.requests_topic)
         unknown = set(config.pipelines) - set(self.topologies)
         if unknown:
             raise ConfigError(

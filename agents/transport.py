@@ -154,6 +154,7 @@ class _Consumer(Consumer):
         # Partitions whose committed offset is known for the current assignment (read from
         # the broker by `perform_seek`, after each rebalance): the only ones we commit.
         self._seeked: set[Any] = set()
+        self._gate_due = False  # the ingest gate's starts are to be applied (`_open_gate`)
         idle_ms, idle_after_s = self.app.conf.alto_idle_fetch
         self._pacer = FetchPacer(
             lambda: getattr(self._thread, "_consumer", None),
@@ -252,12 +253,45 @@ class _Consumer(Consumer):
                 if (start := first.get(tp)) is not None:
                     self._committed_offset[tp] = start
         self._seeked = {tp for tp in assigned if self._committed_offset.get(tp) is not None}
+        self._gate_due = True
+
+    # A new generation's ingest (`alto.agents.handover`): its consumer fetches nothing of the
+    # requests topic until the handoff file exists, then starts each partition at the file's
+    # offset, which counts as committed (the records below it are the old generation's).
+
+    def _gate(self) -> Any:
+        return getattr(self.app.conf, "alto_ingest_gate", None)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        gate = self._gate()
+        if gate is not None and gate.gated and active_partitions:
+            active_partitions = {tp for tp in active_partitions if tp.topic != gate.topic}
+            if not active_partitions:
+                await asyncio.sleep(timeout)
+                return {}
+        return await super()._getmany(active_partitions, timeout)
+
+    async def _open_gate(self) -> None:
+        gate = self._gate()
+        if gate is None or gate.gated:
+            return
+        self._gate_due = False
+        for tp in self.assignment():
+            committed = self._committed_offset.get(tp)
+            if tp.topic != gate.topic or committed is None:
+                continue
+            start = gate.start(tp.partition, committed)
+            if start > committed:
+                await self.seek(tp, start)
+                self._committed_offset[tp] = start
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)
         self._seeked.difference_update(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        if self._gate_due:
+            await self._open_gate()
         if self._reread_due:
             due, self._reread_due = self._reread_due, {}
             assigned = self.assignment()

@@ -141,6 +141,11 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         return ends
 
 
+# How long a gated consumer's fetches wait (`_Consumer.getmany`): also the longest the gate's
+# opening can wait for the fetch in flight.
+GATED_FETCH_WAIT_MS = 250
+
+
 class _Consumer(Consumer):
     # When the last refused ack was logged (monotonic s) and how many since.
     _refused_logged_at = 0.0
@@ -258,6 +263,9 @@ class _Consumer(Consumer):
     # A new generation's ingest (`alto.agents.handover`): its consumer fetches nothing of the
     # requests topic until the handoff file exists, then starts each partition at the file's
     # offset, which counts as committed (the records below it are the old generation's).
+    # Until then nothing can reach any of its topics, so it fetches every
+    # `GATED_FETCH_WAIT_MS` rather than at the busy wait: the 10-20 s a new generation waits
+    # beside the old one cost the broker a second set of busy consumers otherwise.
 
     def _gate(self) -> Any:
         return getattr(self.app.conf, "alto_ingest_gate", None)
@@ -284,6 +292,7 @@ class _Consumer(Consumer):
             if start > committed:
                 await self.seek(tp, start)
                 self._committed_offset[tp] = start
+        self._pacer.saw(1)  # requests come now: back to the configured wait at once
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)
@@ -292,6 +301,10 @@ class _Consumer(Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         if self._gate_due:
             await self._open_gate()
+        gate = self._gate()
+        gated = gate is not None and gate.gated
+        if gated:  # nothing reaches this generation before its ingest opens: fetch rarely
+            self._pacer.hold(GATED_FETCH_WAIT_MS)
         if self._reread_due:
             due, self._reread_due = self._reread_due, {}
             assigned = self.assignment()
@@ -302,7 +315,8 @@ class _Consumer(Consumer):
         async for item in super().getmany(timeout):
             records += 1
             yield item
-        self._pacer.saw(records)
+        if not gated:
+            self._pacer.saw(records)
 
 
 class _NoReadOffsets(dict[Any, Any]):

@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
     p.add_argument(
         "name",
-        choices=["hop", "lm", "scheduler", "bm25", "rerank", "factool", "overload", "idle"],
+        choices=[
+            "hop", "lm", "scheduler", "bm25", "rerank", "factool", "overload", "idle", "broker"
+        ],
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write raw figures here")

@@ -209,6 +209,14 @@ class FetchPacer:
         if wait != self.wait_ms:
             self._set(wait)
 
+    def hold(self, wait_ms: int) -> None:
+        """Fetch at `wait_ms` (at least the configured wait) until the next `saw`: for a
+        consumer that knows no record can come yet (a new generation before its handoff,
+        `alto.agents.handover`); its `saw` with a record brings it back."""
+        wait = max(wait_ms, self.busy_ms)
+        if self.enabled and wait != self.wait_ms:
+            self._set(wait)
+
     def _set(self, wait_ms: int) -> None:
         consumer = self._consumer() if callable(self._consumer) else self._consumer
         fetcher = getattr(consumer, "_fetcher", None)

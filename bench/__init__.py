@@ -46,6 +46,10 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
         from alto.bench.idle import main as idle_main
 
         return idle_main(quick=quick, json_path=json_path)
+    if name == "broker":
+        from alto.bench.broker import main as broker_main
+
+        return broker_main(quick=quick, json_path=json_path)
     if name == "overload":
         from alto.bench.overload import main as overload_main
 

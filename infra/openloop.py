@@ -15,7 +15,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from alto.config import AltoConfig
@@ -34,6 +34,7 @@ class Outcome:
     finished: float | None = None  # wall clock of the first result
     result: PipelineResult | None = None  # the first result
     results: int = 0  # results received; more than one is a duplicate
+    extra: list[PipelineResult] = field(default_factory=list)  # the results after the first
 
     @property
     def request_id(self) -> str:
@@ -147,7 +148,9 @@ class OpenLoop:
             if outcome is None:
                 continue
             outcome.results += 1
-            if outcome.finished is None:
+            if outcome.finished is not None:
+                outcome.extra.append(result)
+            else:
                 outcome.finished, outcome.result = time.time(), result
                 if self.on_result is not None:
                     self.on_result(outcome)

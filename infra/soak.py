@@ -26,7 +26,7 @@ import math
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alto.config import AltoConfig
 from alto.infra.logstats import log_stats
@@ -39,6 +39,10 @@ from alto.infra.soak_rules import (
     verdict_text,
     window_line,
 )
+
+if TYPE_CHECKING:
+    from alto.infra.openloop import Outcome
+    from alto.schemas.messages import PipelineResult
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +291,23 @@ def run_soak(
         sent=len(outcomes),
         answered=sum(1 for o in outcomes if o.result is not None),
         duplicated=sum(1 for o in outcomes if o.results > 1),
+        duplicates=[describe_duplicate(o) for o in outcomes if o.extra],
         partitions=logs,
         sustainable_rps=sustainable,
     )
+
+
+def describe_duplicate(outcome: Outcome) -> str:
+    """A request answered more than once: each result's status, when it was completed and
+    which workers its trace went through (a generation's workers are named after it)."""
+
+    def one(result: PipelineResult) -> str:
+        workers = sorted({w for span in result.trace for w in span.processed_by})
+        return f"{result.status.value} at {result.completed_at_ms} by {','.join(workers)}"
+
+    first = outcome.result
+    results = [one(r) for r in ([first] if first is not None else []) + outcome.extra]
+    return f"{outcome.request_id} ({outcome.request.pipeline}): " + "; ".join(results)
 
 
 def plot(report: SoakReport, path: Path) -> None:

@@ -70,6 +70,7 @@ class SoakReport:
     duplicated: int
     partitions: list[PartitionLog] = field(default_factory=list)  # the broker's log at the end
     sustainable_rps: float | None = None  # measured first when the rate was `auto`
+    duplicates: list[str] = field(default_factory=list)  # each duplicated request, described
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class SoakReport:
             "sent": self.sent,
             "answered": self.answered,
             "duplicated": self.duplicated,
+            "duplicates": self.duplicates,
             "verdict": asdict(self.verdict),
             "partitions": [asdict(p) for p in self.partitions],
             "windows": [
@@ -224,6 +226,7 @@ def verdict_text(report: SoakReport) -> str:
         ),
     ]
     lines += [f"  - {reason}" for reason in v.reasons]
+    lines += [f"  duplicated: {d}" for d in report.duplicates[:10]]
     if report.partitions:
         batches = sum(p.batches for p in report.partitions)
         records = sum(p.records for p in report.partitions)

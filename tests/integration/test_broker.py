@@ -115,3 +115,16 @@ def test_end_offsets_are_checked_by_reading(bootstrap_servers: str) -> None:
     ends = asyncio.run(_ends_after_batches(bootstrap_servers))
     assert [read for _, _, read in ends] == [total for total, _, _ in ends], ends
     print("produced / reported / read:", ends)
+
+
+def test_the_broker_memory_bench_writes_what_it_reports() -> None:
+    """`alto bench broker` on a small scale: each run on its own embedded broker, every
+    cycle's RSS read, the records it counts written (the figures themselves are the
+    benchmark's, not asserted here)."""
+    from alto.bench.broker import measure
+
+    for run, rotating, kept in (("rotate", 200, 0), ("keep", 0, 20), ("mixed", 200, 20)):
+        result = measure(run, cycles=2, records=100)
+        assert result["rotating_records"] == rotating and result["kept_records"] == kept, result
+        rss = result["rss_mb"]
+        assert isinstance(rss, list) and len(rss) == 3 and all(v > 0 for v in rss), result

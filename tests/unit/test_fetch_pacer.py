@@ -53,3 +53,17 @@ def test_the_defaults_pace_the_embedded_brokers_fetches() -> None:
     assert pacer.enabled and (pacer.busy_ms, pacer.idle_ms) == (10, 1000)
     env = {"ALTO_KAFKA__IDLE_FETCH_WAIT_MS": "0"}
     assert not FetchPacer.for_config(load_config(environ=env), _consumer()).enabled
+
+
+def test_a_held_consumer_waits_long_until_a_record_comes() -> None:
+    """A new generation before its handoff (`alto.agents.transport`): the hold stands
+    whatever the spell, and the first record brings the configured wait back."""
+    consumer = _consumer()
+    pacer = FetchPacer(consumer, busy_ms=10, idle_ms=1000, idle_after_s=10.0)
+    pacer.hold(250)
+    assert consumer._fetcher._fetch_max_wait_ms == 250 and pacer.idle
+    pacer.hold(5)  # never below the configured wait
+    assert consumer._fetcher._fetch_max_wait_ms == 10
+    pacer.hold(250)
+    pacer.saw(1)
+    assert consumer._fetcher._fetch_max_wait_ms == 10 and not pacer.idle

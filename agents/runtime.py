@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import faust
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 from faust.types import EventT, StreamT
@@ -33,7 +32,7 @@ from alto import metrics
 from alto.agents import scheduler_role, upkeep
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
-from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table
+from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table, results_table
 from alto.agents.transport import FaustApp, received_ms
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
@@ -388,15 +387,7 @@ class AltoApp:
 
     def _define_sink(self) -> None:
         results_topic = self.topic(self.config.results_topic)
-        table = self.app.Table(
-            "results",
-            default=None,
-            partitions=self.config.kafka.partitions,
-            schema=faust.Schema(
-                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            ),
-            changelog_topic=results_topic,
-        )
+        table = results_table(self.app, results_topic, self.config)
         self.tables["results"] = table
         emitted = self.results = ResultsStore(table)
         self.consumed.add(self.config.sink_topic)

@@ -157,3 +157,33 @@ def test_results_are_forgotten_by_their_own_age_not_when_first_seen() -> None:
     assert set(data) == {b"recent", b"garbled"}
     assert store.forget_older_than(now + 600_000, retention_ms=600_000) == 2
     assert not data
+
+
+def test_recovering_the_results_table_skips_results_older_than_the_retention() -> None:
+    """Every new generation's worker recovers the results table from the whole results
+    topic; what is older than the retention never enters its memory."""
+    from faust.events import Event
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from alto.agents.stores import results_table
+    from alto.agents.transport import FaustApp
+    from alto.config import load_config
+
+    config = load_config({}).with_overrides(state={"results_retention_s": 600.0})
+    app = FaustApp("results", broker="kafka://127.0.0.1:9", store="memory://")
+    table = results_table(app, app.topic("alto.results"), config)
+    now_s = now_ms() / 1000
+
+    def event(key: bytes, age_s: float | None) -> Event:
+        stamp = None if age_s is None else now_s - age_s
+        value = _result(key.decode(), 0)
+        tp = TP("alto.results", 0)
+        message = ConsumerMessage("alto.results", 0, 1, stamp, None, None, key, value, None, tp=tp)
+        return Event(app, key, value, {}, message)
+
+    table.apply_changelog_batch(
+        [event(b"hour-old", 3600), event(b"recent", 5), event(b"unstamped", None)]
+    )
+    assert set(table.data) == {b"recent", b"unstamped"}
+    assert table.retention_ms == 600_000

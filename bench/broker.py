@@ -124,7 +124,8 @@ def main(*, quick: bool, json_path: Path | None) -> int:
 
 def _table(results: list[dict[str, object]], cycles: int) -> None:
     cell: Callable[[object], str] = lambda v: "-" if v is None else str(v)  # noqa: E731
-    print("| run | RSS at start (MB) | " + " | ".join(f"cycle {c + 1}" for c in range(cycles)))
+    cells = " | ".join(f"cycle {c + 1}" for c in range(cycles))
+    print(f"| run | RSS at start (MB) | {cells} |")
     print("|---" * (cycles + 2) + "|")
     for r in results:
         rss = r["rss_mb"]

@@ -429,7 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "name",
         choices=[
-            "hop", "lm", "scheduler", "bm25", "rerank", "factool", "overload", "idle", "broker"
+            "hop",
+            "lm",
+            "scheduler",
+            "bm25",
+            "rerank",
+            "factool",
+            "overload",
+            "idle",
+            "broker",
         ],
     )
     p.add_argument("--quick", action="store_true")

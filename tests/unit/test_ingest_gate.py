@@ -89,3 +89,22 @@ def test_the_consumer_starts_each_requests_partition_at_the_handoff(tmp_path: Pa
         assert consumer.ack(message)
     assert consumer._new_offset(r0) == 34
     assert r0 not in consumer._stalled_since
+
+
+def test_closing_commits_after_a_commit_already_in_flight() -> None:
+    """Faust's `commit` only waits when another commit is in flight; the close must still
+    commit what it acknowledged (else the handoff starts below it: duplicates)."""
+    gate = IngestHandover(None, REQUESTS)
+    acked = {"offset": 40}
+    committed: list[int] = []
+    in_flight = {"offset": 38}  # a periodic commit that computed its offsets earlier
+
+    async def commit() -> bool:
+        if in_flight:  # as Faust: wait for the commit in flight, commit nothing ourselves
+            committed.append(in_flight.pop("offset"))
+            return False
+        committed.append(acked["offset"])
+        return True
+
+    asyncio.run(gate.close(commit))
+    assert gate.state == "closed" and committed[-1] == 40, committed

@@ -42,7 +42,8 @@ from alto.schemas import faust_codecs
 from alto.schemas.messages import Mode, PipelineRequest, Quantum
 from alto.streams.admission import Admission
 from alto.streams.ancestry import request_id_of_key
-from alto.streams.outputs import failed
+from alto.streams.chain import Chains
+from alto.streams.outputs import failed, now_ms
 from alto.streams.pipeline import REQUEST, StageKind, Topology
 from alto.streams.processor import (
     CallLM,
@@ -99,6 +100,11 @@ class AltoApp:
             self.admission,
         )
         self.sink = Sink(self.topologies)
+        # Stateless stages run in memory by whichever agent produces their input (ingest
+        # included, for every pipeline it admits): `alto.streams.chain`.
+        self.chains = Chains(
+            self.routings.values(), self.worker_id, max_spans=config.state.max_trace_spans
+        )
         self._topics: dict[str, Any] = {}
         self.tables: dict[str, Any] = {}
         # Aggregators' tables with their processor and input topic, for the state sweep.
@@ -180,10 +186,16 @@ class AltoApp:
     # -- output --------------------------------------------------------------------
 
     async def deliver(
-        self, outs: Iterable[Output], event: EventT, meter: metrics.StageMeter
+        self, outs: Iterable[Output], event: EventT | None, meter: metrics.StageMeter
     ) -> None:
+        """Produce `outs` of the stage `meter` counts, handling `event` (None: a replay of
+        ingest's own). A Send to a chained stage runs that stage here, in memory."""
         for out in outs:
-            if isinstance(out, CallLM):
+            if (chained := self.chains.get(out)) is not None:
+                assert isinstance(out, Send)
+                meter.out[out.quantum.kind.value].inc()
+                await self._run_chained(chained, out.quantum, event)
+            elif isinstance(out, CallLM):
                 meter.out["LM_CALL"].inc()
                 await self._produce(event, out)
             elif isinstance(out, Send):
@@ -196,7 +208,17 @@ class AltoApp:
                 meter.out["DEAD_LETTER"].inc()
                 await self.dead_letter(event, out)
 
-    async def _produce(self, event: EventT, out: Send | CallLM) -> None:
+    async def _run_chained(
+        self, processor: StageProcessor, quantum: Quantum, event: EventT | None
+    ) -> None:
+        started = time.perf_counter()
+        meter = metrics.meter(processor.topology.pipeline, processor.name)
+        meter.inputs.inc()
+        async for out in processor.process(quantum, None, now_ms()):
+            await self.deliver((out,), event, meter)
+        meter.seconds.observe(time.perf_counter() - started)
+
+    async def _produce(self, event: EventT | None, out: Send | CallLM) -> None:
         """Produce one output. One that does not encode, or that the producer refuses as
         larger than `max_message_bytes`, fails its request with a dead letter: raised, it
         would crash the agent, whose supervisor restarts it past the event (lost)."""
@@ -220,23 +242,24 @@ class AltoApp:
             )
             await self.send_failed(value.request_id, value.stage, f"{reason}: {text}")
 
-    async def dead_letter(self, event: EventT, out: DeadLetterOut) -> None:
-        msg = event.message
+    async def dead_letter(self, event: EventT | None, out: DeadLetterOut) -> None:
+        """Record `out` for `event` (None, ingest's replay: the requests topic at -1, -1)."""
+        if event is None:
+            topic, partition, offset, key, value = self.config.requests_topic, -1, -1, None, None
+        else:
+            msg = event.message
+            topic, partition, offset = msg.topic, msg.partition, msg.offset
+            key, value = _as_bytes(msg.key), _as_bytes(msg.value)
         log.warning(
-            "dead letter from %s[%d]@%d: %s: %s",
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            out.reason,
-            out.error,
+            "dead letter from %s[%d]@%d: %s: %s", topic, partition, offset, out.reason, out.error
         )
-        metrics.DEAD_LETTERS.labels(_REASONS(out.reason), msg.topic).inc()
+        metrics.DEAD_LETTERS.labels(_REASONS(out.reason), topic).inc()
         letter = out.letter(
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            _as_bytes(msg.key),
-            _as_bytes(msg.value),
+            topic,
+            partition,
+            offset,
+            key,
+            value,
             self.worker_id,
             self.config.kafka.max_message_bytes,
         )

@@ -115,11 +115,9 @@ def define_admission(rt: AltoApp, admission: Admission[PipelineRequest]) -> None
                 rt.config.admission.retry_s,
             )
             metrics.REQUESTS_REPLAYED.inc()
-            for out in rt.ingest.handle(request):
-                if isinstance(out, Send):
-                    await rt.app.producer.send(
-                        out.topic, out.key.encode(), out.quantum.encode(), None, None, None
-                    )
+            # Through `deliver`, as the first time: stages chained into ingest run again.
+            meter = metrics.meter(rt.pipeline_label(request.pipeline), "ingest")
+            await rt.deliver(rt.ingest.handle(request), None, meter)
 
 
 def define_metrics(rt: AltoApp) -> None:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from alto.cli_pipelines import add_pipeline_commands
 from alto.config import AltoConfig, load_config
 from alto.errors import AltoError
 
@@ -46,16 +47,6 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     counts = ensure_topics(config, create_app(config, all_topologies(config)).topic_partitions())
     for name, n in sorted(counts.items()):
         print(f"{name}\t{n}")
-    return 0
-
-
-def _cmd_pipelines(args: argparse.Namespace) -> int:
-    from alto.streams.registry import registry
-
-    for name, registered in sorted(registry(load_config()).items()):
-        topology = registered.topology
-        stages = " -> ".join(f"{s}({topology.stages[s].kind.value})" for s in topology.order)
-        print(f"{name}\t{registered.source}\t{stages}")
     return 0
 
 
@@ -291,12 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create every topic the pipelines need (idempotent)")
     p.set_defaults(func=_cmd_topics)
 
-    p = sub.add_parser(
-        "pipelines",
-        help="list the pipelines this installation serves (built-in, `alto.pipelines` entry "
-        "points, ALTO_PIPELINE_MODULES): name, source, stages",
-    )
-    p.set_defaults(func=_cmd_pipelines)
+    add_pipeline_commands(sub)
 
     p = sub.add_parser("worker", help="run a Faust worker serving every pipeline's stages")
     p.add_argument("--loglevel", default=None)

@@ -201,6 +201,10 @@ class AltoConfig(BaseModel):
     # The user's pipelines: `module` or `module:attribute` (streams/registry.py).
     pipeline_modules: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ("ingest", "stages", "sink", "scheduler")
+    # Operator chaining: stateless stages run in the agent that produces their input, with
+    # no topic between (`alto.streams.chain`). False puts every stage on its own topic; every
+    # process of a stack must agree.
+    chaining: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Load what the pipelines' stages need (index, encoder) when a worker starts, not on its
     # first request (off in most tests: every test worker would load them).

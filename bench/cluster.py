@@ -153,6 +153,8 @@ class Cluster:
     """One run of `topology` on the modelled cluster (see the module docstring)."""
 
     def __init__(self, topology: Topology, spec: ClusterSpec, costs: CostLog | None = None):
+        # The paper's layout: every stage a pool of its own instances, so no chaining.
+        topology = topology.unchained()
         self.topology = topology
         self.spec = spec
         self.costs = costs

@@ -36,7 +36,7 @@ _SHOWN = {  # stage whose input topic we read -> (producing stage, what it shows
     "claims": ("answer", "answer"),
     "queries": ("claims", "claim"),
     "encode": ("queries", "query"),
-    "verify": ("claim_search", "evidence"),  # a claim with its evidence
+    "judged": ("claim_search", "evidence"),  # a claim with its evidence ("verify" is chained)
     "report": ("judged", "verdict"),  # a claim's verdict
 }
 

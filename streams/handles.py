@@ -47,6 +47,7 @@ class Stream:
         with_item: bool = False,
         concurrency: int = 1,
         blocking: bool = False,
+        chain: bool = True,
         description: str = "",
     ) -> Stream:
         """One output per input (see `Pipeline.map`)."""
@@ -57,6 +58,7 @@ class Stream:
             after=self.name,
             concurrency=concurrency,
             blocking=blocking,
+            chain=chain,
             description=description,
         )
         return Stream(self.pipeline, stage)
@@ -70,6 +72,7 @@ class Stream:
         streams: bool = True,
         concurrency: int = 1,
         blocking: bool = False,
+        chain: bool = True,
         description: str = "",
     ) -> Stream:
         """Zero or more children per input, one level deeper (see `Pipeline.fan_out`)."""
@@ -81,17 +84,26 @@ class Stream:
             streams=streams,
             concurrency=concurrency,
             blocking=blocking,
+            chain=chain,
             description=description,
         )
         return Stream(self.pipeline, stage)
 
     def lm(
-        self, call: LMCall, *, name: str | None = None, streams: bool = True, description: str = ""
+        self,
+        call: LMCall,
+        *,
+        name: str | None = None,
+        streams: bool = True,
+        chain: bool = True,
+        description: str = "",
     ) -> Stream:
         """An LM call per input, its output's quanta as children (see `Pipeline.lm`); named
         after the prompt (the last part of `call.prompt_name`) unless given `name=`."""
         stage = name or call.prompt_name.rsplit(".", 1)[-1]
-        self.pipeline.lm(stage, call, after=self.name, streams=streams, description=description)
+        self.pipeline.lm(
+            stage, call, after=self.name, streams=streams, chain=chain, description=description
+        )
         return Stream(self.pipeline, stage)
 
     def lm_words(self, *, name: str | None = None, description: str = "") -> Stream:

@@ -9,7 +9,7 @@ can lose chosen messages, to show what repairs a loss (a replay from the request
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from alto.schemas.messages import (
     PipelineResult,
     Quantum,
 )
+from alto.streams.chain import Chains
 from alto.streams.pipeline import Topology
 from alto.streams.processor import (
     CallLM,
@@ -78,7 +79,10 @@ class LocalRunner:
         self.lm = lm
         self.lose = lose
         self.routings = {t.pipeline: Routing(t, PREFIX, SINK, LM_TOPIC) for t in topologies}
-        self.processors: dict[str, StageProcessor] = {}
+        # Chained stages run in memory, as in a worker; each also keeps a processor behind
+        # its topic name, so that a test can deliver to it directly.
+        self.chains = Chains(self.routings.values(), worker)
+        self.processors: dict[str, StageProcessor] = dict(self.chains.stages)
         for routing in self.routings.values():
             for stage in routing.topology.topic_stages:
                 topic = routing.topology.stage_topic(PREFIX, stage)
@@ -96,7 +100,8 @@ class LocalRunner:
         pending: list[tuple[str, bytes]] = []
         self._lm_pending: list[LMRequest] = []
         for req in requests:
-            self._collect(self.ingest.handle(PipelineRequest.decode(req.encode())), pending, run)
+            outs = self.ingest.handle(PipelineRequest.decode(req.encode()))
+            await self._collect(outs, pending, run)
         while pending or self._lm_pending:
             if not pending:
                 await self._serve_lm(pending, run)
@@ -115,18 +120,22 @@ class LocalRunner:
                 if result is not None:
                     run.results[result.request_id] = result
                 continue
-            outs = [o async for o in self.processors[topic].process(q, self.stores[topic])]
-            self._collect(outs, pending, run)
+            await self._collect(self.processors[topic].process(q, self.stores[topic]), pending, run)
         return run
 
     async def _serve_lm(self, pending: list[tuple[str, bytes]], run: LocalRun) -> None:
         if self.lm is None:
             raise RuntimeError("a pipeline made an LM call but the runner has no LM service")
         request = self._lm_pending.pop(0)
-        self._collect([out async for out in self.lm(request)], pending, run)
+        await self._collect(self.lm(request), pending, run)
 
-    def _collect(self, outs: list[Output], pending: list[tuple[str, bytes]], run: LocalRun) -> None:
-        for out in outs:
+    async def _collect(
+        self,
+        outs: Iterable[Output] | AsyncIterable[Output],
+        pending: list[tuple[str, bytes]],
+        run: LocalRun,
+    ) -> None:
+        async for out in self.chains.expand(outs):
             if isinstance(out, Send):
                 pending.append((out.topic, out.quantum.encode()))
             elif isinstance(out, CallLM):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -71,6 +71,7 @@ class Stage:
     blocking: bool = False
     lm: LMCall | None = None
     description: str = ""
+    chain: bool = True  # may run in its producer's agent (see `Topology.chained`)
 
     @property
     def stateful(self) -> bool:
@@ -107,6 +108,9 @@ class Topology:
     # the registry when a process loads it.
     settings: type[BaseModel] | None = None
     index: PipelineIndex | None = None  # built ahead of serving (`alto index build`)
+    # Stages run in memory by the agent that produces their input, with no topic of their
+    # own (operator chaining, derived in `Pipeline.build`; see `chainable`).
+    chained: frozenset[str] = frozenset()
 
     def stage_topic(self, prefix: str, stage: str) -> str:
         """The input topic of `stage`."""
@@ -114,9 +118,33 @@ class Topology:
 
     @property
     def topic_stages(self) -> tuple[str, ...]:
-        """Stages with an input topic, in topological order (an LM_WORDS stage has none:
-        the LM worker serving its upstream LM stage emits its children)."""
-        return tuple(s for s in self.order if self.stages[s].kind is not StageKind.LM_WORDS)
+        """Stages with an input topic, in topological order. An LM_WORDS stage has none (the
+        LM worker serving its upstream LM stage emits its children), nor has a chained one
+        (its producer runs it)."""
+        return tuple(
+            s
+            for s in self.order
+            if self.stages[s].kind is not StageKind.LM_WORDS and s not in self.chained
+        )
+
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        """Each agent's chain: the stage (or REQUEST, the ingest agent) that reads a topic,
+        and the chained stages it runs in memory behind it, in topological order."""
+        head: dict[str, str] = {REQUEST: REQUEST}
+        out: dict[str, list[str]] = {REQUEST: []}
+        for name in self.order:
+            if name in self.chained:
+                (up,) = self.stages[name].after
+                head[name] = head[up]
+                out[head[name]].append(name)
+            elif self.stages[name].kind is not StageKind.LM_WORDS:
+                head[name] = name
+                out[name] = []
+        return {h: tuple(stages) for h, stages in out.items()}
+
+    def unchained(self) -> Topology:
+        """This topology with every stage on its own topic (chaining off)."""
+        return replace(self, chained=frozenset())
 
     def topics(self, prefix: str) -> list[str]:
         return [self.stage_topic(prefix, s) for s in self.topic_stages]
@@ -185,6 +213,7 @@ class Pipeline:
         after: str = REQUEST,
         concurrency: int = 1,
         blocking: bool = False,
+        chain: bool = True,
         description: str = "",
     ) -> Pipeline:
         """One output per input, same ancestry (a stateless transform).
@@ -193,6 +222,8 @@ class Pipeline:
         wait on I/O); order is not kept, which a stateless stage does not need.
         `blocking` runs a synchronous `fn` in a thread so it never stalls the event loop
         (Faust's other agents, heartbeats and commits keep running).
+        `chain=False` keeps the stage on its own topic and agent even where it could run in
+        its producer's (see `Topology.chained`).
         """
         stage = Stage(
             name,
@@ -202,6 +233,7 @@ class Pipeline:
             concurrency=concurrency,
             blocking=blocking,
             description=description,
+            chain=chain,
         )
         return self._add(stage)
 
@@ -214,6 +246,7 @@ class Pipeline:
         streams: bool = True,
         concurrency: int = 1,
         blocking: bool = False,
+        chain: bool = True,
         description: str = "",
     ) -> Pipeline:
         """Zero or more children per input, one ancestry level deeper.
@@ -231,6 +264,7 @@ class Pipeline:
             concurrency=concurrency,
             blocking=blocking,
             description=description,
+            chain=chain,
         )
         return self._add(stage)
 
@@ -241,12 +275,19 @@ class Pipeline:
         *,
         after: str = REQUEST,
         streams: bool = True,
+        chain: bool = True,
         description: str = "",
     ) -> Pipeline:
         """An LM call per input; each quantum of its output (by `call.rule`) is a child,
         one ancestry level deeper, emitted by the LM worker the moment it is complete."""
         stage = Stage(
-            name, StageKind.LM, (after,), lm=call, streams=streams, description=description
+            name,
+            StageKind.LM,
+            (after,),
+            lm=call,
+            streams=streams,
+            description=description,
+            chain=chain,
         )
         return self._add(stage)
 
@@ -378,6 +419,7 @@ class Pipeline:
         if not consumers[REQUEST]:
             raise PipelineError(f"{self.name}: no stage consumes the request")
         return Topology(
+            chained=frozenset(s for s in order if chainable(stages, s)),
             pipeline=self.name,
             stages=stages,
             order=tuple(order),
@@ -390,6 +432,19 @@ class Pipeline:
             settings=self.settings,
             index=self.index,
         )
+
+
+def chainable(stages: dict[str, Stage], name: str) -> bool:
+    """Whether `name` can run in memory in the agent that produces its input (Flink's
+    operator chaining; Kafka Streams' sub-topology): it is stateless, so its input needs no
+    repartitioning, and its producer is ours (ingest, or a stage's agent), not an LM worker.
+    Topics remain where a key changes (aggregates), where an LM worker produces, and at the
+    pipeline's edges. A stage declared with `chain=False` keeps its topic."""
+    stage = stages[name]
+    if stage.kind not in (StageKind.MAP, StageKind.FAN_OUT, StageKind.LM) or not stage.chain:
+        return False
+    (up,) = stage.after
+    return up == REQUEST or stages[up].kind not in (StageKind.LM, StageKind.LM_WORDS)
 
 
 def _topological_order(pipeline: str, stages: dict[str, Stage]) -> list[str]:

@@ -120,6 +120,8 @@ def registry(config: AltoConfig | None = None) -> dict[str, Registered]:
     out: dict[str, Registered] = {}
     for builder, source, module in _sources(modules):
         topology = _call(builder, source)
+        if config is not None and not config.chaining:
+            topology = topology.unchained()
         if (known := out.get(topology.pipeline)) is not None:
             raise ConfigError(
                 f"two pipelines named {topology.pipeline!r}: from {known.source} and {source}"

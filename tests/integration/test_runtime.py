@@ -159,7 +159,7 @@ def test_malformed_bytes_become_dead_letters_and_failed_results(
 ) -> None:
     workers, _ = two_workers
     submitter = Submitter(alto_config)
-    stage_topic = example.build().stage_topic(alto_config.internal_prefix, "words")
+    stage_topic = example.build().stage_topic(alto_config.internal_prefix, "sentence_stats")
     good = new_request("example", "A sentence that works. And another one.")
     wrong_fp = good.encode()[:2] + b"\x00" * 8 + good.encode()[10:]
     submitter.submit_raw(b"bad-garbage", b"\x00\x01garbage")

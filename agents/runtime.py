@@ -30,6 +30,7 @@ from faust.types import EventT, StreamT
 
 from alto import metrics
 from alto.agents import scheduler_role, upkeep
+from alto.agents.events import as_bytes, handle_each, readable_key
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
 from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table, results_table
@@ -39,9 +40,8 @@ from alto.errors import BadInputError, ConfigError
 from alto.kafka import aiokafka_settings
 from alto.scheduler.agent import SchedulerCore
 from alto.schemas import faust_codecs
-from alto.schemas.messages import Mode, PipelineRequest, Quantum
+from alto.schemas.messages import LMRequest, Mode, PipelineRequest, Quantum
 from alto.streams.admission import Admission
-from alto.streams.ancestry import request_id_of_key
 from alto.streams.chain import Chains
 from alto.streams.outputs import failed, now_ms
 from alto.streams.pipeline import REQUEST, StageKind, Topology
@@ -224,9 +224,16 @@ class AltoApp:
         would crash the agent, whose supervisor restarts it past the event (lost)."""
         value = out.request if isinstance(out, CallLM) else out.quantum
         try:
-            await self.app.producer.send(
-                out.topic, out.key.encode(), value.encode(), None, None, None
-            )
+            if (
+                isinstance(out, CallLM)
+                and (instance := await self._room_for(out.request)) is not None
+            ):
+                assert self.scheduler is not None
+                await self.scheduler.assign(out.request, instance)
+            else:
+                await self.app.producer.send(
+                    out.topic, out.key.encode(), value.encode(), None, None, None
+                )
         except (BadInputError, ProducerSendError) as exc:
             if isinstance(exc, BadInputError):
                 reason, text = exc.reason, str(exc)
@@ -242,6 +249,14 @@ class AltoApp:
             )
             await self.send_failed(value.request_id, value.stage, f"{reason}: {text}")
 
+    async def _room_for(self, request: LMRequest) -> int | None:
+        """The LM instance this worker's scheduler places `request` on now, with no hop
+        through `lm.requests` (None: no scheduler here, direct placement off, or every
+        instance saturated: then the call waits at the scheduler agent, as admission says)."""
+        if self.scheduler is None or not self.config.scheduler.direct:
+            return None
+        return await self.scheduler.place_now(request)
+
     async def dead_letter(self, event: EventT | None, out: DeadLetterOut) -> None:
         """Record `out` for `event` (None, ingest's replay: the requests topic at -1, -1)."""
         if event is None:
@@ -249,7 +264,7 @@ class AltoApp:
         else:
             msg = event.message
             topic, partition, offset = msg.topic, msg.partition, msg.offset
-            key, value = _as_bytes(msg.key), _as_bytes(msg.value)
+            key, value = as_bytes(msg.key), as_bytes(msg.value)
         log.warning(
             "dead letter from %s[%d]@%d: %s: %s", topic, partition, offset, out.reason, out.error
         )
@@ -270,7 +285,7 @@ class AltoApp:
     ) -> None:
         """Dead-letter an event that does not decode; fail its request if the key names one
         (`node_key`: the key is a node key, request id plus ancestry; else the request id)."""
-        request_id = _readable_key(event.message.key, node_key=node_key)
+        request_id = readable_key(event.message.key, node_key=node_key)
         await self.dead_letter(event, DeadLetterOut(exc.reason, str(exc), request_id, stage))
         if request_id is not None:
             await self.send_failed(request_id, stage, f"{exc.reason}: {exc}")
@@ -307,7 +322,7 @@ class AltoApp:
             msg.offset,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-        request_id = _readable_key(msg.key, node_key=True)
+        request_id = readable_key(msg.key, node_key=True)
         if request_id is not None:
             await self.send_failed(request_id, stage, f"stage_error: {exc!r}")
 
@@ -450,50 +465,7 @@ class AltoApp:
         return name if name in self.topologies else metrics.UNKNOWN
 
 
-async def handle_each(
-    stream: StreamT,
-    handle: Callable[[EventT], Awaitable[None]],
-    failed: Callable[[EventT, Exception], Awaitable[None]],
-) -> None:
-    """Handle a stream's events in order, acknowledging each only once it is handled.
-
-    Faust's own iteration (`async for event in stream.events()`) acknowledges an event in a
-    `finally` around its `yield` (faust/streams.py): when the loop moves on, and also when
-    the loop is abandoned, so an agent cancelled mid-event (a worker stopping) had that
-    event counted as processed, and committed, unprocessed. Here a cancelled `handle`
-    leaves its event unacknowledged (read again), and one that raises goes to `failed`
-    (which fails the request) and is then acknowledged."""
-    manual = stream.noack()  # type: ignore[attr-defined]
-    async for event in manual.events():
-        try:
-            await handle(event)
-        except Exception as exc:
-            await failed(event, exc)
-        await manual.ack(event)
-
-
 _REASONS = metrics.BoundedLabel(64)
-
-
-def _as_bytes(value: Any) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return bytes(value)
-
-
-def _readable_key(key: Any, *, node_key: bool = False) -> str | None:
-    """The request id a message key names, if the key is readable UTF-8 (a node key's
-    request id with `node_key`; else the whole key, which may itself contain '|')."""
-    raw = _as_bytes(key)
-    if not raw:
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return (request_id_of_key(text) if node_key else text) or None
 
 
 def create_app(config: AltoConfig, topologies: Iterable[Topology]) -> AltoApp:

@@ -4,7 +4,7 @@ keep Faust from committing records nothing processed (a producer flush that real
 no ack for a message a stream skipped, no read offsets with commits that start at the
 committed offset, and no commit before that offset is known after a rebalance). README,
 "Where the loss under chaos came from" (the fifth fix, acks only after handling, is in
-`alto.agents.runtime.handle_each`).
+`alto.agents.events.handle_each`).
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` at 1,500 ms. Apache Kafka answers a
 fetch as soon as data arrives, so there the value only bounds idle polls; the embedded

@@ -183,6 +183,10 @@ class SchedulerSettings(_Section):
     policy: PolicyName = "prompt_aware"
     saturation: int = Field(default=128, ge=1)  # calls per instance = saturated
     queue: int = Field(default=256, ge=0)  # calls waiting at the scheduler, at most
+    # A worker with the scheduler role places the LM calls its own stages make (straight to
+    # the instance's `lm.work` partition) while an instance has room; else, and with False,
+    # a call goes through `lm.requests` to the scheduler agent.
+    direct: bool = True
 
 
 class AltoConfig(BaseModel):

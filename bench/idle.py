@@ -1,8 +1,9 @@
 """`alto bench idle`: what the default stack costs while nothing happens, and what its pacing
 (`alto.kafka.FetchPacer`) costs the first request after an idle spell.
 
-For each of two settings, paced (the defaults) and unpaced (`idle_fetch_wait_ms=0`), one
-after the other in one run: start the `alto up` stack with its defaults (embedded broker, 2
+For each of three settings, one after the other in one run: the defaults (paced, chained),
+unpaced (`idle_fetch_wait_ms=0`) and unchained (`chaining=false`: every stage on its own
+topic, as before operator chaining): start the `alto up` stack with its defaults (embedded broker, 2
 Faust workers, 1 LM worker on the SIMULATED engine, every built-in pipeline), answer one
 `example` request (every path warm), leave it idle, measure every process's CPU over the end
 of the idle spell, then send `example` requests one at a time and time each (submitted to
@@ -18,17 +19,24 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from alto.bench.common import OUT_DIR, progress, write_json
 from alto.config import AltoConfig, load_config
 
-SETTINGS = {"paced": {}, "unpaced": {"idle_fetch_wait_ms": 0}}
+SETTINGS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "unpaced": {"kafka": {"idle_fetch_wait_ms": 0}},
+    "unchained": {"chaining": False},
+}
 
 
 @dataclass
 class IdleRun:
     setting: str
     idle_fetch_wait_ms: int
+    chaining: bool
+    topics: int  # stage topics of every pipeline (what the stack's consumers poll)
     idle_s: float
     idle_cores: float
     cpu_pct: dict[str, float]  # per process over the measured part of the spell
@@ -47,6 +55,7 @@ def measure(config: AltoConfig, setting: str, *, idle_s: float, requests: int) -
     from alto.infra.client import Submitter, collect_results, new_request
     from alto.infra.soak import StackSampler
     from alto.infra.stack import Stack
+    from alto.streams.registry import all_topologies
 
     stack = Stack(
         config,
@@ -79,6 +88,8 @@ def measure(config: AltoConfig, setting: str, *, idle_s: float, requests: int) -
     return IdleRun(
         setting=setting,
         idle_fetch_wait_ms=config.kafka.idle_fetch_wait_ms,
+        chaining=config.chaining,
+        topics=sum(len(t.topic_stages) for t in all_topologies(config)),
         idle_s=idle_s,
         idle_cores=sum(cpu.values()) / 100,
         cpu_pct={name: round(pct, 1) for name, pct in sorted(cpu.items())},
@@ -90,8 +101,8 @@ def measure(config: AltoConfig, setting: str, *, idle_s: float, requests: int) -
 def main(*, quick: bool, json_path: Path | None) -> int:
     idle_s, requests = (40.0, 3) if quick else (100.0, 10)
     runs = []
-    for setting, kafka in SETTINGS.items():
-        config = load_config(data_dir=OUT_DIR / "data" / f"idle-{setting}", kafka=kafka)
+    for setting, overrides in SETTINGS.items():
+        config = load_config(data_dir=OUT_DIR / "data" / f"idle-{setting}", **overrides)
         runs.append(measure(config, setting, idle_s=idle_s, requests=requests))
     print("## alto bench idle: the default stack at rest, and the first request after\n")
     print(
@@ -102,15 +113,15 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     )
     names = sorted({n for r in runs for n in r.cpu_pct})
     print(
-        "| setting | idle fetch wait (ms) | idle cores | "
+        "| setting | idle fetch wait (ms) | stage topics | idle cores | "
         + " | ".join(f"{n} CPU %" for n in names)
         + " | first request after the spell (ms) | the next ones, median (ms) |"
     )
-    print("|---|---|---|" + "---|" * len(names) + "---|---|")
+    print("|---|---|---|---|" + "---|" * len(names) + "---|---|")
     for r in runs:
         after = f"{statistics.median(r.after_ms):.0f}" if r.after_ms else "-"
         print(
-            f"| {r.setting} | {r.idle_fetch_wait_ms} | {r.idle_cores:.3f} | "
+            f"| {r.setting} | {r.idle_fetch_wait_ms} | {r.topics} | {r.idle_cores:.3f} | "
             + " | ".join(f"{r.cpu_pct.get(n, 0.0):.1f}" for n in names)
             + f" | {r.first_ms} | {after} |"
         )

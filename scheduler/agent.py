@@ -268,29 +268,45 @@ class SchedulerCore:
                 metrics.SCHEDULER_WAITING.dec()
         return await self._decide(Call.of(request))
 
+    async def place_now(self, request: LMRequest) -> int | None:
+        """An instance for `request` if one has room now; None if every instance is
+        saturated (or none is live), for the caller to send the call through `lm.requests`
+        to the scheduler agent, which waits or refuses it (admission)."""
+        if self.saturated(_now_ms()):
+            return None
+        call = Call.of(request)
+        instance = self._try_place(call)
+        if instance is not None:
+            await self._publish(call.prompt)
+        return instance
+
     async def _decide(self, call: Call, engine: str | None = None) -> int:
         """Place `call`; with `engine`, only on an instance running that engine when one
         is live (a replayed call must reproduce the output its first attempt
         streamed in part: downstream deduplication keeps the first copy of each quantum)."""
-        while (
-            placed := place(
-                self.policy,
-                self.state,
-                call,
-                _now_ms(),
-                saturation=self.config.scheduler.saturation,
-                engines=self.engines,
-                engine=engine,
-            )
-        ) is None:
+        while (instance := self._try_place(call, engine)) is None:
             await self._wait_for_change()
+        await self._publish(call.prompt)
+        return instance
+
+    def _try_place(self, call: Call, engine: str | None = None) -> int | None:
+        placed = place(
+            self.policy,
+            self.state,
+            call,
+            _now_ms(),
+            saturation=self.config.scheduler.saturation,
+            engines=self.engines,
+            engine=engine,
+        )
+        if placed is None:
+            return None
         instance, why = placed.instance, placed.why
         self._assigned_at[call.call_id] = (instance, _now_ms())
         self.decisions += 1
         metrics.SCHEDULER_DECISIONS.labels(
             self.policy.name, _PROMPTS(call.prompt), str(instance), why
         ).inc()
-        await self._publish(call.prompt)
         return instance
 
     async def _wait_for_change(self) -> None:

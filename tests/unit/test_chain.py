@@ -148,3 +148,18 @@ def test_chains_expand_only_sends_to_chained_stages() -> None:
     assert set(chains.stages) == {f"p.example.{s}" for s in ("sentences", "words", "normalize")}
     aggregate = Send("p.example.sentence_stats", "k", None)  # type: ignore[arg-type]
     assert chains.get(aggregate) is None
+
+
+def test_the_readme_shows_what_alto_topology_prints_for_the_example() -> None:
+    from pathlib import Path
+
+    config = AltoConfig()
+    text = describe(
+        example.build(),
+        config.internal_prefix,
+        config.requests_topic,
+        config.lm_requests_topic,
+        config.sink_topic,
+    )
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "\n".join("  " + line for line in text.splitlines()) in readme

@@ -1,4 +1,4 @@
-"""A stage's events are acknowledged only once handled (`alto.agents.runtime.handle_each`).
+"""A stage's events are acknowledged only once handled (`alto.agents.events.handle_each`).
 
 Faust's own iteration acknowledges the current event in a `finally` around its `yield`, so
 an agent cancelled mid-event (a worker stopping gracefully) had that event committed
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from alto.agents.runtime import handle_each
+from alto.agents.events import handle_each
 
 
 @dataclass

@@ -129,3 +129,26 @@ def test_a_replayed_call_stays_on_its_engine() -> None:
         assert await core._decide(call, engine="gone") == 2  # no such engine live: any
 
     asyncio.run(run())
+
+
+def test_a_stage_places_its_call_now_only_while_an_instance_has_room() -> None:
+    """`place_now` (a stage's LM call with no hop through `lm.requests`): an instance while
+    one has room, else None (the call then goes to the scheduler agent to wait or be
+    refused); it never waits and never counts against the scheduler's queue."""
+
+    async def run() -> None:
+        config = AltoConfig(scheduler={"saturation": 2, "queue": 1})
+        sent = _Sent()
+        core = SchedulerCore(config, sent, name="s1")
+        assert await core.place_now(_call(0)) is None  # no instance has reported yet
+        await core._on_status(_status(0))
+        assert [await core.place_now(_call(i)) for i in range(2)] == [0, 0]
+        assert await core.place_now(_call(2)) is None  # saturated: the agent's road
+        assert core.waiting == 0 and core.decisions == 2
+        # The placement is the agent's own: recorded as load, the table published.
+        assert core.state.outstanding(0) == 2
+        assert [t for t, *_ in sent] == [config.lm_assignments_topic]
+        await core._on_status(_status(0, completed=("c0",)))
+        assert await core.place_now(_call(3)) == 0
+
+    asyncio.run(run())

@@ -160,6 +160,7 @@ class _Consumer(Consumer):
         # the broker by `perform_seek`, after each rebalance): the only ones we commit.
         self._seeked: set[Any] = set()
         self._gate_due = False  # the ingest gate's starts are to be applied (`_open_gate`)
+        self._gate_opened = False  # once: a later rebalance is no sign that requests come
         idle_ms, idle_after_s = self.app.conf.alto_idle_fetch
         self._pacer = FetchPacer(
             lambda: getattr(self._thread, "_consumer", None),
@@ -292,7 +293,9 @@ class _Consumer(Consumer):
             if start > committed:
                 await self.seek(tp, start)
                 self._committed_offset[tp] = start
-        self._pacer.saw(1)  # requests come now: back to the configured wait at once
+        if not self._gate_opened:  # requests come now: back to the configured wait at once
+            self._gate_opened = True
+            self._pacer.saw(1)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)

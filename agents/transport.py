@@ -64,6 +64,8 @@ from alto.streams.outputs import now_ms
 log = logging.getLogger(__name__)
 
 PROBE_WAIT_MS = 200
+# The longest an end-offset probe reads a partition that keeps growing (`true_end_offsets`).
+PROBE_LIMIT_S = 10.0
 # A partition whose committed record stays unprocessed this long is read again from it.
 REREAD_AFTER_S = 10.0
 # Refused acks (see `_Consumer.ack`) are logged at most this often, with their count.
@@ -80,7 +82,12 @@ async def true_end_offsets(
     """The end offset (next offset to be written) of each partition in `reported`, checked
     by fetching from just below the reported end until nothing more comes back. A broker
     that reports ends correctly costs one empty fetch per partition; keys are returned as
-    given (Faust's TP or aiokafka's TopicPartition)."""
+    given (Faust's TP or aiokafka's TopicPartition).
+
+    A partition still being written never goes quiet: once it yields a record written after
+    the probe began, the end it had when asked has been passed, and it is probed no further
+    (an end that takes in later records is still a true one). `PROBE_LIMIT_S` bounds the
+    rest (a writer whose clock is behind ours)."""
     out = dict(reported)
     probe = [tp for tp, end in reported.items() if end > 0]
     if not probe:
@@ -89,18 +96,28 @@ async def true_end_offsets(
         **settings, enable_auto_commit=False, fetch_max_wait_ms=PROBE_WAIT_MS
     )
     await consumer.start()
+    started_ms, deadline = now_ms(), time.monotonic() + PROBE_LIMIT_S
     try:
         tps = {TopicPartition(tp.topic, tp.partition): tp for tp in probe}
         consumer.assign(list(tps))
         for tp, original in tps.items():
             consumer.seek(tp, reported[original] - 1)
         quiet = 0
-        while quiet < 2:
+        while quiet < 2 and len(consumer.paused()) < len(tps):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "end offsets still growing after %.0f s: taking what was read", PROBE_LIMIT_S
+                )
+                break
             batches = await consumer.getmany(timeout_ms=PROBE_WAIT_MS)
             quiet = 0 if any(batches.values()) else quiet + 1
             for tp, records in batches.items():
+                if not records:
+                    continue
                 original = tps[tp]
                 out[original] = max(out[original], max(r.offset for r in records) + 1)
+                if max(r.timestamp for r in records) >= started_ms:
+                    consumer.pause(tp)  # written since we asked: past the end it had
     finally:
         await consumer.stop()
     return out

@@ -117,6 +117,55 @@ def test_end_offsets_are_checked_by_reading(bootstrap_servers: str) -> None:
     print("produced / reported / read:", ends)
 
 
+async def _probe_while_written(bootstrap: str) -> tuple[list[int], list[int]]:
+    """(records acknowledged per partition before the probe, ends the probe read) while a
+    writer keeps producing to both partitions every 10 ms."""
+    topic = await _new_topic(bootstrap, "growing", partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in (0, 1)]
+    acked = [0, 0]
+    stop = asyncio.Event()
+
+    async def write() -> None:
+        while not stop.is_set():
+            for p in (0, 1):
+                await producer.send_and_wait(topic, b"x", partition=p)
+                acked[p] += 1
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.ensure_future(write())
+    try:
+        while min(acked) < 50:
+            await asyncio.sleep(0.05)
+        before = list(acked)
+        reported = await consumer.end_offsets(tps)
+        # Well under the probe's own limit (PROBE_LIMIT_S): it must end because it caught
+        # up with the writer, not because it gave up.
+        ends = await asyncio.wait_for(
+            true_end_offsets({"bootstrap_servers": bootstrap}, reported), timeout=8.0
+        )
+    finally:
+        stop.set()
+        await writer
+        await producer.stop()
+        await consumer.stop()
+    return before, [ends[tp] for tp in tps]
+
+
+def test_the_end_offset_probe_ends_on_a_partition_that_keeps_growing(
+    bootstrap_servers: str,
+) -> None:
+    """A new generation's worker probed the results topic's ends while the old generation
+    kept writing results: the probe waited for two quiet fetches that never came, and the
+    worker took 85 s to start. It now stops reading a partition once it has read a record
+    written after it began."""
+    before, ends = asyncio.run(_probe_while_written(bootstrap_servers))
+    assert all(end >= n for end, n in zip(ends, before, strict=True)), (before, ends)
+
+
 def test_the_broker_memory_bench_writes_what_it_reports() -> None:
     """`alto bench broker` on a small scale: each run on its own embedded broker, every
     cycle's RSS read, the records it counts written (the figures themselves are the

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 from alto.streams.outputs import Output, Routing, Send, now_ms
 from alto.streams.pipeline import REQUEST, StageKind, Topology
-from alto.streams.processor import DEFAULT_MAX_SPANS, StageProcessor
+from alto.streams.processor import DEFAULT_MAX_SPANS, StageProcessor, each_async
 
 
 class Chains:
@@ -43,7 +43,7 @@ class Chains:
     async def expand(self, outs: Iterable[Output] | AsyncIterable[Output]) -> AsyncIterator[Output]:
         """`outs` with every Send to a chained stage replaced by what that stage (and the
         stages chained behind it) outputs, in order, as it is produced."""
-        async for out in _aiter(outs):
+        async for out in each_async(outs):
             processor = self.get(out)
             if processor is None:
                 yield out
@@ -51,15 +51,6 @@ class Chains:
             assert isinstance(out, Send)
             async for inner in self.expand(processor.process(out.quantum, None, now_ms())):
                 yield inner
-
-
-async def _aiter(outs: Iterable[Output] | AsyncIterable[Output]) -> AsyncIterator[Output]:
-    if isinstance(outs, AsyncIterable):
-        async for out in outs:
-            yield out
-    else:
-        for out in outs:
-            yield out
 
 
 def describe(topology: Topology, prefix: str, requests_topic: str, lm_topic: str, sink: str) -> str:
@@ -79,12 +70,12 @@ def describe(topology: Topology, prefix: str, requests_topic: str, lm_topic: str
             if stage != REQUEST and topology.stages[stage].kind is StageKind.LM:
                 writes.append(f"{lm_topic} (its LM calls; an LM worker writes its outputs)")
                 continue
-            consumers = topology.consumers[stage] or (sink,)
-            for c in consumers:
-                if c == sink:
-                    writes.append(sink)
-                elif c not in topology.chained:
-                    writes.append(topology.stage_topic(prefix, c))
+            consumers = topology.consumers[stage]
+            if not consumers:  # the final stage
+                writes.append(sink)
+            writes += [
+                topology.stage_topic(prefix, c) for c in consumers if c not in topology.chained
+            ]
         name = "ingest" if head == REQUEST else head
         lines.append(f"agent {name}: reads {reads}")
         lines.append("  runs " + (" -> ".join(_label(topology, s) for s in members) or "ingest"))

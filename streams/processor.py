@@ -197,7 +197,7 @@ class StageProcessor:
                 produced: Any = await asyncio.to_thread(lambda: list(fn(item)))  # type: ignore[arg-type]
             else:
                 produced = fn(item)
-            async for value in _aiter(produced):
+            async for value in each_async(produced):
                 for send in children.add(value):
                     yield send
         except Exception as exc:  # the stage's own code
@@ -415,7 +415,8 @@ class StageProcessor:
         return list(sends)
 
 
-async def _aiter(produced: Any) -> AsyncIterator[Any]:
+async def each_async(produced: Any) -> AsyncIterator[Any]:
+    """The items of an iterable or an async iterable, either way asynchronously."""
     if hasattr(produced, "__aiter__"):
         async for value in produced:
             yield value

@@ -147,7 +147,7 @@ async def _worker_wave(
     return {"ttft_s": ttft, "tokens_per_s": tokens / wall, "tokens": tokens}
 
 
-def _offline(model: Path, prompts: list[Prompt], repeats: int) -> dict[int, dict[str, float]]:
+def _offline(model: Path, prompts: list[Prompt], repeats: int) -> dict[int, list[dict[str, float]]]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -178,7 +178,7 @@ def _offline(model: Path, prompts: list[Prompt], repeats: int) -> dict[int, dict
             tokens = sum(len(r.outputs[0].token_ids) for r in results)
             runs[c].append({"tokens_per_s": tokens / wall, "tokens": tokens})
     del llm
-    return {c: _median(v) for c, v in runs.items()}
+    return runs
 
 
 def fit_sim(measured: dict[int, dict[str, float]], first_prompt_tokens: int) -> SimParams:
@@ -221,6 +221,7 @@ async def _measure_all(config: AltoConfig, prompts: list[Prompt], repeats: int) 
     results: dict[str, Any] = {
         k: {c: _median(v) for c, v in per.items()} for k, per in runs.items()
     }
+    results["rounds"] = runs
     results["repeats"] = repeats
     results["prompt_tokens"] = statistics.mean(engine.count_tokens(p) for p in prompts)
     worker.request_stop()
@@ -255,7 +256,17 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         )
         measured = asyncio.run(_measure_all(config, prompts, repeats))
     progress("vLLM offline LLM.generate")
-    offline = _offline(Path(measured["model"]), prompts, repeats)
+    offline_rounds = _offline(Path(measured["model"]), prompts, repeats)
+    offline = {c: _median(v) for c, v in offline_rounds.items()}
+    # Each round's overhead (its worker waves against the same round of offline runs):
+    # the spread says how far one run's figure can be trusted.
+    rounds = {
+        c: [
+            1 - w["tokens_per_s"] / o["tokens_per_s"]
+            for w, o in zip(measured["rounds"]["worker"][c], offline_rounds[c], strict=True)
+        ]
+        for c in CONCURRENCY
+    }
     progress("SIMULATED engine, default and refitted parameters")
     sim_default = asyncio.run(_sim(SimParams(), prompts))
     fitted = fit_sim(measured["engine_fixed"], SimEngine().count_tokens(prompts[0]))
@@ -267,18 +278,20 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         f"Prompts: {len(prompts)} claim-listing prompts (~{measured['prompt_tokens']:.0f} tokens), greedy, max {MAX_TOKENS} new tokens.\n"
     )
     print(
-        "| concurrency | offline LLM.generate tok/s | AsyncLLM tok/s | AsyncLLM TTFT s | our worker tok/s | our worker TTFT s | our overhead vs offline | vs AsyncLLM (interleaved) |"
+        "| concurrency | offline LLM.generate tok/s | AsyncLLM tok/s | AsyncLLM TTFT s | our worker tok/s | our worker TTFT s | our overhead vs offline | per round (min..max) | vs AsyncLLM (interleaved) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in CONCURRENCY:
         over = 1 - wrk[c]["tokens_per_s"] / offline[c]["tokens_per_s"]
         over_async = 1 - wrk[c]["tokens_per_s"] / eng[c]["tokens_per_s"]
         print(
             f"| {c} | {offline[c]['tokens_per_s']:.1f} | {eng[c]['tokens_per_s']:.1f} | {eng[c]['ttft_s']:.3f} | "
-            f"{wrk[c]['tokens_per_s']:.1f} | {wrk[c]['ttft_s']:.3f} | {over:+.1%} | {over_async:+.1%} |"
+            f"{wrk[c]['tokens_per_s']:.1f} | {wrk[c]['ttft_s']:.3f} | {over:+.1%} | "
+            f"{min(rounds[c]):+.1%}..{max(rounds[c]):+.1%} | {over_async:+.1%} |"
         )
     print(
-        f"\nMedians of {repeats} rounds; token quanta (one Kafka message per token), "
+        f"\nMedians of {repeats} rounds (the overhead's column: each round's worker against "
+        "that round's offline run); token quanta (one Kafka message per token), "
         "TTFT = LM call produced -> first quantum consumed from the reply topic."
     )
     print(
@@ -317,6 +330,8 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             "overhead_vs_asyncllm_at_16": round(
                 1 - wrk[16]["tokens_per_s"] / eng[16]["tokens_per_s"], 4
             ),
+            "overhead_at_16_rounds": [round(x, 4) for x in rounds[16]],
+            "overhead_rounds": {str(c): [round(x, 4) for x in v] for c, v in rounds.items()},
             "repeats": repeats,
             "offline": offline,
             "asyncllm": eng,

@@ -74,7 +74,18 @@ compare prefixes by slices in C now (they took 72 s of the quick run and 263 s o
 one when they compared character by character). Every run prints its own wall time at the
 end.
 
-`--json PATH` writes `{policy: {throughput_at_slo_rps, p99_latency_s, prefix_hit_rate}}`;
+Herding (several deciders). Deployed, every Faust worker with the scheduler role places
+LM calls (its own stages' calls directly, and the calls of its share of `alto.lm.requests`):
+a stack with W workers has W deciders, each of which knows only its own placements between
+two load reports. Each policy is run again with `HERDING_DECIDERS` deciders
+(`scheduler_sim.simulate` with one policy per decider: a call's key picks its decider, reports
+and completions reach all, table entries are shared at once), the same sweep and bisection,
+and the table reports throughput at the SLO, p99, p50 and hit rate at the fixed load beside
+the single decider's. A policy that herds (sends every decider's calls to the instance that
+looked least loaded at the last report) loses throughput and p99 as deciders grow.
+
+`--json PATH` writes `{policy: {throughput_at_slo_rps, p99_latency_s, prefix_hit_rate,
+by_deciders: {n: {the same three}}}}`;
 everything else (the workload, every sweep point) goes to `bench-out/scheduler_detail.json`;
 the plot (p99 latency vs offered load, one line per policy, the SLO) to
 `bench-out/scheduler.png`.
@@ -100,7 +111,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.bench.common import OUT_DIR, progress, write_json
-from alto.bench.scheduler_sim import PolicyResult, evaluate, measure, simulate
+from alto.bench.scheduler_sim import PolicyResult, RunResult, evaluate, measure, simulate
 from alto.bench.scheduler_vllm import maybe_real_vllm
 from alto.bench.scheduler_workload import (
     BISECT_STEPS,
@@ -128,6 +139,10 @@ from alto.scheduler.policy import (
     POLICY_NAMES,
     make_policy,
 )
+
+# Scheduler replicas compared with the single decider (a 2-worker stack has 2; 4 and 8
+# stand for larger stacks).
+HERDING_DECIDERS = (2, 4, 8)
 
 # ---------------------------------------------------------------------------------------
 # Output
@@ -187,6 +202,14 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         t0 = time.perf_counter()
         results.append(evaluate(name, workload, slo, loads, steps, FIXED_LOAD_RPS))
         progress(f"{name}: {time.perf_counter() - t0:.1f} s")
+    herding: dict[str, list[PolicyResult]] = {r.name: [r] for r in results}
+    for name in available:
+        for deciders in HERDING_DECIDERS:
+            t0 = time.perf_counter()
+            herding[name].append(
+                evaluate(name, workload, slo, loads, steps, FIXED_LOAD_RPS, deciders=deciders)
+            )
+            progress(f"{name} with {deciders} deciders: {time.perf_counter() - t0:.1f} s")
     vllm_rates: dict[str, Any] | None = None
     if not quick:
         vllm_rates = maybe_real_vllm()
@@ -227,6 +250,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
     for res in results:
         cells = [f"{_fmt(r.p99_s, 1)}{'' if r.passed else '*'}" for r in res.sweep]
         print(f"| {res.name} | " + " | ".join(cells) + " |")
+    _print_herding(herding)
     if vllm_rates:
         print("\n### real vLLM (not simulated): prefix-cache hit rate measured by vLLM\n")
         print(vllm_rates["description"] + "\n")
@@ -270,6 +294,16 @@ def main(*, quick: bool, json_path: Path | None) -> int:
             for r in results
         },
         "real_vllm": vllm_rates,
+        "herding": {
+            name: {
+                str(r.deciders): {
+                    "throughput_at_slo_rps": r.throughput_at_slo_rps,
+                    "fixed": r.fixed.summary(),
+                }
+                for r in runs
+            }
+            for name, runs in herding.items()
+        },
     }
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / "scheduler_detail.json").write_text(json.dumps(detail, indent=2))
@@ -278,14 +312,43 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         json_path,
         {
             r.name: {
-                "throughput_at_slo_rps": r.throughput_at_slo_rps,
-                "p99_latency_s": round(r.fixed.p99_s, 3),
-                "prefix_hit_rate": round(r.fixed.prefix_hit_rate, 4),
+                **_headline(r),
+                "by_deciders": {str(h.deciders): _headline(h) for h in herding[r.name]},
             }
             for r in results
         },
     )
     return 0
+
+
+def _headline(r: PolicyResult) -> dict[str, float]:
+    return {
+        "throughput_at_slo_rps": r.throughput_at_slo_rps,
+        "p99_latency_s": round(r.fixed.p99_s, 3),
+        "prefix_hit_rate": round(r.fixed.prefix_hit_rate, 4),
+    }
+
+
+def _print_herding(herding: dict[str, list[PolicyResult]]) -> None:
+    print(
+        "\n### several deciders (herding): each knows only its own placements between "
+        "load reports\n"
+    )
+    print(
+        f"| policy | deciders | throughput at SLO (req/s) | vs 1 decider | p99 at "
+        f"{FIXED_LOAD_RPS:g} req/s (s) | p50 (s) | prefix hit rate | calls per instance |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, runs in herding.items():
+        one = runs[0].throughput_at_slo_rps
+        for r in runs:
+            f: RunResult = r.fixed
+            ratio = r.throughput_at_slo_rps / one if one else math.nan
+            print(
+                f"| {name} | {r.deciders} | {_fmt(r.throughput_at_slo_rps)} | {_fmt(ratio)}x "
+                f"| {_fmt(f.p99_s)} | {_fmt(f.p50_s)} | {f.prefix_hit_rate:.1%} "
+                f"| {'/'.join(map(str, f.calls_per_instance))} |"
+            )
 
 
 __all__ = [

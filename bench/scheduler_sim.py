@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import zlib
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -141,6 +143,7 @@ class RunResult:
     measured: int
     table: dict[str, list[int]]  # the policy's prompt -> instances at the end of the run
     spills: int | None  # prompt_aware: calls sent outside their prompt's instances
+    deciders: int = 1
     passed: bool = False
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -150,8 +153,14 @@ class RunResult:
         return row
 
 
+def decider_of(call_id: str, deciders: int) -> int:
+    """Which of `deciders` scheduler replicas places a call: its key's hash, as Kafka's
+    partitioner spreads LM calls (and the requests they come from) over the workers."""
+    return zlib.crc32(call_id.encode()) % deciders
+
+
 def simulate(
-    policy: SchedulingPolicy,
+    policy: SchedulingPolicy | Sequence[SchedulingPolicy],
     workload: Workload,
     rate: float,
     *,
@@ -159,9 +168,18 @@ def simulate(
     n_instances: int = N_INSTANCES,
 ) -> list[_Job]:
     """Every call of `workload` at `rate` calls/s through `policy`: the finished jobs, in
-    arrival order. Deterministic: a pure function of its arguments."""
+    arrival order. Deterministic: a pure function of its arguments.
+
+    Several policies are several deciders (scheduler replicas, one per Faust worker), as
+    deployed: each call is placed by one of them (`decider_of`), each keeps its own
+    `ClusterState`, so it counts only its own placements between load reports; reports and
+    completions reach all of them (they all read `alto.lm.status`), and a decider's table
+    entry reaches the others at once (the compacted assignments topic, its hop not
+    modelled). One policy is the single decider of `alto bench scheduler`'s main table."""
     params = params or SimParams()
-    state = ClusterState()
+    policies = [policy] if isinstance(policy, SchedulingPolicy) else list(policy)
+    states = [ClusterState() for _ in policies]
+    shared: dict[str, tuple[int, ...]] = {}  # the assignments topic's latest entries
     instances = [Instance(i, params) for i in range(n_instances)]
     events: list[tuple[float, int, int, int]] = []  # (time, kind, instance, tiebreak)
     tiebreak = 0
@@ -172,7 +190,8 @@ def simulate(
         heapq.heappush(events, (t, kind, instance, tiebreak))
 
     for inst in instances:  # every instance registers at t=0, then reports every second
-        state.report(inst.load(0))
+        for state in states:
+            state.report(inst.load(0))
         push(REPORT_EVERY_S * (1 + inst.index / n_instances), _REPORT, inst.index)
     jobs: list[_Job] = []
     unfinished = len(workload.arrivals)
@@ -186,7 +205,9 @@ def simulate(
             now, kind, index, _ = heapq.heappop(events)
             inst = instances[index]
             if kind == _REPORT:
-                state.report(inst.load(_ms(now)))
+                load = inst.load(_ms(now))
+                for state in states:
+                    state.report(load)
                 push(now + REPORT_EVERY_S, _REPORT, index)
                 continue
             if kind == _START:
@@ -205,8 +226,9 @@ def simulate(
                     job.finished_s - job.admitted_s,
                     _ms(now),
                 )
-                state.completed(done)
-                policy.on_completion(state, done)
+                for state, decider in zip(states, policies, strict=True):
+                    state.completed(done)
+                    decider.on_completion(state, done)
             if inst.running or inst.waiting:
                 inst.busy = True
                 push(now, _START, index)
@@ -223,10 +245,17 @@ def simulate(
             template.prefix_tokens + arrival.suffix_tokens,
             template.max_tokens,
         )
-        placed = place(policy, state, call, _ms(now), saturation=SATURATION)
+        d = decider_of(call.call_id, len(policies)) if len(policies) > 1 else 0
+        placed = place(policies[d], states[d], call, _ms(now), saturation=SATURATION)
         if placed is None:
-            raise RuntimeError(f"{policy.name} found no live instance at t={now:.3f} s")
+            raise RuntimeError(f"{policies[d].name} found no live instance at t={now:.3f} s")
         choice = placed.instance
+        entry = policies[d].table().get(call.prompt) if len(policies) > 1 else None
+        if entry is not None and shared.get(call.prompt) != entry:
+            shared[call.prompt] = entry  # published, as the agent's `_publish` does
+            for other in policies:
+                if other is not policies[d]:
+                    other.load_table({call.prompt: entry})
         job = _Job(i, call, template, now, arrival.output_tokens)
         jobs.append(job)
         inst = instances[choice]
@@ -245,10 +274,12 @@ def measure(
     *,
     params: SimParams | None = None,
     n_instances: int = N_INSTANCES,
+    deciders: int = 1,
 ) -> RunResult:
-    """One sweep point: a fresh policy and cluster, every call at `rate`."""
-    policy = make_policy(policy_name)
-    jobs = simulate(policy, workload, rate, params=params, n_instances=n_instances)
+    """One sweep point: a fresh policy (one per decider) and cluster, every call at `rate`."""
+    policies = [make_policy(policy_name) for _ in range(deciders)]
+    jobs = simulate(policies, workload, rate, params=params, n_instances=n_instances)
+    policy = policies[0]
     skip = int(len(jobs) * WARMUP_FRACTION)
     measured = jobs[skip:]
     latencies = sorted(j.finished_s - j.arrived_s for j in measured)
@@ -269,11 +300,17 @@ def measure(
         calls_per_instance=per_instance,
         measured=len(measured),
         table={k: list(v) for k, v in sorted(policy.table().items())},
-        spills=getattr(policy, "spills", None),
+        spills=_spills(policies),
+        deciders=deciders,
         latencies=latencies,
     )
     result.passed = result.p99_s <= slo and achieved >= PASS_ACHIEVED * rate
     return result
+
+
+def _spills(policies: Sequence[SchedulingPolicy]) -> int | None:
+    counts = [n for p in policies if (n := getattr(p, "spills", None)) is not None]
+    return sum(counts) if counts else None
 
 
 @dataclass
@@ -283,6 +320,7 @@ class PolicyResult:
     bisect: list[RunResult]
     fixed: RunResult
     throughput_at_slo_rps: float
+    deciders: int = 1
 
 
 def evaluate(
@@ -292,11 +330,16 @@ def evaluate(
     loads: tuple[float, ...],
     bisect_steps: int,
     fixed_load: float,
+    *,
+    deciders: int = 1,
 ) -> PolicyResult:
-    sweep = [measure(policy_name, workload, rate, slo) for rate in loads]
+    def point(rate: float) -> RunResult:
+        return measure(policy_name, workload, rate, slo, deciders=deciders)
+
+    sweep = [point(rate) for rate in loads]
     by_rate = {r.offered_rps: r for r in sweep}
     if fixed_load not in by_rate:
-        by_rate[fixed_load] = measure(policy_name, workload, fixed_load, slo)
+        by_rate[fixed_load] = point(fixed_load)
     first_fail = next((k for k, r in enumerate(sweep) if not r.passed), None)
     bisect: list[RunResult] = []
     if first_fail is None:
@@ -308,8 +351,8 @@ def evaluate(
         lo, hi = loads[first_fail - 1], loads[first_fail]
         for _ in range(bisect_steps):
             mid = round((lo + hi) / 2, 4)
-            point = measure(policy_name, workload, mid, slo)
-            bisect.append(point)
-            lo, hi = (mid, hi) if point.passed else (lo, mid)
+            run = point(mid)
+            bisect.append(run)
+            lo, hi = (mid, hi) if run.passed else (lo, mid)
         best = lo
-    return PolicyResult(policy_name, sweep, bisect, by_rate[fixed_load], best)
+    return PolicyResult(policy_name, sweep, bisect, by_rate[fixed_load], best, deciders)

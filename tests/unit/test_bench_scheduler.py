@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from alto.bench.scheduler import (
     measure,
     simulate,
 )
+from alto.bench.scheduler_sim import decider_of
 from alto.lm_service.sim import SimParams, iteration_s
 from alto.scheduler.policy import Call, ClusterState, Completion, SchedulingPolicy, make_policy
 
@@ -118,3 +120,43 @@ def test_same_seed_same_results_and_round_robin_spreads_evenly() -> None:
     assert not math.isnan(a.p99_s) and a.achieved_rps == pytest.approx(2.0, rel=0.2)
     c = measure("round_robin", make_workload(400, seed=4), 2.0, slo=30.0)
     assert c.latencies != a.latencies
+
+
+def test_several_deciders_each_place_their_own_calls_and_all_hear_every_completion() -> None:
+    deciders = [_Recorder(), _Recorder()]
+    arrivals = [Arrival(0.2 + i, 0, 40, 3) for i in range(8)]
+    simulate(deciders, _workload(*arrivals), 1.0, n_instances=2)
+    placed_by = [decider_of(f"call-{i}", 2) for i in range(8)]
+    assert 0 < sum(placed_by) < 8  # both deciders had calls to place
+    for d, recorder in enumerate(deciders):
+        expected = [200 + 1000 * i for i in range(8) if placed_by[i] == d]
+        assert recorder.decisions == expected
+        assert [c.call_id for c in recorder.done] == [f"call-{i}" for i in range(8)]
+
+
+def test_deciders_that_see_only_their_own_placements_herd_between_reports() -> None:
+    # A burst between two load reports: one decider counts its own placements and spreads
+    # them; many deciders each see four idle instances and pick the same one.
+    burst = _workload(*(Arrival(0.1 + 0.001 * i, 0, 40, 20) for i in range(8)))
+    one = simulate(make_policy("least_loaded"), burst, 1.0, n_instances=4)
+    many = simulate([make_policy("least_loaded") for _ in range(64)], burst, 1.0, n_instances=4)
+
+    def per_instance(jobs: list[Any]) -> list[int]:
+        return [sum(1 for j in jobs if j.instance == i) for i in range(4)]
+
+    assert per_instance(one) == [2, 2, 2, 2]
+    assert max(per_instance(many)) >= 4
+    assert max(j.finished_s - j.arrived_s for j in many) > max(
+        j.finished_s - j.arrived_s for j in one
+    )
+
+
+def test_a_decider_shares_its_table_with_the_others() -> None:
+    # Two calls, 16 deciders: at most two of them placed anything, every one knows both.
+    templates = (_template("a/t0", 0), _template("a/t1", 0))
+    arrivals = [Arrival(0.2, 0, 40, 3), Arrival(1.2, 1, 40, 3)]
+    deciders = [make_policy("prompt_aware") for _ in range(16)]
+    simulate(deciders, _workload(*arrivals, templates=templates), 1.0, n_instances=2)
+    assert {decider_of("call-0", 16), decider_of("call-1", 16)} != set(range(16))
+    for decider in deciders:
+        assert set(decider.table()) == {"a/t0", "a/t1"}

@@ -266,6 +266,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options["cluster_point_s"] = args.cluster_point_s
     if args.minutes is not None:
         options["minutes"] = args.minutes
+    if args.fetch_wait_ms is not None:
+        options["fetch_wait_ms"] = args.fetch_wait_ms
     return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
 
 
@@ -456,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="factool: virtual seconds of arrivals per cluster point (default 30, --full 180)",
+    )
+    p.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=None,
+        help="factool: the stack's fetch wait (default 25 ms, the bench's deployment)",
     )
     p.add_argument(
         "--minutes",

@@ -9,10 +9,18 @@ from typing import Any
 
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
-    `sim_time_scale`, `sim_profile`, `cluster_loads` and `cluster_point_s`, hop's
+    `sim_time_scale`, `sim_profile`, `cluster_loads`, `cluster_point_s` and
+    `fetch_wait_ms`, hop's
     `minutes`."""
     allowed = {
-        "factool": {"tiers", "sim_time_scale", "sim_profile", "cluster_loads", "cluster_point_s"},
+        "factool": {
+            "tiers",
+            "sim_time_scale",
+            "sim_profile",
+            "cluster_loads",
+            "cluster_point_s",
+            "fetch_wait_ms",
+        },
         "hop": {"minutes"},
     }
     allowed_here = allowed.get(name, set())

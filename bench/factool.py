@@ -216,11 +216,11 @@ def _factool_settings() -> dict[str, Any]:
     return own
 
 
-def _tier(tier: str, quick: bool, sim: SimSetup) -> tuple[list[Point], float]:
+def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[list[Point], float]:
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
     base = load_config(
         lm={"sim_time_scale": sim.scale, "sim_profile": sim.profile},
-        kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": FETCH_WAIT_MS},
+        kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": fetch_wait_ms},
         data_dir=OUT_DIR / "data" / f"factool-{tier}",
         warmup=True,
         # No system may rerank with embeddings another system's run left in memory; all read
@@ -345,11 +345,14 @@ def main(
     sim_time_scale: float | None = None,
     cluster_loads: tuple[float, ...] | None = None,
     cluster_point_s: float | None = None,
+    fetch_wait_ms: int = FETCH_WAIT_MS,
 ) -> int:
     """`sim_profile` picks the sim tier's hardware (`cpu`, `paper`); a `sim_time_scale` other
     than the profile's own is an ablation (LM time's share of the work), reported as such;
     the comparison of systems is always made at one profile and scale. `cluster_loads` and
-    `cluster_point_s` replace the cluster tier's sweep (e.g. to look for its knee)."""
+    `cluster_point_s` replace the cluster tier's sweep (e.g. to look for its knee);
+    `fetch_wait_ms`, the stack's fetch wait (its choice against the hop cost and the idle
+    CPU it buys)."""
     sim = SimSetup(sim_profile, sim_time_scale)
     started = time.perf_counter()
     points: list[Point] = []
@@ -364,14 +367,14 @@ def main(
                     resources().docs, quick, cluster_loads, cluster_point_s
                 )
             else:
-                tier_points, idle[tier] = _tier(tier, quick, sim)
+                tier_points, idle[tier] = _tier(tier, quick, sim, fetch_wait_ms)
             points += tier_points
     summary = summarize(points)
     res = resources()
     store = res.store.coverage()
     print_points(points, summary, idle, sim)
     read = "read" if res.settings.passage_store else "not read: every candidate encoded online"
-    print(f"\nPassage store: {store.line()} ({read}).")
+    print(f"\nPassage store: {store.line()} ({read}). Fetch wait: {fetch_wait_ms} ms.")
     if cluster:
         print(
             f"\nCluster tier (SIMULATED): points of {cluster['point_s']:g} virtual s, "
@@ -394,6 +397,7 @@ def main(
             "elapsed_s": elapsed,
             "sim_profile": sim.profile,
             "sim_time_scale": sim.scale,
+            "fetch_wait_ms": fetch_wait_ms,
             "passage_store": {**asdict(store), "read": res.settings.passage_store},
             "cluster": cluster,
         },

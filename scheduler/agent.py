@@ -220,17 +220,30 @@ class SchedulerCore:
     async def _liveness(self) -> None:
         while True:
             await asyncio.sleep(self.config.lm.status_interval_s)
-            # Every instance with a report on file that is no longer live: also one that a
-            # late report revived for a moment after an earlier removal.
-            live = set(self.state.live(_now_ms()))
-            metrics.SCHEDULER_LIVE.set(len(live))
-            for instance in sorted(set(self.state.loads) - live):
-                log.warning("LM instance %d stopped reporting: removed", instance)
-                metrics.SCHEDULER_REMOVED.inc()
-                self.state.forget(instance)
-                self.policy.on_instance_removed(self.state, instance)
-                if self.is_leader():
-                    await self.drain(instance)
+            await self.remove_dead(_now_ms())
+
+    async def remove_dead(self, now_ms: int) -> list[int]:
+        """Remove every instance with a report on file that is no longer live (also one
+        that a late report revived for a moment after an earlier removal) and drain it:
+        every call there, the leader; only its own calls not known to be finished, any
+        other replica. Replicas remove an instance at slightly different moments, so a call
+        another replica placed just after the leader's drain would otherwise stay in the
+        dead instance's partition. Such a drain commits nothing (the leader's drain owns
+        the partition's offset); a call both drains find is served twice, which downstream
+        deduplication absorbs. Returns the removed instances."""
+        live = set(self.state.live(now_ms))
+        metrics.SCHEDULER_LIVE.set(len(live))
+        removed = sorted(set(self.state.loads) - live)
+        for instance in removed:
+            log.warning("LM instance %d stopped reporting: removed", instance)
+            metrics.SCHEDULER_REMOVED.inc()
+            placed_there = self.state.forget(instance)
+            self.policy.on_instance_removed(self.state, instance)
+            if self.is_leader():
+                await self.drain(instance)
+            elif placed_there:
+                await self.drain(instance, only=set(placed_there))
+        return removed
 
     def _expire_pending(self, now: int) -> None:
         stale = [c for c, (_, at) in self._assigned_at.items() if now - at > PENDING_TTL_MS]
@@ -329,24 +342,27 @@ class SchedulerCore:
         await self.send(
             self.config.lm_work_topic, request.request_id.encode(), assigned.encode(), instance
         )
-        if instance not in self.state.loads and self.is_leader():
+        if instance not in self.state.loads:
             # Removed (and drained) while this call was decided and produced: drain again,
-            # or nothing would ever serve it.
-            await self.drain(instance)
+            # or nothing would ever serve it (a replica other than the leader: this call).
+            only = None if self.is_leader() else {request.lm_request_id}
+            await self.drain(instance, only=only)
 
     # -- reassignment ----------------------------------------------------------------
 
-    async def drain(self, instance: int) -> int:
+    async def drain(self, instance: int, only: set[str] | None = None) -> int:
         """Place every call `instance` had not finished on live instances; returns how many.
+        With `only` (LM call ids), just those, and the partition's committed offset is left
+        as it is (see `remove_dead`).
 
         Reads the instance's partition from its committed offset until it is quiet (nothing
         more after the end offset, twice in a row), not just up to the end offset read at the
         start: that one has been seen to miss the newest record, and a call this replica
         decided for the instance just before removing it may still be on its way."""
         async with self._draining.setdefault(instance, asyncio.Lock()):
-            return await self._drain(instance)
+            return await self._drain(instance, only)
 
-    async def _drain(self, instance: int) -> int:
+    async def _drain(self, instance: int, only: set[str] | None) -> int:
         tp = TopicPartition(self.config.lm_work_topic, instance)
         consumer = AIOKafkaConsumer(
             **aiokafka_settings(self.config),
@@ -375,6 +391,8 @@ class SchedulerCore:
                         request = LMRequest.decode(record.value)
                     except BadInputError:
                         continue  # the LM worker dead-letters these; nothing to place
+                    if only is not None and request.lm_request_id not in only:
+                        continue
                     target = await self._decide(Call.of(request), self.engines.get(instance))
                     if target == instance:  # it reported again while we waited for a place
                         position = record.offset
@@ -388,7 +406,8 @@ class SchedulerCore:
                 quiet = quiet + 1 if caught_up else 0
             if position is None:
                 position = await consumer.position(tp)
-            await consumer.commit({tp: position})
+            if only is None:
+                await consumer.commit({tp: position})
         finally:
             await consumer.stop()
         self.reassigned += moved

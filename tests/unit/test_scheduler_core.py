@@ -152,3 +152,40 @@ def test_a_stage_places_its_call_now_only_while_an_instance_has_room() -> None:
         assert await core.place_now(_call(3)) == 0
 
     asyncio.run(run())
+
+
+def test_a_dead_instance_is_drained_by_the_leader_and_by_each_replica_that_placed_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader drains a removed instance's whole partition; another replica drains only
+    the calls it placed there itself (which may have landed after the leader's drain), and
+    a replica that placed nothing there leaves it alone."""
+
+    async def removal(leader: bool, place: bool) -> list[tuple[int, set[str] | None]]:
+        config = AltoConfig(scheduler={"policy": "least_loaded"})
+        core = SchedulerCore(config, _Sent(), name="s", is_leader=lambda: leader)
+        drains: list[tuple[int, set[str] | None]] = []
+
+        async def drain(instance: int, only: set[str] | None = None) -> int:
+            drains.append((instance, only))
+            return 0
+
+        monkeypatch.setattr(core, "drain", drain)
+        await core._on_status(_status(0))
+        await core._on_status(_status(1, running=5))
+        if place:
+            assert await core.place_now(_call(7)) == 0  # the least loaded
+        # Instance 0 stops reporting; instance 1 goes on.
+        later = _now_ms() + 6_000
+        core.state.report(replace(core.state.loads[1], at_ms=later))
+        assert await core.remove_dead(later) == [0]
+        assert core.state.live(later) == [1]
+        return drains
+
+    async def run() -> None:
+        assert await removal(leader=True, place=False) == [(0, None)]
+        assert await removal(leader=True, place=True) == [(0, None)]
+        assert await removal(leader=False, place=True) == [(0, {"c7"})]
+        assert await removal(leader=False, place=False) == []
+
+    asyncio.run(run())

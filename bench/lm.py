@@ -9,6 +9,12 @@ same tokens), waves of 1, 4 and 16 concurrent requests:
 - the SIMULATED engine with its default parameters, and refitted to this run
   (calibration: decode time per iteration from tokens/s at 1 and 16, prefill from TTFT).
 `overhead_at_16` = 1 - (our tokens/s) / (offline tokens/s) at concurrency 16.
+
+Where the CPU goes: every wave is also costed in CPU time per generated token, split by
+process: vLLM's engine core (this process's children other than the broker), this process
+(vLLM's front end, which detokenizes and hands out the deltas; our LM worker; the bench's
+client) and the embedded broker. The direct AsyncLLM waves and the waves through our worker
+generate the same tokens, so the difference per token is what serving through Kafka costs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,36 @@ from alto.streams.pipeline import REQUEST
 
 CONCURRENCY = (1, 4, 16)
 MAX_TOKENS = 128
+PARTS = ("engine_core", "front_process", "broker")
+
+
+def _cpu_parts() -> dict[str, float]:
+    """CPU seconds so far of this process and of its children by part (`PARTS`)."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    parts = dict.fromkeys(PARTS, 0.0)
+    parts["front_process"] = times.user + times.system
+    for child in me.children(recursive=True):
+        try:
+            part = "broker" if "tansu" in " ".join(child.cmdline()) else "engine_core"
+            ct = child.cpu_times()
+            parts[part] += ct.user + ct.system
+        except psutil.Error:
+            continue
+    return parts
+
+
+async def _costed(wave: Any) -> dict[str, float]:
+    """Run one wave (an awaitable returning its figures) and add its CPU ms per token, by part."""
+    before = _cpu_parts()
+    result: dict[str, float] = await wave
+    after = _cpu_parts()
+    tokens = max(1.0, result["tokens"])
+    for part in PARTS:
+        result[f"cpu_ms_per_token_{part}"] = 1000 * (after[part] - before[part]) / tokens
+    return result
 
 
 def _prompts(n: int) -> list[Prompt]:
@@ -213,8 +249,12 @@ async def _measure_all(config: AltoConfig, prompts: list[Prompt], repeats: int) 
         for c in CONCURRENCY:
             progress(f"round {r + 1}/{repeats}, concurrency {c}: AsyncLLM direct, our worker")
             tag = f"{r}-{c}-{uuid.uuid4().hex[:4]}"
-            runs["engine"][c].append(await _engine_wave(engine, prompts[:c], f"d{tag}", NATURAL))
-            runs["worker"][c].append(await _worker_wave(config, worker, prompts[:c], f"w{tag}"))
+            runs["engine"][c].append(
+                await _costed(_engine_wave(engine, prompts[:c], f"d{tag}", NATURAL))
+            )
+            runs["worker"][c].append(
+                await _costed(_worker_wave(config, worker, prompts[:c], f"w{tag}"))
+            )
             runs["engine_fixed"][c].append(
                 await _engine_wave(engine, prompts[:c], f"f{tag}", FIXED)
             )
@@ -294,6 +334,23 @@ def main(*, quick: bool, json_path: Path | None) -> int:
         "that round's offline run); token quanta (one Kafka message per token), "
         "TTFT = LM call produced -> first quantum consumed from the reply topic."
     )
+    print(
+        "\n### CPU per generated token (ms, median of the rounds), by process: direct "
+        "AsyncLLM waves and waves through our worker (same prompts, greedy)\n"
+    )
+    print(
+        "| concurrency | waves | vLLM engine core | this process (vLLM front end, worker, "
+        "client) | broker | total |"
+    )
+    print("|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        for label, figures in (("AsyncLLM direct", eng[c]), ("our worker", wrk[c])):
+            cells = [figures[f"cpu_ms_per_token_{part}"] for part in PARTS]
+            print(
+                f"| {c} | {label} | "
+                + " | ".join(f"{x:.2f}" for x in cells)
+                + f" | {sum(cells):.2f} |"
+            )
     print(
         f"\n## calibration: SIMULATED engine vs AsyncLLM, same prompts, exactly {MAX_TOKENS} tokens each\n"
     )

@@ -71,8 +71,10 @@ Durations on the 2-core development machine (all five policies, measured 2026-11
 run (12,000 calls per point, 12 loads, 5 bisection steps) 203 s, of which ~120 s is the
 real-vLLM check (the simulated part: 10..22 s per policy). cache_aware's prefix trees
 compare prefixes by slices in C now (they took 72 s of the quick run and 263 s of the full
-one when they compared character by character). Every run prints its own wall time at the
-end.
+one when they compared character by character). The herding section runs every policy
+three more times (2, 4, 8 deciders): `--quick` took 119 s in all on 2026-11-30, not niced;
+the full run's herding part was not timed (about three times its simulated part). Every run
+prints its own wall time at the end.
 
 Herding (several deciders). Deployed, every Faust worker with the scheduler role places
 LM calls (its own stages' calls directly, and the calls of its share of `alto.lm.requests`):

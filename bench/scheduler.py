@@ -113,7 +113,7 @@ from pathlib import Path
 from typing import Any
 
 from alto.bench.common import OUT_DIR, progress, write_json
-from alto.bench.scheduler_sim import PolicyResult, RunResult, evaluate, measure, simulate
+from alto.bench.scheduler_sim import PolicyResult, evaluate, measure, simulate
 from alto.bench.scheduler_vllm import maybe_real_vllm
 from alto.bench.scheduler_workload import (
     BISECT_STEPS,
@@ -344,7 +344,7 @@ def _print_herding(herding: dict[str, list[PolicyResult]]) -> None:
     for name, runs in herding.items():
         one = runs[0].throughput_at_slo_rps
         for r in runs:
-            f: RunResult = r.fixed
+            f = r.fixed
             ratio = r.throughput_at_slo_rps / one if one else math.nan
             print(
                 f"| {name} | {r.deciders} | {_fmt(r.throughput_at_slo_rps)} | {_fmt(ratio)}x "

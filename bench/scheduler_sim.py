@@ -245,7 +245,7 @@ def simulate(
             template.prefix_tokens + arrival.suffix_tokens,
             template.max_tokens,
         )
-        d = decider_of(call.call_id, len(policies)) if len(policies) > 1 else 0
+        d = decider_of(call.call_id, len(policies))
         placed = place(policies[d], states[d], call, _ms(now), saturation=SATURATION)
         if placed is None:
             raise RuntimeError(f"{policies[d].name} found no live instance at t={now:.3f} s")

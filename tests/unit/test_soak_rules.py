@@ -86,3 +86,10 @@ def test_hop_windows_and_drift() -> None:
     assert d["head_p50_ms"] == 5.0 and d["tail_p50_ms"] == 105.0
     # Nothing came back in the last span: NaN, never a flattering number.
     assert math.isnan(drift(series[:300], 10, 60)["tail_p50_ms"])
+
+
+def test_hop_drift_of_a_short_run_reads_its_first_seconds() -> None:
+    # `--quick` measures 5 s, less than the warm-up window a soak skips.
+    series = [(t / 100, 2.0 if t < 250 else 4.0) for t in range(500)]
+    d = drift(series, 5 / 3, 5)
+    assert d["head_p50_ms"] == 2.0 and d["tail_p50_ms"] == 4.0

@@ -63,6 +63,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     alto_app = create_app(config, all_topologies(config))
     ensure_topics(config, alto_app.topic_partitions())
     worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())
+    # Faust's terminal spinner sets the root logger to DEBUG for the whole life of a worker
+    # whose level is WARNING or above, so every library's debug call (aiokafka logs each
+    # send and fetch) built a record nobody printed: 4-5% of a relay worker's CPU
+    # (py-spy under `alto bench hop`). Without the spinner the root keeps the chosen level.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 

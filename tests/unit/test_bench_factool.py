@@ -15,7 +15,8 @@ def test_poisson_arrivals_are_seeded_and_have_the_offered_rate() -> None:
     a = _arrivals(4000, 2.0, seed=3)
     assert a == _arrivals(4000, 2.0, seed=3) and a != _arrivals(4000, 2.0, seed=4)
     assert all(x < y for x, y in zip(a, a[1:], strict=False))
-    assert 1.9 < len(a) / a[-1] < 2.1
+    assert a[0] == 0.0  # a point opens with a request, not an idle gap
+    assert 1.9 < (len(a) - 1) / a[-1] < 2.1
 
 
 def test_a_point_passes_only_with_every_result_a_median_on_target_and_the_load_carried() -> None:

@@ -65,17 +65,15 @@ class KafkaSettings(_Section):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "alto."
-    # Partitions per topic: the most Faust workers a stage can spread over. Each idle fetch
-    # costs the embedded broker in proportion to the partitions it names (`alto bench
-    # idle`: broker 6.1-6.8% of a core at 8, 4.4% at 4); raise it for more workers.
+    # The most Faust workers a stage spreads over; each idle fetch costs the embedded broker
+    # in proportion to the partitions it names (README, "Four partitions and a 25 ms ...").
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1)
     # Short group timeouts keep rebalances (and tests) fast; see the design notes.
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
-    # How long a consumer fetch may wait for data (see agents/transport.py for why it is
-    # low). 25 ms, not less: on the embedded broker a hop costs about 10 ms from 5 to 25 ms
-    # while polling grows as 1 / wait (README, "The same A/B with the passage store").
+    # How long a consumer fetch may wait for data (agents/transport.py: why it is low; the
+    # README, "Four partitions and a 25 ms fetch wait": why not lower).
     fetch_max_wait_ms: int = Field(default=25, ge=1, le=10_000)
     # A consumer's fetch wait doubles after each `idle_after_s` without records, up to this,
     # and drops back at the first record (`alto.kafka.FetchPacer`): the embedded broker holds

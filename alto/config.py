@@ -82,9 +82,9 @@ class KafkaSettings(_Section):
     idle_fetch_wait_ms: int = Field(default=1000, ge=0, le=10_000)
     idle_after_s: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=1_000_000, gt=1024)
-    # Producer batching of the Faust workers (ms a produce waits to gather more records):
-    # the embedded broker's fetch costs grow with every batch a partition ever stored.
-    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Producer batching of the Faust workers (ms each batch waits for more records): every
+    # hop pays it at low load (README, "Producer linger 0 by default").
+    producer_linger_ms: int = Field(default=0, ge=0, le=1000)
     # Standby replicas of each table (a warm copy on another worker: fast failover, but each
     # one fetches the changelog again). None: one where it is safe (agents/runtime.py).
     standby_replicas: int | None = Field(default=None, ge=0, le=8)
@@ -167,9 +167,9 @@ class LMSettings(_Section):
     max_instances: int = Field(default=8, ge=1, le=1024)
     status_interval_s: float = Field(default=1.0, gt=0)
     max_inflight: int = Field(default=64, ge=1)
-    # How long an LM worker's producer gathers quanta into one request: a few ms of latency
-    # per quantum buys far fewer produce requests while many generations stream at once.
-    linger_ms: int = Field(default=5, ge=0, le=1000)
+    # How long an LM worker's producer gathers quanta into one request (as the Faust
+    # workers': under load, batches form anyway while a request is in flight).
+    linger_ms: int = Field(default=0, ge=0, le=1000)
     engine: EngineName = "vllm"
     model_dir: Path | None = None
     model_cache_dir: Path = Path.home() / ".cache" / "alto" / "models"

@@ -242,11 +242,12 @@ class PromptAware(SchedulingPolicy):
 
         return min(candidates, key=pressure)
 
-    def _sent(self, instance: int, prompt: str, call: Call) -> None:
-        """Record that `instance` now holds `prompt`'s prefix (most recently used)."""
+    def _sent(self, instance: int, prompt: str, tokens: int) -> None:
+        """Record that `instance` now holds `prompt`'s prefix of `tokens` (most recently
+        used)."""
         held = self._held.setdefault(instance, OrderedDict())
         held.pop(prompt, None)
-        held[prompt] = self.prefix_tokens(prompt, call)
+        held[prompt] = tokens
         total = sum(held.values())
         while total > self.cache_tokens and len(held) > 1:
             _, tokens = held.popitem(last=False)
@@ -340,13 +341,14 @@ class PromptAware(SchedulingPolicy):
                 choice = best
                 self.spills += 1
         work = self.work_tokens(choice, prompt, call)  # before it is recorded as held
-        self._sent(choice, prompt, call)
+        self._sent(choice, prompt, self.prefix_tokens(prompt, call))
         if len(self._inflight) >= self.MAX_INFLIGHT:  # completions that never came
             del self._inflight[next(iter(self._inflight))]
         self._inflight[call.call_id] = (choice, work, prompt, now_ms)
         return choice
 
     def on_completion(self, state: ClusterState, done: Completion) -> None:
+        mine = done.call_id in self._inflight
         began_ms = done.at_ms - round((done.queue_s + done.service_s) * 1000)
         _, _, prompt, decided_ms = self._inflight.pop(
             done.call_id, (done.instance, 0, done.prompt, began_ms)
@@ -366,6 +368,8 @@ class PromptAware(SchedulingPolicy):
             stats.prefix_tokens.add(done.cached_tokens)
             stats.hit_prefill_tokens.add(max(0, done.prompt_tokens - done.cached_tokens))
         stats.completions += 1
+        if not mine:  # another decider's call: its instance now holds the prefix too
+            self._sent(done.instance, prompt, round(stats.prefix_tokens.get(done.cached_tokens)))
 
     def on_instance_removed(self, state: ClusterState, instance: int) -> None:
         for stats in self.prompts.values():

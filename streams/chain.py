@@ -53,10 +53,22 @@ class Chains:
                 yield inner
 
 
-def describe(topology: Topology, prefix: str, requests_topic: str, lm_topic: str, sink: str) -> str:
+def describe(
+    topology: Topology,
+    prefix: str,
+    requests_topic: str,
+    lm_topic: str,
+    sink: str,
+    lm_fallback: str | None = None,
+) -> str:
     """The agents `topology` runs and the topics between them (`alto topology`): one block
     per agent, with the topic it reads, the stages it runs (the first reads the topic, the
-    rest are chained behind it) and the topics it writes."""
+    rest are chained behind it) and the topics it writes. An LM stage's calls go to
+    `lm_topic`, and to `lm_fallback` where one is given (direct placement: the LM workers'
+    topic, and the scheduler's while every instance is saturated)."""
+    calls = f"{lm_topic} (its LM calls"
+    calls += f"; {lm_fallback} while every LM instance is saturated" if lm_fallback else ""
+    calls += "; an LM worker writes their outputs)"
     every = [s for s in topology.order if s in topology.chained]
     lines = [
         f"{topology.pipeline}: stage topics {len(topology.topic_stages)}; chained "
@@ -68,7 +80,7 @@ def describe(topology: Topology, prefix: str, requests_topic: str, lm_topic: str
         writes: list[str] = []
         for stage in [head, *chained]:
             if stage != REQUEST and topology.stages[stage].kind is StageKind.LM:
-                writes.append(f"{lm_topic} (its LM calls; an LM worker writes its outputs)")
+                writes.append(calls)
                 continue
             consumers = topology.consumers[stage]
             if not consumers:  # the final stage

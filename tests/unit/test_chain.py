@@ -71,6 +71,9 @@ def test_chaining_follows_the_annotations() -> None:
     text = describe(topology, "x.", "x.requests", "x.lm", "x.sink")
     assert "agent kept: reads x.t.kept\n  runs kept(map) -> after_kept(map)" in text
     assert "writes x.t.stats" in text and "LM workers write: x.t.behind_lm" in text
+    assert "writes x.lm (its LM calls; an LM worker" in text
+    direct = describe(topology, "x.", "x.requests", "x.work", "x.sink", "x.lm")
+    assert "writes x.work (its LM calls; x.lm while every LM instance is saturated" in direct
 
 
 def test_the_config_switch_puts_every_stage_on_a_topic() -> None:

@@ -624,10 +624,39 @@ def test_prompt_aware_places_a_new_set_member_where_the_prefix_already_is() -> N
     home = policy.decide(state, call, 0)
     assert home is not None
     holder = (home + 2) % 3
-    policy._sent(holder, "rag", call)  # e.g. it served a spill of this prompt lately
+    # It served a call of this prompt lately, placed by another decider: the completion
+    # (every decider reads every instance's status) says the prefix is there.
+    done = Completion("elsewhere", holder, "rag", 1100, 0, 50, 0.0, 0.2, 5)
+    state.completed(done)
+    policy.on_completion(state, done)
+    assert policy.holds(holder, "rag")
     live = {0, 1, 2}
     others = [i for i in range(3) if i != home]
     assert policy._place(state, "rag", call, others, live, 10) == holder
+
+
+def test_prompt_aware_deciders_learn_each_others_prefixes_from_completions() -> None:
+    """Two deciders share the table but place their own calls. The second must not count
+    the first one's home for a prompt as a cache miss: it learns the prefix is there from
+    the completions of the first one's calls, and keeps the prompt's calls there too."""
+    first, second = PromptAware(), PromptAware()
+    state_a, state_b = ClusterState(), ClusterState()
+    for i in range(4):
+        state_a.report(Load(i, at_ms=0))
+        state_b.report(Load(i, at_ms=0))
+    rag = Call("a0", "rag", "R" * 4000, 1100, 50)
+    home = first.decide(state_a, rag, 0)
+    assert home is not None
+    second.load_table(first.table())  # the assignments topic
+    assert not second.holds(home, "rag")
+    done = Completion("a0", home, "rag", 1100, 1000, 50, 0.0, 0.2, 300)
+    for decider, state in ((first, state_a), (second, state_b)):
+        state.completed(done)
+        decider.on_completion(state, done)
+    assert second.holds(home, "rag")
+    mine = Call("b0", "rag", "R" * 4000, 1100, 50)
+    assert second.work_tokens(home, "rag", mine) == 150  # a hit: 100 uncached + 50 output
+    assert second.decide(state_b, mine, 400) == home
 
 
 def test_a_late_report_from_before_a_removal_does_not_revive_the_instance() -> None:

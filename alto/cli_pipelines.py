@@ -33,11 +33,10 @@ def _cmd_topology(args: argparse.Namespace) -> int:
         return 2
     for name in names:
         topics = (config.internal_prefix, config.requests_topic)
+        lm, fallback = config.lm_requests_topic, None
         if config.scheduler.direct:  # placed by the worker that makes the call
-            lm = (config.lm_work_topic, config.lm_requests_topic)
-        else:
-            lm = (config.lm_requests_topic, None)
-        print(describe(known[name].topology, *topics, lm[0], config.sink_topic, lm[1]))
+            lm, fallback = config.lm_work_topic, config.lm_requests_topic
+        print(describe(known[name].topology, *topics, lm, config.sink_topic, fallback))
     return 0
 
 

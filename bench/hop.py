@@ -4,8 +4,10 @@ A single Faust worker runs only the `hop` pipeline's relay stage (a map that ret
 input). The benchmark produces quanta straight onto the relay's input topic and reads
 the relay's output topic with its own consumer, so each figure covers
 produce -> broker -> agent (decode, process, encode) -> produce -> broker -> consumer.
-1. Latency: quanta at a steady 1,000/s; p50/p99 of the per-quantum round trip.
+1. Latency: quanta at a steady 1,000/s; p50/p99 of the per-quantum round trip. Also at
+   `LOW_RATE` (10/s, one record at a time: what a hop costs a request at low load).
 2. Throughput: a backlog produced as fast as possible; the worker's output rate.
+Both latencies are measured again without the worker (produce -> broker -> consume).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def _latency(
 
 
 WINDOW_S = 10.0
+LOW_RATE = 10.0  # quanta/s: each travels alone, as a request's quanta do at low load
 
 
 def windows(series: list[tuple[float, float]], width_s: float = WINDOW_S) -> list[dict[str, Any]]:
@@ -179,12 +182,18 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
             # the reader polls: a reader from the end resolves that end at its first fetch,
             # and what came before is not its to read.
             _latency(producer, reader, relay_topic, 500, 1.0, 0, grace_s=5)
+            low_s = 10.0 if quick else 20.0
+            progress(f"latency through the relay: {LOW_RATE:.0f} quanta/s for {low_s:.0f} s")
+            low, _ = _latency(producer, reader, relay_topic, LOW_RATE, low_s, 5_000, grace_s=5)
             progress(f"latency through the relay: {rate:.0f} quanta/s for {latency_s:.0f} s")
             series, lost_latency = _latency(producer, reader, relay_topic, rate, latency_s, 10_000)
             lat_ms = sorted(ms for _, ms in series)
             progress(f"broker alone (no worker): {rate:.0f} quanta/s for {latency_s:.0f} s")
             direct_reader = TopicReader(config, direct_topic, from_beginning=False)
             _latency(producer, direct_reader, direct_topic, 500, 1.0, 400_000, grace_s=5)
+            low_direct, _ = _latency(
+                producer, direct_reader, direct_topic, LOW_RATE, low_s, 450_000, grace_s=5
+            )
             direct, _ = _latency(producer, direct_reader, direct_topic, rate, latency_s, 500_000)
             direct_ms = sorted(ms for _, ms in direct)
             direct_reader.close()
@@ -222,6 +231,11 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
         "broker_only_p50_ms": round(percentile(direct_ms, 50), 3),
         "broker_only_p99_ms": round(percentile(direct_ms, 99), 3),
         "offered_rate": rate,
+        "low_rate": LOW_RATE,
+        "low_p50_ms": round(percentile(sorted(ms for _, ms in low), 50), 3),
+        "low_p99_ms": round(percentile(sorted(ms for _, ms in low), 99), 3),
+        "low_broker_only_p50_ms": round(percentile(sorted(ms for _, ms in low_direct), 50), 3),
+        "low_broker_only_p99_ms": round(percentile(sorted(ms for _, ms in low_direct), 99), 3),
         "max_quanta_per_s": round(throughput, 1),
         "backlog": backlog,
         "backlog_received": len(recv),
@@ -248,6 +262,11 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
     print(
         f"| same path without the worker (produce -> broker -> consume) p50 / p99 | "
         f"{figures['broker_only_p50_ms']} / {figures['broker_only_p99_ms']} ms | |"
+    )
+    print(
+        f"| at {LOW_RATE:.0f} quanta/s (one at a time): hop p50 / p99, and without the worker | "
+        f"{figures['low_p50_ms']} / {figures['low_p99_ms']} ms, "
+        f"{figures['low_broker_only_p50_ms']} / {figures['low_broker_only_p99_ms']} ms | |"
     )
     print(
         f"| quanta/s one worker sustains (wall clock) | {figures['max_quanta_per_s']} | >= 10,000 |"

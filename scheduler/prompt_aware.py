@@ -242,12 +242,12 @@ class PromptAware(SchedulingPolicy):
 
         return min(candidates, key=pressure)
 
-    def _sent(self, instance: int, prompt: str, tokens: int) -> None:
-        """Record that `instance` now holds `prompt`'s prefix of `tokens` (most recently
-        used)."""
+    def _sent(self, instance: int, prompt: str, prefix: int) -> None:
+        """Record that `instance` now holds `prompt`'s prefix, `prefix` tokens long (most
+        recently used)."""
         held = self._held.setdefault(instance, OrderedDict())
         held.pop(prompt, None)
-        held[prompt] = tokens
+        held[prompt] = prefix
         total = sum(held.values())
         while total > self.cache_tokens and len(held) > 1:
             _, tokens = held.popitem(last=False)

@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--time-scale", type=float, help="SIMULATED engine speed-up (< 1)")
     args = parser.parse_args(argv)
-    overrides = {} if args.time_scale is None else {"sim_time_scale": args.time_scale}
-    config = load_config(**overrides)
+    lm = {} if args.time_scale is None else {"sim_time_scale": args.time_scale}
+    config = load_config(lm=lm)
     asked = ask(resources(config).docs, args.n, seed=args.seed)
     rng = random.Random(args.seed)
     arrivals, t = [], 0.0

@@ -11,7 +11,14 @@ The decode term is a roofline: a small batch costs what reading the weights once
 Measured on vLLM here it is flat to batch 4 and then grows linearly (31.5, 32.0 and 59.8 ms
 per iteration at 1, 4 and 16 sequences), which a straight line through 1 and 16 misses by
 a quarter at 4. Every running sequence gets one token per iteration; a new request joins at the next
-iteration (its prefill is charged to that iteration). Prompt prefixes (per template) that
+iteration (its prefill is charged to that iteration). Iterations keep to a schedule on the
+event loop's clock: each ends `iteration_s` after the previous one was due, not after it
+actually woke, so a late wake-up (a busy loop in the host process) is made up on the next
+iteration instead of slowing the simulated GPU (up to one iteration's time: a longer stall
+is not replayed as a burst of tokens that sequences admitted after it would share). Sleeping `iteration_s` each time drifted
+6-7% slow on the FacTool sim tier, both in our LM workers and in the in-process LangGraph
+baseline. Times (the schedule, queueing and generation in `usage`) are the loop's
+(`loop.time()`), so under the virtual-time loop of the `cluster` tier they are virtual. Prompt prefixes (per template) that
 this engine still holds are prefix-cache hits and cost no prefill; the prefix cache holds
 `prefix_cache_tokens` and evicts the least recently used prefix (`PrefixCache`).
 
@@ -81,7 +88,6 @@ import hashlib
 import json
 import random
 import re
-import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -364,6 +370,7 @@ class SimEngine(Engine):
         self._running: list[_Seq] = []
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._due: float | None = None  # when the iteration under way ends (loop clock)
         self._prefixes = PrefixCache(self.params.prefix_cache_tokens)
         self.usage = {}
         self._prompt_tokens = 0
@@ -403,6 +410,7 @@ class SimEngine(Engine):
         cached = self._prefixes.lookup(f"{prompt.name}|{prompt.prefix_text}", prefix_tokens)
         self._prompt_tokens += n_prompt
         self._cached_tokens += cached
+        clock = asyncio.get_running_loop().time
         seq = _Seq(
             request_id,
             sim_output(
@@ -415,7 +423,7 @@ class SimEngine(Engine):
             ),
             n_prompt,
             n_prompt - cached,
-            time.monotonic(),
+            clock(),
         )
         crash_at = len(seq.tokens) // 2 if crashes(request_id, self.params.crash_rate) else -1
         self._waiting.append(seq)
@@ -433,7 +441,7 @@ class SimEngine(Engine):
                 cached,
                 seq.produced,
                 (seq.scheduled - seq.submitted) / scale,
-                (time.monotonic() - seq.scheduled) / scale,
+                (clock() - seq.scheduled) / scale,
             )
         finally:
             if seq in self._running:
@@ -443,17 +451,23 @@ class SimEngine(Engine):
 
     async def _run(self) -> None:
         p = self.params
+        clock = asyncio.get_running_loop().time
         while True:
             if not self._running and not self._waiting:
                 self._wake.clear()
+                self._due = None  # idle: the next busy spell starts when its work arrives
                 await self._wake.wait()
             new_prefill = 0
+            now = clock()
             while self._waiting and len(self._running) < p.max_batch:
                 seq = self._waiting.popleft()
-                seq.scheduled = time.monotonic()
+                seq.scheduled = now
                 new_prefill += seq.uncached_tokens
                 self._running.append(seq)
-            await asyncio.sleep(iteration_s(p, len(self._running), new_prefill) * p.time_scale)
+            step = iteration_s(p, len(self._running), new_prefill) * p.time_scale
+            # Behind schedule by more than an iteration: catch up one, not all (see above).
+            self._due = (now if self._due is None else max(self._due, now - step)) + step
+            await asyncio.sleep(max(0.0, self._due - now))
             for seq in list(self._running):
                 if seq.produced < len(seq.tokens):
                     seq.out.put_nowait(seq.tokens[seq.produced])

@@ -102,3 +102,12 @@ def test_langgraphs_critical_path_follows_the_claim_verified_last() -> None:
         "lm": 180,
         "waiting": 70,
     }
+
+
+def test_manual_check_runs_with_its_own_engine_speed(capsys: pytest.CaptureFixture[str]) -> None:
+    from alto.bench.langgraph_factool import main
+
+    assert main(["--engine", "sim", "--n", "1", "--rate", "1", "--time-scale", "0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "LangGraph FacTool (SIMULATED engine): 1 requests at 1/s" in out
+    assert "claims, factuality" in out and "median" in out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from alto.bench.virtual_time import VirtualTimeLoop
 from alto.config import AltoConfig
 from alto.errors import ConfigError, EngineError
 from alto.lm_service.engine import GenerationParams, Prompt
@@ -196,3 +197,45 @@ def test_verification_length_follows_the_profile() -> None:
 
     assert 11 < reason_words(12.0) < 13
     assert 38 < reason_words(profile_params("paper").verify_words) < 42
+
+
+class _LateLoop(VirtualTimeLoop):
+    """Virtual time on a busy host: every timer fires `late` seconds after it was due."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds + self.late)
+
+
+def _finish_time(late: float, tokens: int = 50) -> float:
+    """Virtual seconds one call of `tokens` iterations of 10 ms takes on a `_LateLoop`."""
+    params = SimParams(decode_base_s=0.01, decode_per_seq_s=0.0, prefill_s_per_token=0.0)
+    loop = _LateLoop(late)
+
+    async def run() -> float:
+        engine = SimEngine(params)
+        await engine.start()
+        gp = GenerationParams(max_tokens=tokens, ignore_eos=True)
+        got = [t async for t in engine.generate("r", _prompt("claims"), gp)]
+        await engine.stop()
+        assert len(got) == tokens
+        return loop.time()
+
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def test_late_wake_ups_do_not_slow_the_simulated_engine() -> None:
+    on_time = _finish_time(0.0)
+    assert on_time == pytest.approx(0.5)  # 50 iterations of 10 ms
+    # Each wake-up 2 ms late: made up on the next iteration, so the call ends one lateness
+    # after the schedule, not 50 (0.6 s if every iteration waited its full time again).
+    assert _finish_time(0.002) == pytest.approx(0.502)
+    # A stall longer than an iteration is made up by one iteration, not replayed: 30 ms late
+    # each time, every other iteration runs at once (25 x 40 ms), no burst of 50.
+    assert _finish_time(0.03) == pytest.approx(1.0 + 0.03, abs=0.041)

@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
             "overload",
             "idle",
             "broker",
+            "records",
         ],
     )
     p.add_argument("--quick", action="store_true")

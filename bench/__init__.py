@@ -58,6 +58,10 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
         from alto.bench.broker import main as broker_main
 
         return broker_main(quick=quick, json_path=json_path)
+    if name == "records":
+        from alto.bench.records import main as records_main
+
+        return records_main(quick=quick, json_path=json_path)
     if name == "overload":
         from alto.bench.overload import main as overload_main
 

@@ -219,8 +219,8 @@ def _factool_settings() -> dict[str, Any]:
     return own
 
 
-def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[list[Point], float]:
-    loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
+def tier_stack(tier: str, sim: SimSetup, fetch_wait_ms: int) -> tuple[Stack, list[Any]]:
+    """The (not yet started) stack a tier's points run on, and the corpus of its questions."""
     base = load_config(
         lm={"sim_time_scale": sim.scale, "sim_profile": sim.profile},
         kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": fetch_wait_ms},
@@ -236,15 +236,36 @@ def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[li
     store = resources(base).store  # LangGraph runs in this process: the same settings
     progress(f"passage store {store.folder}: {store.coverage().line()} (the rest encoded online)")
     docs = load_corpus(factool_settings(base).corpus)
-    lm_instances = SIM_LM_INSTANCES if tier == "sim" else 1
     stack = Stack(
         base,
         workers=FAUST_WORKERS,
-        lm_instances=lm_instances,
+        lm_instances=SIM_LM_INSTANCES if tier == "sim" else 1,
         engine="sim" if tier == "sim" else "vllm",
         listen=f"127.0.0.1:{free_port()}",
         workdir=OUT_DIR / "logs" / f"factool-{tier}",
     )
+    return stack, docs
+
+
+def warm(stack: Stack, tier: str, docs: list[Any]) -> None:
+    """A few requests first: warm caches (and vLLM's compiled paths) for every system."""
+    _run_kafka(
+        stack.config,
+        tier,
+        Mode.STREAMING,
+        questions(docs, 2, seed=1),
+        [0.0, 0.5],
+        "warm",
+        1.0,
+        stack.pids(),
+    )
+
+
+def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[list[Point], float]:
+    loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
+    stack, docs = tier_stack(tier, sim, fetch_wait_ms)
+    base = stack.config
+    lm_instances = stack.lm_instances
     points: list[Point] = []
     idle_cores = math.nan
     progress(
@@ -254,17 +275,7 @@ def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[li
         stack.start()
         stack.wait_ready(600)
         config = stack.config
-        # A few requests first: warm caches (and vLLM's compiled paths) for every system.
-        _run_kafka(
-            config,
-            tier,
-            Mode.STREAMING,
-            questions(docs, 2, seed=1),
-            [0.0, 0.5],
-            "warm",
-            1.0,
-            stack.pids(),
-        )
+        warm(stack, tier, docs)
         idle_cores = _idle_cores()
         progress(f"{tier}: the idle stack uses {idle_cores:.2f} cores (broker and client polls)")
         for k, rate in enumerate(loads):

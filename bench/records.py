@@ -13,7 +13,7 @@ to each topic, largest first. JSON: `modes` -> mode -> `topics` (per topic: `rec
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,16 @@ def per_request(
     return sorted(rows, key=lambda r: (-r.batches, r.topic))
 
 
+def totals(rows: list[TopicCost]) -> TopicCost:
+    """All topics together."""
+    return TopicCost(
+        "all",
+        sum(r.records for r in rows),
+        sum(r.batches for r in rows),
+        sum(r.kb for r in rows),
+    )
+
+
 def table(mode: str, rows: list[TopicCost]) -> list[str]:
     lines = [
         f"\n### {mode}: added to the broker per request\n",
@@ -63,8 +73,10 @@ def table(mode: str, rows: list[TopicCost]) -> list[str]:
         "|---|---|---|---|",
     ]
     lines += [f"| {r.topic} | {r.records:.1f} | {r.batches:.1f} | {r.kb:.1f} |" for r in rows]
-    total = (sum(r.records for r in rows), sum(r.batches for r in rows), sum(r.kb for r in rows))
-    lines.append(f"| **all** | **{total[0]:.1f}** | **{total[1]:.1f}** | **{total[2]:.1f}** |")
+    total = totals(rows)
+    lines.append(
+        f"| **all** | **{total.records:.1f}** | **{total.batches:.1f}** | **{total.kb:.1f}** |"
+    )
     return lines
 
 
@@ -97,11 +109,7 @@ def main(*, quick: bool, json_path: Path | None) -> int:
                 "topics": {
                     r.topic: {"records": r.records, "batches": r.batches, "kb": r.kb} for r in rows
                 },
-                "total": {
-                    "records": sum(r.records for r in rows),
-                    "batches": sum(r.batches for r in rows),
-                    "kb": sum(r.kb for r in rows),
-                },
+                "total": {k: v for k, v in asdict(totals(rows)).items() if k != "topic"},
             }
     finally:
         stack.stop()

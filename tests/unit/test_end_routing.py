@@ -33,16 +33,20 @@ def _diamond() -> Pipeline:
     return p
 
 
-def _run(topology, requests, ends: Ends, **kw):  # type: ignore[no-untyped-def]
-    """Run `requests`, counting the ENDs delivered to each topic, per request, by the
-    producing stage and the depth of the node they close."""
+def _counting(ends: Ends):  # type: ignore[no-untyped-def]
+    """A `LocalRunner` `lose` hook that loses nothing and counts the ENDs delivered to each
+    topic, per request, by the producing stage and the depth of the node they close."""
 
     def tap(topic: str, q: Quantum) -> bool:
         if q.kind is QuantumKind.END:
             ends[(q.request_id, topic.rpartition(".")[2], q.stage, len(q.path))] += 1
         return False
 
-    return asyncio.run(LocalRunner([topology], lose=tap, **kw).run(requests))
+    return tap
+
+
+def _run(topology, requests, ends: Ends, **kw):  # type: ignore[no-untyped-def]
+    return asyncio.run(LocalRunner([topology], lose=_counting(ends), **kw).run(requests))
 
 
 def test_an_aggregate_takes_an_upper_end_from_its_first_input_only() -> None:
@@ -86,16 +90,11 @@ def test_factool_sends_each_end_once_and_only_where_it_is_counted(mode: Mode) ->
         engine = SimEngine(SimParams(time_scale=0.0001))
         await engine.start()
         try:
-            runner = LocalRunner([topology], lose=lambda t, q: tap(t, q))
+            runner = LocalRunner([topology], lose=_counting(ends))
             runner.lm = lambda req: serve_call(req, engine, runner.routings, "lm-local")
             return await runner.run(reqs)
         finally:
             await engine.stop()
-
-    def tap(topic: str, q: Quantum) -> bool:
-        if q.kind is QuantumKind.END:
-            ends[(q.request_id, topic.rpartition(".")[2], q.stage, len(q.path))] += 1
-        return False
 
     run = asyncio.run(with_engine())
     assert not run.dead_letters

@@ -8,6 +8,7 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
+from alto.agents.lease import MembershipLease
 from alto.streams.ancestry import request_id_of_key
 
 
@@ -15,6 +16,7 @@ async def handle_each(
     stream: StreamT,
     handle: Callable[[EventT], Awaitable[None]],
     failed: Callable[[EventT, Exception], Awaitable[None]],
+    lease: MembershipLease | None = None,
 ) -> None:
     """Handle a stream's events in order, acknowledging each only once it is handled.
 
@@ -23,9 +25,14 @@ async def handle_each(
     the loop is abandoned, so an agent cancelled mid-event (a worker stopping) had that
     event counted as processed, and committed, unprocessed. Here a cancelled `handle`
     leaves its event unacknowledged (read again), and one that raises goes to `failed`
-    (which fails the request) and is then acknowledged."""
+    (which fails the request) and is then acknowledged. With a `lease`, an event that comes
+    while the worker's group membership may have lapsed waits for it, or is dropped for its
+    partition's next owner (`alto.agents.lease`)."""
     manual = stream.noack()  # type: ignore[attr-defined]
     async for event in manual.events():
+        if lease is not None and not await lease.admit(stream.app, event):
+            await manual.ack(event)  # a dropped event's offset is not counted: bookkeeping
+            continue
         try:
             await handle(event)
         except Exception as exc:

@@ -308,7 +308,12 @@ class AltoApp:
     async def _each(
         self, stream: StreamT, stage: str, handle: Callable[[EventT], Awaitable[None]]
     ) -> None:
-        await handle_each(stream, handle, lambda event, exc: self._stage_failed(stage, event, exc))
+        await handle_each(
+            stream,
+            handle,
+            lambda event, exc: self._stage_failed(stage, event, exc),
+            self.app.conf.alto_lease,
+        )
 
     async def _stage_failed(self, stage: str, event: EventT, exc: Exception) -> None:
         """An exception of ours while handling `event`: logged, and its request fails with a
@@ -415,7 +420,11 @@ class AltoApp:
                         slots.release()
                     await manual.ack(event)  # not when cancelled: then it is read again
 
+                lease = self.app.conf.alto_lease
                 async for event in manual.events():
+                    if not await lease.admit(self.app, event):
+                        await manual.ack(event)
+                        continue
                     await slots.acquire()
                     task = asyncio.ensure_future(one(event))
                     running.add(task)

@@ -57,6 +57,7 @@ from faust.transport.drivers.aiokafka import (
 from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
+from alto.agents.lease import MembershipLease
 from alto.agents.stores import flush_changelogs
 from alto.kafka import FetchPacer
 from alto.streams.outputs import now_ms
@@ -139,6 +140,8 @@ class _ConsumerThread(AIOKafkaConsumerThread):
             consumer._partition_assignment_strategy = (self.app.assignor,)
         # Read by AIOKafkaConsumer.start() when it builds its fetcher; set before start.
         consumer._fetch_max_wait_ms = self.app.conf.alto_fetch_max_wait_ms
+        if not self.app.client_only:
+            self.app.conf.alto_lease.watch(consumer)
         return consumer
 
     async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
@@ -318,6 +321,10 @@ class _Consumer(Consumer):
         await super().on_partitions_revoked(revoked)
         self._seeked.difference_update(revoked)
 
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        self.app.conf.alto_lease.confirm()  # the group just counted us in
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         if self._gate_due:
             await self._open_gate()
@@ -440,6 +447,8 @@ class FaustApp(faust.App):
         self.conf.alto_idle_fetch = (idle_fetch_wait_ms, idle_after_s)  # `FetchPacer`
         # aiokafka connection settings for checking end offsets (None: trust the broker).
         self.conf.alto_client_settings = client_settings
+        # When the group last confirmed this worker a member (`alto.agents.lease`).
+        self.conf.alto_lease = MembershipLease(self.conf.broker_session_timeout)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

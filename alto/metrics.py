@@ -110,6 +110,16 @@ SKIPPED_ACKS_REFUSED = Counter(
     "Messages a Faust stream skipped unprocessed during a rebalance and then acked; not "
     "counted as processed (agents/transport.py)",
 )
+LEASE_HELD_EVENTS = Counter(
+    "alto_lease_held_events",
+    "Events held because no heartbeat had confirmed this worker's group membership within "
+    "the session timeout (agents/lease.py)",
+)
+LEASE_DROPPED_EVENTS = Counter(
+    "alto_lease_dropped_events",
+    "Held events dropped unprocessed because a rebalance began: the partition's next owner "
+    "reads them again (agents/lease.py)",
+)
 PARTITION_REREADS = Counter(
     "alto_partition_rereads",
     "Partitions read again from the committed offset because that record stayed "

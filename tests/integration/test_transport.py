@@ -1,4 +1,5 @@
-"""Our Faust transport against the real broker: a producer flush leaves nothing behind.
+"""Our Faust transport against the real broker: a producer flush leaves nothing behind, and
+the membership lease follows the group's heartbeats.
 
 Faust commits a consumer's offsets right after `producer.flush()`. Table updates reach the
 client through Faust's producer buffer; Faust's own flush of that buffer returns after 0.1 s
@@ -13,8 +14,10 @@ import time
 import uuid
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from alto.agents.lease import MembershipLease
 from alto.agents.transport import FaustApp
 
 # How long each buffered message takes to reach the client: a loaded event loop or a client
@@ -60,3 +63,55 @@ def test_a_flush_returns_only_once_the_buffer_is_with_the_client(bootstrap_serve
     put, handed, flushed = asyncio.run(_flush_with_slow_buffer(bootstrap_servers))
     assert len(handed) == put, f"flush returned with {put - len(handed)} of {put} still buffered"
     assert max(handed) <= flushed
+
+
+async def _lease_through_a_stall(bootstrap: str) -> tuple[bool, bool, bool]:
+    """(confirmed by a heartbeat after start, live right after a stall past the session
+    timeout, confirmed again afterwards) for a real consumer in a group."""
+    name = f"lease-{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    session_s = 2.0
+    lease = MembershipLease(session_s)
+    consumer = AIOKafkaConsumer(
+        name,
+        bootstrap_servers=bootstrap,
+        group_id=name,
+        session_timeout_ms=int(session_s * 1000),
+        heartbeat_interval_ms=100,
+    )
+    lease.watch(consumer)
+    started = time.monotonic()
+    await consumer.start()
+    try:
+        await _until(lambda: lease.confirmed_at > started, "a heartbeat confirms the lease")
+        time.sleep(session_s + 0.5)  # the fault: the whole process stalls past its session
+        live_after_stall = lease.live()
+        woke = time.monotonic()
+        await _until(lambda: lease.confirmed_at > woke, "the lease is confirmed again")
+        return True, live_after_stall, lease.live()
+    finally:
+        await consumer.stop()
+
+
+async def _until(condition: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_heartbeats_confirm_the_membership_lease_and_a_stall_lapses_it(
+    bootstrap_servers: str,
+) -> None:
+    """The lease reads aiokafka's heartbeats (a private method it wraps): against the real
+    broker a heartbeat confirms it, a stall past the session timeout lapses it, and the
+    group's next confirmation (a heartbeat, or a rejoin's) renews it."""
+    confirmed, live_after_stall, live_again = asyncio.run(_lease_through_a_stall(bootstrap_servers))
+    assert confirmed
+    assert not live_after_stall
+    assert live_again

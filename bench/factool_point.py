@@ -23,7 +23,7 @@ FETCH_WAIT_MS = 25
 # (loads in req/s, requests per point) per tier and size
 SIM_LOADS = {
     "quick": ((0.25, 1.0, 2.0), 8),
-    "full": ((0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0), 30),
+    "full": ((0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0), 30),
 }
 VLLM_LOADS = {"quick": ((0.05,), 2), "full": ((0.03, 0.06), 6)}
 IDLE_S = 10.0  # how long the idle stack's CPU use is measured, per tier

@@ -25,15 +25,19 @@ from alto.agents.transport import FaustApp
 MOVE_S = 0.4
 
 
-async def _flush_with_slow_buffer(bootstrap: str) -> tuple[int, list[float], float]:
-    """(messages put, moments each reached the client, moment flush returned)."""
-    name = f"flush-{uuid.uuid4().hex[:6]}"
+async def _one_partition_topic(bootstrap: str, name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
+
+
+async def _flush_with_slow_buffer(bootstrap: str) -> tuple[int, list[float], float]:
+    """(messages put, moments each reached the client, moment flush returned)."""
+    name = f"flush-{uuid.uuid4().hex[:6]}"
+    await _one_partition_topic(bootstrap, name)
     app = FaustApp(f"app-{name}", broker=f"kafka://{bootstrap}", store="memory://")
     topic = app.topic(name, key_type=bytes, value_type=bytes, internal=True)
     handed: list[float] = []
@@ -69,12 +73,7 @@ async def _lease_through_a_stall(bootstrap: str) -> tuple[bool, bool, bool]:
     """(confirmed by a heartbeat after start, live right after a stall past the session
     timeout, confirmed again afterwards) for a real consumer in a group."""
     name = f"lease-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await _one_partition_topic(bootstrap, name)
     session_s = 2.0
     lease = MembershipLease(session_s)
     consumer = AIOKafkaConsumer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,12 @@ def summarize(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (tier, system), pts in _group(points).items():
         pts.sort(key=lambda p: p.offered_rps)
-        passing = [p.offered_rps for p in pts if p.passed]
         at = {
-            f"{t:g}": max((p.offered_rps for p in pts if passes(p, t)), default=0.0)
+            f"{t:g}": _sustained(pts, lambda p, t=t: passes(p, t))  # type: ignore[misc]
             for t in TARGETS_S
         }
         out.setdefault(tier, {})[system] = {
-            "sustained_load_rps": max(passing) if passing else 0.0,
+            "sustained_load_rps": _sustained(pts, lambda p: p.passed),
             "sustained_at_targets_rps": at,
             "p99_low_load_s": pts[0].p99_s,
             "p50_low_load_s": pts[0].p50_s,
@@ -50,6 +50,19 @@ def summarize(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
             "evidence_p50_low_load_s": pts[0].evidence_p50_s,
         }
     return out
+
+
+def _sustained(pts: list[Point], ok: Callable[[Point], bool]) -> float:
+    """The highest offered load (`pts` in ascending order) at which `ok` holds there and at
+    every lower load. A pass above a failure is a median that happened to fall under the
+    target: a full sim run failed streaming at 2 req/s (2.11 s median against the 2 s
+    target) and passed it at 3 (1.69 s), and taking the highest pass read that as 3."""
+    sustained = 0.0
+    for p in pts:
+        if not ok(p):
+            break
+        sustained = p.offered_rps
+    return sustained
 
 
 def _cpu(p: Point) -> str:

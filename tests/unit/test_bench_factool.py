@@ -46,6 +46,26 @@ def test_a_point_passes_only_with_every_result_a_median_on_target_and_the_load_c
     assert not lost.passed
 
 
+def test_a_pass_above_a_failure_is_not_a_sustained_load() -> None:
+    """A median that falls under the target at a higher load (noise near the target) does
+    not lift the sustained load past a load that failed, at the 4 s rule or any target."""
+
+    def done(rate: float) -> list[float]:  # completions at `rate`
+        return [i / rate for i in range(10)]
+
+    points = [
+        make_point("sim", "streaming", 1.0, 10, [1.5] * 10, done(1.0)),
+        make_point("sim", "streaming", 2.0, 10, [2.1] * 10, done(2.0)),  # over the 2 s target
+        make_point("sim", "streaming", 3.0, 10, [1.7] * 10, done(1.0)),  # lags: fails them all
+        make_point("sim", "streaming", 4.0, 10, [1.9] * 10, done(4.0)),
+    ]
+    s = summarize(points)["sim"]["streaming"]
+    assert points[3].passed and not points[2].passed
+    assert s["sustained_load_rps"] == 2.0  # not 4.0, the highest pass
+    assert s["sustained_at_targets_rps"]["2"] == 1.0  # not 3.0 or 4.0
+    assert s["sustained_at_targets_rps"]["8"] == 2.0
+
+
 def test_summary_takes_the_highest_passing_load_and_the_lowest_loads_p99() -> None:
     done = [float(i) for i in range(10)]
     points = [

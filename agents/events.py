@@ -30,8 +30,7 @@ async def handle_each(
     partition's next owner (`alto.agents.lease`)."""
     manual = stream.noack()  # type: ignore[attr-defined]
     async for event in manual.events():
-        if lease is not None and not await lease.admit(stream.app, event):
-            await manual.ack(event)  # a dropped event's offset is not counted: bookkeeping
+        if lease is not None and not await lease.admit(manual, event):
             continue
         try:
             await handle(event)

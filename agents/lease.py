@@ -101,11 +101,13 @@ class MembershipLease:
             await asyncio.sleep(POLL_S)
         return True
 
-    async def admit(self, app: Any, event: Any) -> bool:
-        """Whether to handle `event` (after `hold`); one not to handle is dropped."""
-        if await self.hold(app):
+    async def admit(self, stream: Any, event: Any) -> bool:
+        """Whether to handle `event` of `stream` (after `hold`). One not to handle is dropped
+        and then acknowledged to the stream, which keeps the stream's bookkeeping and, the
+        message being marked acked already, counts no offset."""
+        if await self.hold(stream.app):
             return True
-        drop(app.consumer, event)
+        drop(stream.app.consumer, event)
         message = event.message
         log.warning(
             "dropped %s[%d]@%d held through a rebalance: read again by its next owner",
@@ -113,6 +115,7 @@ class MembershipLease:
             message.partition,
             message.offset,
         )
+        await stream.ack(event)
         return False
 
 

@@ -422,8 +422,7 @@ class AltoApp:
 
                 lease = self.app.conf.alto_lease
                 async for event in manual.events():
-                    if not await lease.admit(self.app, event):
-                        await manual.ack(event)
+                    if not await lease.admit(manual, event):
                         continue
                     await slots.acquire()
                     task = asyncio.ensure_future(one(event))

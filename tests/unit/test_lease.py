@@ -46,6 +46,17 @@ class _App:
     consumer: _Consumer = field(default_factory=_Consumer)
 
 
+@dataclass
+class _Stream:
+    """What the lease uses of a Faust stream: its app, and `ack` for a dropped event."""
+
+    app: _App = field(default_factory=_App)
+    acked: list[Any] = field(default_factory=list)
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event)
+
+
 def test_the_lease_lapses_a_session_timeout_after_the_last_confirmation() -> None:
     clock = _Clock()
     lease = MembershipLease(6.0, clock)
@@ -62,34 +73,35 @@ def test_the_lease_lapses_a_session_timeout_after_the_last_confirmation() -> Non
 
 
 def test_an_event_is_handled_at_once_while_the_lease_is_live() -> None:
-    lease, app, event = MembershipLease(6.0, _Clock()), _App(), _Event()
-    assert asyncio.run(lease.admit(app, event))
-    assert not event.message.acked
+    lease, stream, event = MembershipLease(6.0, _Clock()), _Stream(), _Event()
+    assert asyncio.run(lease.admit(stream, event))
+    assert not event.message.acked and not stream.acked
 
 
 def test_a_held_event_is_handled_once_a_heartbeat_confirms_the_lease() -> None:
     clock = _Clock()
-    lease, app, event = MembershipLease(6.0, clock), _App(), _Event()
+    lease, stream, event = MembershipLease(6.0, clock), _Stream(), _Event()
     clock.now += 10.0  # the worker was stopped past its session timeout
 
     async def run() -> bool:
-        admitted = asyncio.ensure_future(lease.admit(app, event))
+        admitted = asyncio.ensure_future(lease.admit(stream, event))
         await asyncio.sleep(0)
         assert not admitted.done()  # held
         lease.confirm(clock.now)  # the group still counts us a member
         return await admitted
 
     assert asyncio.run(run())
-    assert not event.message.acked
+    assert not event.message.acked and not stream.acked
 
 
 def test_a_held_event_is_dropped_unprocessed_when_a_rebalance_begins() -> None:
     clock = _Clock()
-    lease, app, event = MembershipLease(6.0, clock), _App(), _Event()
+    lease, stream, event = MembershipLease(6.0, clock), _Stream(), _Event()
+    app = stream.app
     clock.now += 10.0
 
     async def run() -> bool:
-        admitted = asyncio.ensure_future(lease.admit(app, event))
+        admitted = asyncio.ensure_future(lease.admit(stream, event))
         await asyncio.sleep(0)
         assert not admitted.done()
         app.rebalancing, app.rebalancing_count = True, 1  # the heartbeat learnt we were out
@@ -101,3 +113,4 @@ def test_a_held_event_is_dropped_unprocessed_when_a_rebalance_begins() -> None:
     # acked before the stream's ack, so its offset is never counted as processed.
     assert event.message.acked
     assert not app.consumer._unacked_messages
+    assert stream.acked == [event]  # the stream's own bookkeeping of the event

@@ -57,6 +57,7 @@ from faust.transport.drivers.aiokafka import (
 from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
+from alto.agents.gaps import GapGuard
 from alto.agents.lease import MembershipLease
 from alto.agents.stores import flush_changelogs
 from alto.kafka import FetchPacer
@@ -181,6 +182,8 @@ class _Consumer(Consumer):
         self._seeked: set[Any] = set()
         self._gate_due = False  # the ingest gate's starts are to be applied (`_open_gate`)
         self._gate_opened = False  # once: a later rebalance is no sign that requests come
+        # Offset gaps a fetch shows on the topics agents process (`alto.agents.gaps`).
+        self._gaps = GapGuard(lambda tp: self.app.topics.acks_enabled_for(tp.topic))
         idle_ms, idle_after_s = self.app.conf.alto_idle_fetch
         self._pacer = FetchPacer(
             lambda: getattr(self._thread, "_consumer", None),
@@ -278,8 +281,16 @@ class _Consumer(Consumer):
             for tp in unknown:
                 if (start := first.get(tp)) is not None:
                     self._committed_offset[tp] = start
-        self._seeked = {tp for tp in assigned if self._committed_offset.get(tp) is not None}
+        self._seeked = set()
+        for tp in assigned:
+            if (committed := self._committed_offset.get(tp)) is not None:
+                self._seeked.add(tp)
+                self._gaps.expect(tp, committed)
         self._gate_due = True
+
+    async def _seek(self, partition: Any, offset: int) -> None:
+        self._gaps.expect(partition, offset)
+        await super()._seek(partition, offset)
 
     # A new generation's ingest (`alto.agents.handover`): its consumer fetches nothing of the
     # requests topic until the handoff file exists, then starts each partition at the file's
@@ -298,7 +309,12 @@ class _Consumer(Consumer):
             if not active_partitions:
                 await asyncio.sleep(timeout)
                 return {}
-        return await super()._getmany(active_partitions, timeout)
+        records, gaps = self._gaps.screen(await super()._getmany(active_partitions, timeout))
+        if gaps:  # read again from the records the fetch skipped (in the consumer's thread)
+            metrics.FETCH_GAPS.inc(len(gaps))
+            log.info("fetch skipped records not yet visible, reading again from them: %s", gaps)
+            await self.seek_wait(gaps)
+        return records
 
     async def _open_gate(self) -> None:
         gate = self._gate()
@@ -320,6 +336,7 @@ class _Consumer(Consumer):
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)
         self._seeked.difference_update(revoked)
+        self._gaps.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
         self.app.conf.alto_lease.confirm()  # the group just counted us in

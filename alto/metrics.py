@@ -120,6 +120,11 @@ LEASE_DROPPED_EVENTS = Counter(
     "Held events dropped unprocessed because a rebalance began: the partition's next owner "
     "reads them again (agents/lease.py)",
 )
+FETCH_GAPS = Counter(
+    "alto_fetch_gaps",
+    "Fetches that skipped a record not yet visible on the broker, read again from it at "
+    "once (agents/gaps.py)",
+)
 PARTITION_REREADS = Counter(
     "alto_partition_rereads",
     "Partitions read again from the committed offset because that record stayed "

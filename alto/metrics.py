@@ -123,7 +123,7 @@ LEASE_DROPPED_EVENTS = Counter(
 FETCH_GAPS = Counter(
     "alto_fetch_gaps",
     "Fetches that skipped a record not yet visible on the broker, read again from it at "
-    "once (agents/gaps.py)",
+    "once (alto/fetch_gaps.py)",
 )
 PARTITION_REREADS = Counter(
     "alto_partition_rereads",

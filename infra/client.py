@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,8 @@ from confluent_kafka import (
 
 from alto.config import AltoConfig
 from alto.errors import BadInputError, BrokerError
-from alto.kafka import client_settings
+from alto.fetch_gaps import GapGuard
+from alto.kafka import append_only, client_settings
 from alto.schemas.messages import (
     LMRequest,
     LMStatus,
@@ -31,6 +33,8 @@ from alto.schemas.messages import (
     Quantum,
 )
 from alto.streams.ancestry import request_id_of_key
+
+log = logging.getLogger(__name__)
 
 
 def new_request(
@@ -110,10 +114,16 @@ class TopicReader:
             parts = meta.topics[name].partitions
             assignment += [TopicPartition(name, p, start) for p in parts]
         self.consumer.assign(assignment)
+        # A fetch may skip a record the broker does not show yet (`alto.fetch_gaps`): a
+        # result read past would never be seen live.
+        self._gaps = GapGuard(
+            lambda tp: append_only(config, tp[0]), offset_of=lambda msg: int(msg.offset())
+        )
 
     def messages(self, timeout_s: float) -> Iterator[Any]:
         """Yield the messages (confluent-kafka `Message`s: topic, partition, offset, key,
-        value) that arrive within the next `timeout_s` seconds."""
+        value) that arrive within the next `timeout_s` seconds, each partition's in order
+        and without gaps (a skipped offset is read again before the records after it)."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             # consume(n, t) waits for n messages or t seconds: drain what is there without
@@ -122,9 +132,22 @@ class TopicReader:
             if not msgs:
                 first = self.consumer.poll(min(left, 0.2))
                 msgs = [first] if first is not None else []
-            for msg in msgs:
-                if msg.error() is None:
-                    yield msg
+            yield from self._screened([m for m in msgs if m.error() is None])
+
+    def _screened(self, msgs: list[Any]) -> list[Any]:
+        by_tp: dict[tuple[str, int], list[Any]] = {}
+        for msg in msgs:
+            by_tp.setdefault((msg.topic(), msg.partition()), []).append(msg)
+        kept, skipped = self._gaps.screen(by_tp)
+        for (topic, partition), offset in skipped.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # not fetching it yet: the next fetch will be
+                log.warning("cannot seek %s[%d] back to %d: %s", topic, partition, offset, exc)
+        if not skipped:
+            return msgs
+        handed = {id(msg) for batch in kept.values() for msg in batch}
+        return [msg for msg in msgs if id(msg) in handed]
 
     def poll(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Yield what arrives within the next `timeout_s` seconds, as (key, value)."""
@@ -133,19 +156,13 @@ class TopicReader:
 
     def poll_topics(self, timeout_s: float) -> Iterator[tuple[str, bytes | None]]:
         """Like `poll`, as (topic, value) (for a reader of several topics)."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.consumer.poll(min(left, 0.2))
-            if msg is not None and msg.error() is None:
-                yield msg.topic() or "", msg.value()
+        for msg in self.messages(timeout_s):
+            yield msg.topic() or "", msg.value()
 
     def poll_records(self, timeout_s: float) -> Iterator[tuple[bytes | None, bytes | None, int]]:
         """Like `poll`, with each record's timestamp (ms; producer create time)."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.consumer.poll(min(left, 0.2))
-            if msg is not None and msg.error() is None:
-                yield msg.key(), msg.value(), msg.timestamp()[1]
+        for msg in self.messages(timeout_s):
+            yield msg.key(), msg.value(), msg.timestamp()[1]
 
     def drain(
         self, quiet_s: float = 2.0, max_s: float = 300.0

@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
+from alto.fetch_gaps import GapGuard
 from alto.files import write_json
 from alto.kafka import FetchPacer, aiokafka_settings
 from alto.lm_service.engine import Engine
@@ -125,6 +126,8 @@ class LMWorker:
         await self._producer.start()
         await consumer.start()
         consumer.assign([self.tp])
+        gaps = GapGuard()  # a fetch may skip a call the broker does not show yet
+        gaps.expect(self.tp, await consumer.position(self.tp))
         pacer = FetchPacer.for_config(self.config, consumer)
         background = [
             asyncio.ensure_future(self._report_status()),
@@ -133,7 +136,10 @@ class LMWorker:
         log.info("LM worker %s (%s) serving %s", self.worker_id, self.engine.name, self.tp)
         try:
             while not self._stop.is_set():
-                batch = await consumer.getmany(self.tp, timeout_ms=200)
+                batch, skipped = gaps.screen(await consumer.getmany(self.tp, timeout_ms=200))
+                for tp, offset in skipped.items():  # read again from the skipped call
+                    metrics.FETCH_GAPS.inc()
+                    consumer.seek(tp, offset)
                 pacer.saw(len(batch.get(self.tp, ())))
                 for record in batch.get(self.tp, []):
                     await self._slots.acquire()

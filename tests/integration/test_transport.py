@@ -18,9 +18,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from alto.agents.gaps import GapGuard
 from alto.agents.lease import MembershipLease
 from alto.agents.transport import FaustApp
+from alto.config import AltoConfig
+from alto.fetch_gaps import GapGuard
+from alto.infra.client import TopicReader
 
 # How long each buffered message takes to reach the client: a loaded event loop or a client
 # applying back-pressure, well past the 0.1 s after which Faust's flush gave up.
@@ -121,10 +123,25 @@ def test_heartbeats_confirm_the_membership_lease_and_a_stall_lapses_it(
 # Concurrent producers to one partition: the embedded broker then shows a later record before
 # an earlier one now and then (5 of 12,000 in a probe; README, reliability item 6).
 PRODUCERS, EACH = 4, 3000
+TOTAL = PRODUCERS * EACH
 
 
-async def _read_live_under_concurrent_produce(bootstrap: str) -> tuple[list[int], int]:
-    """(offsets handed on, in order, by a consumer screened by `GapGuard`; gaps it repaired)."""
+async def _produce_concurrently(bootstrap: str, topic: str) -> None:
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            for _ in range(EACH):
+                await producer.send_and_wait(topic, b"x" * 100, partition=0)
+        finally:
+            await producer.stop()
+
+    await asyncio.gather(*(produce() for _ in range(PRODUCERS)))
+
+
+async def _aiokafka_reads_live(bootstrap: str) -> list[int]:
+    """The offsets an aiokafka consumer screened by `GapGuard` hands on, in order, while
+    4 producers write (Faust's consumer, the LM worker and `follow` read this way)."""
     name = f"gaps-{uuid.uuid4().hex[:6]}"
     await _one_partition_topic(bootstrap, name)
     tp = TopicPartition(name, 0)
@@ -134,43 +151,61 @@ async def _read_live_under_concurrent_produce(bootstrap: str) -> tuple[list[int]
     await consumer.start()
     consumer.assign([tp])
     consumer.seek(tp, 0)
-    gaps = GapGuard(lambda _tp: True)
+    gaps = GapGuard()
     gaps.expect(tp, 0)
     handed: list[int] = []
-    repaired = 0
 
     async def read() -> None:
-        nonlocal repaired
         deadline = time.monotonic() + 60
-        while len(handed) < PRODUCERS * EACH and time.monotonic() < deadline:
+        while len(handed) < TOTAL and time.monotonic() < deadline:
             kept, seek = gaps.screen(await consumer.getmany(tp, timeout_ms=200))
             handed.extend(r.offset for r in kept.get(tp, []))
             for part, offset in seek.items():
                 consumer.seek(part, offset)
-                repaired += 1
-
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-        await producer.start()
-        try:
-            for _ in range(EACH):
-                await producer.send_and_wait(name, b"x" * 100, partition=0)
-        finally:
-            await producer.stop()
 
     try:
         reader = asyncio.create_task(read())
-        await asyncio.gather(*(produce() for _ in range(PRODUCERS)))
+        await _produce_concurrently(bootstrap, name)
         await reader
     finally:
         await consumer.stop()
-    return handed, repaired
+    return handed
+
+
+async def _topic_reader_reads_live(config: AltoConfig) -> list[int]:
+    """The offsets our client's `TopicReader` (confluent-kafka) yields while 4 producers
+    write (results, dead letters, the benchmarks' readers)."""
+    bootstrap = config.kafka.bootstrap_servers
+    name = f"gaps-{uuid.uuid4().hex[:6]}"
+    await _one_partition_topic(bootstrap, name)
+    reader = TopicReader(config, name)
+    handed: list[int] = []
+
+    def read() -> None:
+        deadline = time.monotonic() + 60
+        while len(handed) < TOTAL and time.monotonic() < deadline:
+            handed.extend(msg.offset() for msg in reader.messages(0.5))
+
+    try:
+        reading = asyncio.create_task(asyncio.to_thread(read))
+        await _produce_concurrently(bootstrap, name)
+        await reading
+    finally:
+        reader.close()
+    return handed
+
+
+def _assert_all_live(handed: list[int]) -> None:
+    skipped = sorted(set(range(TOTAL)) - set(handed))
+    assert not skipped, f"never read live: offsets {skipped[:10]}"
+    assert handed == list(range(TOTAL))
 
 
 def test_a_fetch_that_skips_a_record_is_read_again_from_it(bootstrap_servers: str) -> None:
     """Every record reaches the reader live and in order: without the guard the broker's
     early records moved the position past the missing one, which no fetch returned again."""
-    handed, repaired = asyncio.run(_read_live_under_concurrent_produce(bootstrap_servers))
-    skipped = sorted(set(range(PRODUCERS * EACH)) - set(handed))
-    assert not skipped, f"never read live: offsets {skipped[:10]} ({repaired} gaps repaired)"
-    assert handed == list(range(PRODUCERS * EACH))
+    _assert_all_live(asyncio.run(_aiokafka_reads_live(bootstrap_servers)))
+
+
+def test_the_clients_topic_reader_reads_every_record_live(alto_config: AltoConfig) -> None:
+    _assert_all_live(asyncio.run(_topic_reader_reads_live(alto_config)))

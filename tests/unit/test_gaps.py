@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from alto.agents.gaps import GAP_SEEKS, GapGuard
+from alto.fetch_gaps import GAP_SEEKS, GapGuard
 
 TP = ("stage", 0)
 OTHER = ("stage", 1)

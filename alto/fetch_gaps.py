@@ -1,4 +1,4 @@
-"""Offset gaps in a fetch, repaired at once: read the partition again from the missing record.
+"""Offset gaps in a fetch (foundation layer: every consumer of ours uses it), repaired at once: read the partition again from the missing record.
 
 The embedded broker (Tansu 0.6) can answer a fetch with a record whose offset is past one
 that is not visible yet, when several producers write to the partition at once (README,
@@ -33,9 +33,15 @@ GAP_SEEKS = 5
 class GapGuard:
     """Per partition, the offset the next fetched record should have (see the module)."""
 
-    def __init__(self, watched: Callable[[Any], bool], seeks: int = GAP_SEEKS) -> None:
+    def __init__(
+        self,
+        watched: Callable[[Any], bool] = lambda tp: True,
+        seeks: int = GAP_SEEKS,
+        offset_of: Callable[[Any], int] = lambda record: int(record.offset),
+    ) -> None:
         self._watched = watched
         self._seeks = seeks
+        self._offset = offset_of  # aiokafka's records have `.offset`, confluent's `.offset()`
         self._next: dict[Any, int] = {}
         self._tries: dict[Any, tuple[int, int]] = {}  # tp -> (missing offset, seek-backs)
 
@@ -66,19 +72,28 @@ class GapGuard:
             gap = self._first_gap(tp, batch)
             if gap is None:
                 kept[tp] = batch
-                if batch:
-                    self._next[tp] = batch[-1].offset + 1
+                if batch:  # any hole before it is filled (or passed)
+                    self._next[tp] = self._offset(batch[-1]) + 1
+                    self._tries.pop(tp, None)
                 continue
             cut, missing = gap
             kept[tp] = batch[:cut]
             seek[tp] = self._next[tp] = missing
+        if seek:
+            log.info("fetch skipped records not yet visible, reading again from them: %s", seek)
         return kept, seek
 
     def _first_gap(self, tp: Any, batch: Sequence[Any]) -> tuple[int, int] | None:
         """Where the batch skips the offset it should have next: (index, missing offset)."""
         want = self._next.get(tp)
+        if not batch:
+            return None
+        first, last = self._offset(batch[0]), self._offset(batch[-1])
+        if (want is None or first == want) and last - first == len(batch) - 1:
+            return None  # the usual fetch: contiguous from the expected offset
         for i, record in enumerate(batch):
-            if want is not None and record.offset > want:
+            offset = self._offset(record)
+            if want is not None and offset > want:
                 missing, tries = self._tries.get(tp, (want, 0))
                 tries = tries + 1 if missing == want else 1
                 if tries <= self._seeks:
@@ -90,10 +105,8 @@ class GapGuard:
                     tp,
                     want,
                     self._seeks,
-                    record.offset,
+                    offset,
                 )
                 self._tries.pop(tp, None)
-            elif want is not None and record.offset == want:
-                self._tries.pop(tp, None)
-            want = record.offset + 1
+            want = offset + 1
         return None

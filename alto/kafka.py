@@ -93,8 +93,7 @@ async def follow(
         else:
             ends = await consumer.end_offsets(tps)
             for tp in tps:
-                consumer.seek(tp, max(0, ends[tp] - tail))
-                gaps.expect(tp, max(0, ends[tp] - tail))
+                consumer.seek(tp, max(0, ends[tp] - tail))  # gaps learns where from the fetch
         k = config.kafka
         pacer = FetchPacer(consumer, fetch_wait_ms, k.idle_fetch_wait_ms, k.idle_after_s)
         while True:

@@ -1,4 +1,5 @@
-"""Offset gaps in a fetch (foundation layer: every consumer of ours uses it), repaired at once: read the partition again from the missing record.
+"""Offset gaps in a fetch, repaired at once: read the partition again from the missing
+record (foundation layer: every consumer of ours uses it).
 
 The embedded broker (Tansu 0.6) can answer a fetch with a record whose offset is past one
 that is not visible yet, when several producers write to the partition at once (README,

@@ -50,9 +50,10 @@ def summarize(points: list[Point]) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _sustained(pts: list[Point], target_s: float) -> float:
     """The highest offered load (`pts` in ascending order) that passes at the median target
-    `target_s`, as every lower load does. A pass above a failure is a median that happened to fall under the
-    target: a full sim run failed streaming at 2 req/s (2.11 s median against the 2 s
-    target) and passed it at 3 (1.69 s), and taking the highest pass read that as 3."""
+    `target_s`, as every lower load does. A pass above a failure is a median that happened
+    to fall under the target: a full sim run failed streaming at 2 req/s (2.11 s median
+    against the 2 s target) and passed it at 3 (1.69 s), and taking the highest pass read
+    that as 3."""
     sustained = 0.0
     for p in pts:
         if not passes(p, target_s):

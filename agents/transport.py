@@ -299,7 +299,13 @@ class _Consumer(Consumer):
 
     async def _seek(self, partition: Any, offset: int) -> None:
         self._gaps.expect(partition, offset)
-        await super()._seek(partition, offset)
+        # Faust's `_seek` moves the aiokafka consumer from this thread, while its fetcher
+        # runs on the consumer thread's loop: the fetcher could be between looking a
+        # partition's buffered records up and reading them when the seek drops them (a
+        # KeyError ends the fetcher routine: the worker fetches nothing more), and the
+        # wake-up the seek sends its loop is not thread-safe (the seek applied up to 0.2 s
+        # late). `seek_wait` runs it on the consumer thread.
+        await self._thread.seek_wait({partition: offset})
 
     # A new generation's ingest (`alto.agents.handover`): its consumer fetches nothing of the
     # requests topic until the handoff file exists, then starts each partition at the file's

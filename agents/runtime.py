@@ -33,6 +33,7 @@ from alto.agents import scheduler_role, upkeep
 from alto.agents.events import as_bytes, handle_each, readable_key
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
+from alto.agents.legs import LegTrace
 from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table, results_table
 from alto.agents.transport import FaustApp, received_ms
 from alto.config import AltoConfig
@@ -75,6 +76,7 @@ class AltoApp:
             idle_fetch_wait_ms=config.kafka.idle_fetch_wait_ms,
             idle_after_s=config.kafka.idle_after_s,
             client_settings=aiokafka_settings(config),
+            legs=LegTrace.for_config(config),
             **settings,
         )
         self.routings = {
@@ -373,12 +375,15 @@ class AltoApp:
 
         async def handle(event: EventT, store: Any) -> None:
             started = time.perf_counter()
+            started_ms = time.time() * 1000
             meter.inputs.inc()
             try:
                 quantum = Quantum.decode(event.value)
             except BadInputError as exc:
                 await self.undecodable(event, exc, stage, node_key=True)
                 return
+            if (legs := self.app.conf.alto_legs) is not None:
+                legs.received(event.message, quantum.request_id, quantum.created_at_ms, started_ms)
             outs = processor.process(quantum, store, received_ms(event.message))
             async for out in outs:
                 await self.deliver((out,), event, meter)

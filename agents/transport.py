@@ -59,6 +59,7 @@ from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
 from alto.agents.lease import MembershipLease
+from alto.agents.legs import LegTrace
 from alto.agents.stores import flush_changelogs
 from alto.fetch_gaps import GapGuard
 from alto.kafka import FetchPacer
@@ -144,7 +145,15 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.app.conf.alto_fetch_max_wait_ms
         if not self.app.client_only:
             self.app.conf.alto_lease.watch(consumer)
+            if self.app.conf.alto_legs is not None:
+                self.app.conf.alto_legs.watch(consumer)
         return consumer
+
+    async def _fetch_records(self, *args: Any, **kwargs: Any) -> Any:
+        records = await super()._fetch_records(*args, **kwargs)
+        if self.app.conf.alto_legs is not None:
+            self.app.conf.alto_legs.handed(records)
+        return records
 
     async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
         reported = await super()._highwaters(partitions)
@@ -475,6 +484,7 @@ class FaustApp(faust.App):
         idle_fetch_wait_ms: int = 0,
         idle_after_s: float = 10.0,
         client_settings: Mapping[str, Any] | None = None,
+        legs: LegTrace | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -484,6 +494,7 @@ class FaustApp(faust.App):
         self.conf.alto_client_settings = client_settings
         # When the group last confirmed this worker a member (`alto.agents.lease`).
         self.conf.alto_lease = MembershipLease(self.conf.broker_session_timeout)
+        self.conf.alto_legs = legs  # each hop received, cut into parts (`alto.agents.legs`)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

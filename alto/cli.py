@@ -432,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
             "idle",
             "broker",
             "records",
+            "legs",
         ],
     )
     p.add_argument("--quick", action="store_true")
@@ -469,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fetch-wait-ms",
         type=int,
         default=None,
-        help="factool: the stack's fetch wait (default 25 ms, the bench's deployment)",
+        help="factool, legs: the stack's fetch wait (default 25 ms, the bench's deployment)",
     )
     p.add_argument(
         "--minutes",

@@ -152,12 +152,12 @@ class GenerationSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """The Prometheus endpoint (alto/metrics.py)."""
+    """The Prometheus endpoint (alto/metrics.py), and the hop trace (alto/agents/legs.py)."""
 
-    # 0: a free port the OS picks (several workers per host), written to the status file and
-    # logged; negative: no endpoint.
+    # 0: a free port the OS picks (status file, log: workers share hosts); <0: no endpoint.
     port: int = Field(default=0, le=65535)
     host: str = "0.0.0.0"  # noqa: S104 - a scrape target listens on every interface
+    leg_trace_dir: Path | None = None  # each hop a Faust worker receives, cut into parts, here
 
 
 class LMSettings(_Section):

@@ -10,8 +10,7 @@ from typing import Any
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
     `sim_time_scale`, `sim_profile`, `cluster_loads`, `cluster_point_s` and
-    `fetch_wait_ms`, hop's
-    `minutes`."""
+    `fetch_wait_ms` (legs' too), hop's `minutes`."""
     allowed = {
         "factool": {
             "tiers",
@@ -22,6 +21,7 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
             "fetch_wait_ms",
         },
         "hop": {"minutes"},
+        "legs": {"fetch_wait_ms"},
     }
     allowed_here = allowed.get(name, set())
     if set(options) - allowed_here:
@@ -46,6 +46,10 @@ def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any)
         from alto.bench.rerank import main as rerank_main
 
         return rerank_main(quick=quick, json_path=json_path)
+    if name == "legs":
+        from alto.bench.legs import main as legs_main
+
+        return legs_main(quick=quick, json_path=json_path, **options)
     if name == "factool":
         from alto.bench.factool import main as factool_main
 

@@ -223,11 +223,15 @@ def _factool_settings() -> dict[str, Any]:
     return own
 
 
-def tier_stack(tier: str, sim: SimSetup, fetch_wait_ms: int) -> tuple[Stack, list[Any]]:
-    """The (not yet started) stack a tier's points run on, and the corpus of its questions."""
+def tier_stack(
+    tier: str, sim: SimSetup, fetch_wait_ms: int, *, leg_trace_dir: Path | None = None
+) -> tuple[Stack, list[Any]]:
+    """The (not yet started) stack a tier's points run on, and the corpus of its questions
+    (`leg_trace_dir`: where its Faust workers trace each hop, `alto bench legs`)."""
     base = load_config(
         lm={"sim_time_scale": sim.scale, "sim_profile": sim.profile},
         kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": fetch_wait_ms},
+        metrics={"leg_trace_dir": leg_trace_dir},
         data_dir=OUT_DIR / "data" / f"factool-{tier}",
         warmup=True,
         # No system may rerank with embeddings another system's run left in memory; all read

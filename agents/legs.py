@@ -95,7 +95,9 @@ class LegTrace:
         if len(self._pending) > MAX_PENDING:
             self._pending.clear()
         for tp, batch in records.items():
-            sent, answered = self._answered.pop(tp, (now, now))
+            # Kept until the partition's next fetch: aiokafka sends none while records of the
+            # last are still to be handed over, which may take several calls.
+            sent, answered = self._answered.get(tp, (now, now))
             for record in batch:
                 self._pending[(tp.topic, tp.partition, record.offset)] = (sent, answered, now)
 

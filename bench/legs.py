@@ -80,11 +80,15 @@ def main(*, quick: bool, json_path: Path | None, fetch_wait_ms: int = FETCH_WAIT
     finally:
         stack.stop()
     rows = [r for r in read_rows(folder) if r[1].startswith("legs-")]  # not the warm-up's
-    progress(f"{point.completed}/{n} OK, p50 {point.p50_s:.2f} s; {len(rows)} records traced")
+    progress(
+        f"{point.completed}/{n} OK, p50 {point.p50_s:.2f} s, {point.cpu_s_per_request:.2f} CPU s "
+        f"a request; {len(rows)} records traced"
+    )
     parts = summary(rows)
     lines = [
         f"## Where a hop into a Faust worker goes ({n} FacTool requests at {RATE:g}/s, "
-        f"streaming, fetch wait {fetch_wait_ms} ms, {len(rows)} records; SIMULATED LM engines)",
+        f"streaming, fetch wait {fetch_wait_ms} ms, {len(rows)} records; SIMULATED LM engines; "
+        f"request p50 {point.p50_s:.2f} s, {point.cpu_s_per_request:.2f} CPU s a request)",
         "",
         *table(parts),
     ]

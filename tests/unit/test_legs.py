@@ -100,3 +100,19 @@ def test_a_fetched_record_is_traced_from_its_fetch_to_its_handler(tmp_path: Path
     stats = summary(rows)
     assert set(stats) == {*PARTS, "leg"}
     assert stats["leg"]["p50_ms"] == round(sum(parts.values()), 2)
+
+
+def test_the_bench_reports_every_part_and_each_topic() -> None:
+    from alto.bench.legs import by_topic, table
+
+    rows = [
+        ["alto.g1.factool.join", "legs-0~streaming", 0.0, 1.0, 0.0, 9.0, 9.5, 11.0, 11.2],
+        ["alto.g1.factool.join", "legs-1~streaming", 0.0, 0.0, 0.0, 3.0, 3.0, 4.0, 4.0],
+        ["alto.g1.factool.report", "legs-0~streaming", 0.0, 0.0, 2.0, 6.0, 6.0, 6.0, 6.0],
+    ]
+    lines = table(summary(rows))
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {p}" for p in (*PARTS, "leg")]
+    assert by_topic(rows) == {
+        "join": {"records": 2, "leg_p50_ms": 7.6},  # legs of 11.2 and 4.0 ms
+        "report": {"records": 1, "leg_p50_ms": 6.0},
+    }

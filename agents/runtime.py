@@ -33,12 +33,12 @@ from alto.agents import scheduler_role, upkeep
 from alto.agents.events import as_bytes, handle_each, readable_key
 from alto.agents.faust_settings import changelog_topic, faust_settings
 from alto.agents.handover import IngestHandover, define_handover
-from alto.agents.legs import LegTrace
 from alto.agents.stores import PartitionStore, ResultsStore, aggregate_table, results_table
 from alto.agents.transport import FaustApp, received_ms
 from alto.config import AltoConfig
 from alto.errors import BadInputError, ConfigError
 from alto.kafka import aiokafka_settings
+from alto.legs import LegTrace
 from alto.scheduler.agent import SchedulerCore
 from alto.schemas import faust_codecs
 from alto.schemas.messages import LMRequest, Mode, PipelineRequest, Quantum

@@ -59,10 +59,10 @@ from faust.transport.producer import ProducerBuffer
 
 from alto import metrics
 from alto.agents.lease import MembershipLease
-from alto.agents.legs import LegTrace
 from alto.agents.stores import flush_changelogs
 from alto.fetch_gaps import GapGuard
 from alto.kafka import FetchPacer
+from alto.legs import LegTrace
 from alto.streams.outputs import now_ms
 
 log = logging.getLogger(__name__)
@@ -494,7 +494,7 @@ class FaustApp(faust.App):
         self.conf.alto_client_settings = client_settings
         # When the group last confirmed this worker a member (`alto.agents.lease`).
         self.conf.alto_lease = MembershipLease(self.conf.broker_session_timeout)
-        self.conf.alto_legs = legs  # each hop received, cut into parts (`alto.agents.legs`)
+        self.conf.alto_legs = legs  # each hop received, cut into parts (`alto.legs`)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -152,7 +152,7 @@ class GenerationSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """The Prometheus endpoint (alto/metrics.py), and the hop trace (alto/agents/legs.py)."""
+    """The Prometheus endpoint (alto/metrics.py), and the hop trace (alto/legs.py)."""
 
     # 0: a free port the OS picks (status file, log: workers share hosts); <0: no endpoint.
     port: int = Field(default=0, le=65535)

@@ -1,15 +1,15 @@
-"""`alto bench legs`: where a hop into a Faust worker spends its time, on the FacTool stack.
+"""`alto bench legs`: where a hop spends its time, on the FacTool stack.
 
 The critical path (`alto bench factool`) charges each hop as `transit`. This runs the sim
 tier's stack (`alto bench factool`'s deployment: SIMULATED LM engines, everything else real)
-with its Faust workers tracing every record they receive (`alto.agents.legs`), sends
+with its Faust and LM workers tracing every record they receive (`alto.legs`), sends
 FacTool requests in streaming mode at low load (0.25 requests/s, one at a time: the regime
 where the hops are what we trail in-process LangGraph by), and prints each part of a hop:
-p50, p90 and mean milliseconds over every record the workers received, and the leg as a
-whole (emitted upstream until the stage's handler began). Also by topic, the leg's p50.
-The LM workers' own hop (an LM call to its engine) is not traced here; the critical path's
-`lm_dispatch` covers it. `--fetch-wait-ms W` runs the stack at another fetch wait.
-JSON: `parts` (per part and `leg`: `p50_ms`, `p90_ms`, `mean_ms`), `by_topic`, `records`,
+p50, p90 and mean milliseconds over every record received, and the leg as a whole (emitted
+upstream until the stage's handler, or the LM worker's serving, began): one table for the
+hops into Faust workers, one for the LM calls into LM workers. `--fetch-wait-ms W` runs the
+stack at another fetch wait. JSON: `parts` -> `faust` / `lm` -> part (and `leg`) ->
+`p50_ms`, `p90_ms`, `mean_ms`; `by_topic` (the leg's p50 by destination topic), `records`,
 `requests`, `p50_s`, `cpu_s_per_request`, `fetch_wait_ms`.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from alto.agents.factool.corpus import questions
-from alto.agents.legs import PARTS, parts_of, read_rows, summary
 from alto.bench.common import OUT_DIR, progress, stdout_to_stderr, write_json
 from alto.bench.factool import _arrivals, _run_kafka, tier_stack, warm
 from alto.bench.factool_point import FETCH_WAIT_MS, SEED, SimSetup
+from alto.legs import PARTS, parts_of, read_rows, summary
 from alto.schemas.messages import Mode
 
 RATE = 0.25
@@ -80,18 +80,25 @@ def main(*, quick: bool, json_path: Path | None, fetch_wait_ms: int = FETCH_WAIT
     finally:
         stack.stop()
     rows = [r for r in read_rows(folder) if r[1].startswith("legs-")]  # not the warm-up's
+    into_lm = [r for r in rows if r[0].endswith(".lm.work")]  # a call to an LM worker
+    into_faust = [r for r in rows if not r[0].endswith(".lm.work")]
     progress(
         f"{point.completed}/{n} OK, p50 {point.p50_s:.2f} s, {point.cpu_s_per_request:.2f} CPU s "
-        f"a request; {len(rows)} records traced"
+        f"a request; {len(into_faust)} hops into Faust workers and {len(into_lm)} into LM "
+        "workers traced"
     )
-    parts = summary(rows)
+    parts = {"faust": summary(into_faust), "lm": summary(into_lm)}
     lines = [
-        f"## Where a hop into a Faust worker goes ({n} FacTool requests at {RATE:g}/s, "
-        f"streaming, fetch wait {fetch_wait_ms} ms, {len(rows)} records; SIMULATED LM engines; "
-        f"request p50 {point.p50_s:.2f} s, {point.cpu_s_per_request:.2f} CPU s a request)",
-        "",
-        *table(parts),
+        f"## Where a hop goes ({n} FacTool requests at {RATE:g}/s, streaming, fetch wait "
+        f"{fetch_wait_ms} ms; SIMULATED LM engines; request p50 {point.p50_s:.2f} s, "
+        f"{point.cpu_s_per_request:.2f} CPU s a request)",
     ]
+    for name, group, what in (
+        ("faust", into_faust, "a Faust worker"),
+        ("lm", into_lm, "an LM worker (a call; `queue` nil, `start` its wait for a slot)"),
+    ):
+        if group:
+            lines += ["", f"### Into {what}: {len(group)} records", "", *table(parts[name])]
     print("\n".join(lines))
     write_json(
         json_path or OUT_DIR / "legs.json",
@@ -101,7 +108,7 @@ def main(*, quick: bool, json_path: Path | None, fetch_wait_ms: int = FETCH_WAIT
             "fetch_wait_ms": fetch_wait_ms,
             "p50_s": point.p50_s,
             "cpu_s_per_request": point.cpu_s_per_request,
-            "records": len(rows),
+            "records": {"faust": len(into_faust), "lm": len(into_lm)},
             "parts": parts,
             "by_topic": by_topic(rows),
         },

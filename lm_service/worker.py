@@ -29,6 +29,7 @@ from alto.errors import BadInputError
 from alto.fetch_gaps import GapGuard
 from alto.files import write_json
 from alto.kafka import FetchPacer, aiokafka_settings
+from alto.legs import LegTrace
 from alto.lm_service.engine import Engine
 from alto.lm_service.serving import serve_call
 from alto.schemas.messages import (
@@ -106,6 +107,7 @@ class LMWorker:
         self.metrics_port: int | None = None  # written to the status file (set by the caller)
         self._label = str(instance)
         self._in_flight_gauge = metrics.LM_IN_FLIGHT.labels(self._label)
+        self._legs = LegTrace.for_config(config)  # each call's hop, cut into parts (or None)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -124,6 +126,8 @@ class LMWorker:
             fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms,
         )
         await self._producer.start()
+        if self._legs is not None:
+            self._legs.watch(consumer)
         await consumer.start()
         consumer.assign([self.tp])
         gaps = GapGuard()  # a fetch may skip a call the broker does not show yet
@@ -137,6 +141,8 @@ class LMWorker:
         try:
             while not self._stop.is_set():
                 batch, skipped = gaps.screen(await consumer.getmany(self.tp, timeout_ms=200))
+                if self._legs is not None:
+                    self._legs.handed(batch)
                 for tp, offset in skipped.items():  # read again from the skipped call
                     metrics.FETCH_GAPS.inc()
                     consumer.seek(tp, offset)
@@ -154,6 +160,8 @@ class LMWorker:
             await self._commit(consumer)
             await consumer.stop()
             await self._producer.stop()
+            if self._legs is not None:
+                self._legs.close()
             if self.owns_engine:
                 await self.engine.stop()
 
@@ -165,6 +173,9 @@ class LMWorker:
         try:
             try:
                 request = LMRequest.decode(record.value)
+                if self._legs is not None:
+                    at_ms = time.time() * 1000
+                    self._legs.served(record, request.request_id, request.enqueued_at_ms, at_ms)
             except BadInputError as exc:
                 outcome = "BAD_INPUT"
                 rid = _rid(record.key)

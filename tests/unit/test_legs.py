@@ -1,4 +1,4 @@
-"""The hop trace (`alto.agents.legs`): a record's stamps from the fetch that brought it to
+"""The hop trace (`alto.legs`): a record's stamps from the fetch that brought it to
 the handler that took it, and the parts they cut a hop into."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from faust.types import TP
 
-from alto.agents.legs import PARTS, LegTrace, parts_of, read_rows, summary
+from alto.legs import PARTS, LegTrace, parts_of, read_rows, summary
 
 
 @dataclass
@@ -116,3 +116,37 @@ def test_the_bench_reports_every_part_and_each_topic() -> None:
         "join": {"records": 2, "leg_p50_ms": 7.6},  # legs of 11.2 and 4.0 ms
         "report": {"records": 1, "leg_p50_ms": 6.0},
     }
+
+
+@dataclass
+class _CallRecord:
+    """An aiokafka record, as an LM worker takes it (CreateTime in milliseconds)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+def test_an_lm_call_is_traced_from_its_fetch_to_its_serving(tmp_path: Path) -> None:
+    tp = TP("alto.lm.work", 0)
+    trace = LegTrace(tmp_path / "lm-0.legs.jsonl")
+    consumer = _Consumer(tp)
+    trace.watch(consumer)
+
+    async def fetch() -> None:
+        await consumer.start()
+        assert consumer._fetcher is not None
+        await consumer._fetcher._proc_fetch_request(None, 0, "data")
+
+    placed_ms = int(time.time() * 1000)
+    asyncio.run(fetch())
+    record = _CallRecord("alto.lm.work", 0, 3, placed_ms)
+    trace.handed({tp: [record]})
+    trace.served(record, "r-2", placed_ms, time.time() * 1000 + 1)
+    trace.close()
+
+    (row,) = read_rows(tmp_path)
+    parts = parts_of(row)
+    assert parts["queue"] == 0.0  # no stream between the fetch and the worker
+    assert parts["hold"] >= 15 and parts["start"] >= 1

@@ -1,24 +1,27 @@
-"""Where a hop into a Faust worker spends its time, record by record (opt-in: the setting
+"""Where a hop spends its time, record by record (opt-in: the setting
 `ALTO_METRICS__LEG_TRACE_DIR`, used by `alto bench legs`).
 
-The critical path (`alto.streams.critical_path`) charges a hop as one `transit` segment: an
-upstream span's end until the stage's worker handed the input to its stream. This trace cuts
-that segment into the parts it is made of, each measured on this host's wall clock:
+The critical path (`alto.streams.critical_path`) charges a hop into a Faust worker as one
+`transit` segment (an upstream span's end until the worker handed the input to its stream),
+and an LM call's trip to its worker as part of `lm_dispatch`. This trace cuts a hop into the
+parts it is made of, each measured on this host's wall clock:
 
-- `send`: the quantum emitted (its span's end) until the producer stamped the record (its
-  CreateTime, taken when the producer appended it);
+- `send`: the quantum emitted (its span's end; an LM call: when it was placed) until the
+  producer stamped the record (its CreateTime, taken when the producer appended it);
 - `late`: until the fetch that returned it was sent, where that was after the record: the
   consumer was not fetching when the record arrived (aiokafka sends no fetch for a broker
   while records it returned are not yet taken, and the worker may be busy);
 - `hold`: from the later of the record and that fetch until the fetch's answer: the embedded
   broker answers a fetch that found nothing at once only when its wait is over;
-- `handoff`: the answer until Faust's consumer thread handed the records to the app's loop;
+- `handoff`: the answer until the records were handed over (Faust: by its consumer thread to
+  the app's loop; an LM worker: by its `getmany`);
 - `queue`: until the record's stream took it (Faust hands a fetch's records on one by one,
-  between the events the worker is processing);
-- `start`: until the stage's handler began.
+  between the events the worker is processing; nil in an LM worker, which has no stream);
+- `start`: until the stage's handler began (an LM worker: until it began serving the call,
+  after waiting for one of its `max_inflight` slots).
 
-Rows are JSON lines, one file per worker. Writing them costs a few microseconds a record;
-the setting is for measurements, not for production.
+Rows are JSON lines, one file per worker process. Writing them costs a few microseconds a
+record; the setting is for measurements, not for production.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ def _now_ms() -> float:
 
 
 class LegTrace:
-    """One worker's trace. `watch` (the consumer, before it starts) and `handed` run on
-    Faust's consumer thread; `received` on the app's."""
+    """One worker's trace. In a Faust worker `watch` (the consumer, before it starts) and
+    `handed` run on the consumer's thread, `received` on the app's; an LM worker calls
+    `watch`, `handed` and `served` on its one loop."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,21 +106,37 @@ class LegTrace:
                 self._pending[(tp.topic, tp.partition, record.offset)] = (sent, answered, now)
 
     def received(self, message: Any, request_id: str, emitted_ms: int, started_ms: float) -> None:
-        """A stage's handler began (`started_ms`) on `message`, a quantum of `request_id`
-        emitted at `emitted_ms`."""
-        stamps = self._pending.pop((message.topic, message.partition, message.offset), None)
-        if stamps is None or message.time_in is None or not message.timestamp:
+        """A Faust stage's handler began (`started_ms`) on `message`, a quantum of
+        `request_id` emitted at `emitted_ms`."""
+        if message.time_in is None or not message.timestamp:
             return
-        time_in = started_ms - (time.monotonic() - message.time_in) * 1000
-        row = [
-            message.topic,
-            request_id,
-            emitted_ms,
-            message.timestamp * 1000,
-            *stamps,
-            time_in,
-            started_ms,
-        ]
+        taken = started_ms - (time.monotonic() - message.time_in) * 1000
+        tp = (message.topic, message.partition, message.offset)
+        self._row(tp, message.timestamp * 1000, taken, request_id, emitted_ms, started_ms)
+
+    def served(self, record: Any, request_id: str, emitted_ms: int, started_ms: float) -> None:
+        """An LM worker began serving (`started_ms`) `record` (an aiokafka record: no stream
+        between the fetch and the worker, so `queue` is nil and `start` is the wait for a
+        slot), a call placed at `emitted_ms`."""
+        if record.timestamp is None or record.timestamp < 0:
+            return
+        tp = (record.topic, record.partition, record.offset)
+        self._row(tp, float(record.timestamp), None, request_id, emitted_ms, started_ms)
+
+    def _row(
+        self,
+        at: tuple[str, int, int],
+        produced_ms: float,
+        taken_ms: float | None,
+        request_id: str,
+        emitted_ms: int,
+        started_ms: float,
+    ) -> None:
+        stamps = self._pending.pop(at, None)
+        if stamps is None:  # not handed over by a watched fetch
+            return
+        taken = stamps[2] if taken_ms is None else taken_ms
+        row = [at[0], request_id, emitted_ms, produced_ms, *stamps, taken, started_ms]
         self._out.write(json.dumps(row) + "\n")
 
     def close(self) -> None:

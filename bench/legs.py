@@ -31,12 +31,12 @@ RATE = 0.25
 REQUESTS = {"quick": 12, "full": 40}
 
 WHAT = {
-    "send": "emitted until the producer stamped the record",
+    "send": "emitted (a call: placed) until the producer stamped the record",
     "late": "the record until the fetch that returned it was sent (when after it)",
     "hold": "the later of the two until the broker answered",
-    "handoff": "answer until Faust's consumer thread handed it to the app",
-    "queue": "handed until its stream took it (behind the worker's other events)",
-    "start": "taken until the stage's handler began",
+    "handoff": "answer until the records were handed over (Faust: thread to app loop)",
+    "queue": "handed until its stream took it (Faust: behind the worker's other events)",
+    "start": "taken until the handler (an LM worker: its serving) began",
     "leg": "the whole hop",
 }
 

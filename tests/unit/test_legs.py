@@ -69,22 +69,27 @@ def test_a_row_is_cut_into_parts_that_add_up_to_the_hop() -> None:
     assert sum(parts.values()) == row[-1] - row[2]
 
 
-def test_a_fetched_record_is_traced_from_its_fetch_to_its_handler(tmp_path: Path) -> None:
-    tp = TP("alto.x", 1)
-    trace = LegTrace(tmp_path / "w.legs.jsonl")
+def _fetched(path: Path, tp: TP, *answers: str) -> LegTrace:
+    """A trace watching a consumer whose fetches get `answers` ("data" or "nothing")."""
+    trace = LegTrace(path)
     consumer = _Consumer(tp)
     trace.watch(consumer)
 
-    async def fetch_twice() -> None:
+    async def fetch() -> None:
         await consumer.start()
-        fetcher = consumer._fetcher
-        assert fetcher is not None
-        await fetcher._proc_fetch_request(None, 0, "nothing")  # an empty answer: no stamp
-        assert tp not in trace._answered
-        await fetcher._proc_fetch_request(None, 0, "data")
+        assert consumer._fetcher is not None
+        for answer in answers:
+            await consumer._fetcher._proc_fetch_request(None, 0, answer)
+            assert (tp in trace._answered) == (answer == "data")  # only fetches that bring any
 
+    asyncio.run(fetch())
+    return trace
+
+
+def test_a_fetched_record_is_traced_from_its_fetch_to_its_handler(tmp_path: Path) -> None:
+    tp = TP("alto.x", 1)
     produced_s = time.time()
-    asyncio.run(fetch_twice())
+    trace = _fetched(tmp_path / "w.legs.jsonl", tp, "nothing", "data")
     trace.handed({tp: [_Record(7)]})
     started_ms = time.time() * 1000 + 2
     message = _Message("alto.x", 1, 7, produced_s, time.monotonic())
@@ -130,17 +135,8 @@ class _CallRecord:
 
 def test_an_lm_call_is_traced_from_its_fetch_to_its_serving(tmp_path: Path) -> None:
     tp = TP("alto.lm.work", 0)
-    trace = LegTrace(tmp_path / "lm-0.legs.jsonl")
-    consumer = _Consumer(tp)
-    trace.watch(consumer)
-
-    async def fetch() -> None:
-        await consumer.start()
-        assert consumer._fetcher is not None
-        await consumer._fetcher._proc_fetch_request(None, 0, "data")
-
     placed_ms = int(time.time() * 1000)
-    asyncio.run(fetch())
+    trace = _fetched(tmp_path / "lm-0.legs.jsonl", tp, "data")
     record = _CallRecord("alto.lm.work", 0, 3, placed_ms)
     trace.handed({tp: [record]})
     trace.served(record, "r-2", placed_ms, time.time() * 1000 + 1)

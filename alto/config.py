@@ -157,7 +157,7 @@ class MetricsSettings(_Section):
     # 0: a free port the OS picks (status file, log: workers share hosts); <0: no endpoint.
     port: int = Field(default=0, le=65535)
     host: str = "0.0.0.0"  # noqa: S104 - a scrape target listens on every interface
-    leg_trace_dir: Path | None = None  # each hop a Faust worker receives, cut into parts, here
+    leg_trace_dir: Path | None = None  # each hop a Faust or LM worker receives, in parts
 
 
 class LMSettings(_Section):

@@ -227,7 +227,7 @@ def tier_stack(
     tier: str, sim: SimSetup, fetch_wait_ms: int, *, leg_trace_dir: Path | None = None
 ) -> tuple[Stack, list[Any]]:
     """The (not yet started) stack a tier's points run on, and the corpus of its questions
-    (`leg_trace_dir`: where its Faust workers trace each hop, `alto bench legs`)."""
+    (`leg_trace_dir`: where its workers trace each hop, `alto bench legs`)."""
     base = load_config(
         lm={"sim_time_scale": sim.scale, "sim_profile": sim.profile},
         kafka={"partitions": PARTITIONS, "fetch_max_wait_ms": fetch_wait_ms},

@@ -27,7 +27,6 @@ record; the setting is for measurements, not for production.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -163,21 +162,3 @@ def read_rows(folder: Path) -> list[list[Any]]:
         with path.open() as lines:
             rows += [json.loads(line) for line in lines if line.strip()]
     return rows
-
-
-def summary(rows: list[list[Any]]) -> dict[str, dict[str, float]]:
-    """Per part and for the whole leg: p50, p90 and mean milliseconds over `rows`."""
-    if not rows:
-        return {}
-    cut = [parts_of(r) for r in rows]
-    series = {part: [c[part] for c in cut] for part in PARTS}
-    series["leg"] = [sum(c.values()) for c in cut]
-    out = {}
-    for name, values in series.items():
-        values.sort()
-        out[name] = {
-            "p50_ms": round(values[len(values) // 2], 2),
-            "p90_ms": round(values[min(len(values) - 1, int(0.9 * len(values)))], 2),
-            "mean_ms": round(statistics.fmean(values), 2),
-        }
-    return out

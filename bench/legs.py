@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from alto.agents.factool.corpus import questions
-from alto.bench.common import OUT_DIR, progress, stdout_to_stderr, write_json
+from alto.bench.common import OUT_DIR, percentile, progress, stdout_to_stderr, write_json
 from alto.bench.factool import _arrivals, _run_kafka, tier_stack, warm
 from alto.bench.factool_point import FETCH_WAIT_MS, SEED, SimSetup
-from alto.legs import PARTS, parts_of, read_rows, summary
+from alto.legs import PARTS, parts_of, read_rows
 from alto.schemas.messages import Mode
 
 RATE = 0.25
@@ -39,6 +39,23 @@ WHAT = {
     "start": "taken until the handler (an LM worker: its serving) began",
     "leg": "the whole hop",
 }
+
+
+def summary(rows: list[list[Any]]) -> dict[str, dict[str, float]]:
+    """Per part and for the whole leg: p50, p90 and mean milliseconds over `rows`."""
+    if not rows:
+        return {}
+    cut = [parts_of(r) for r in rows]
+    series = {part: sorted(c[part] for c in cut) for part in PARTS}
+    series["leg"] = sorted(sum(c.values()) for c in cut)
+    return {
+        name: {
+            "p50_ms": round(percentile(values, 50), 2),
+            "p90_ms": round(percentile(values, 90), 2),
+            "mean_ms": round(statistics.fmean(values), 2),
+        }
+        for name, values in series.items()
+    }
 
 
 def table(parts: dict[str, dict[str, float]]) -> list[str]:

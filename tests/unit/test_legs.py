@@ -11,7 +11,8 @@ from typing import Any
 
 from faust.types import TP
 
-from alto.legs import PARTS, LegTrace, parts_of, read_rows, summary
+from alto.bench.legs import summary
+from alto.legs import PARTS, LegTrace, parts_of, read_rows
 
 
 @dataclass

@@ -15,20 +15,27 @@ probe read every record live, each gap at the first seek.
 `GapGuard` keeps, per partition, the offset the next fetched record should have (the one
 after the last record handed on, or where the consumer last sought). `screen` hands on a
 fetch's records up to a gap and returns where to seek; the records from the gap on are read
-again by the next fetch. A gap that persists through `seeks` seek-backs in a row is no race
-(a compacted or truncated log has real holes): it is passed, logged, and left to the stall
-re-read. Only topics the caller watches are screened (append-only ones)."""
+again by the next fetch. A gap that persists through `seeks` seek-backs in a row and for
+`patience_s` is no race (a compacted or truncated log has real holes): it is passed, logged,
+and left to the stall re-read. Only topics the caller watches are screened (append-only
+ones). The patience is in time as well as in seek-backs because a seek-back's fetch can come
+back within a millisecond (the long-poll front answers at once where records are waiting):
+five of them could all fall inside the moment the missing record takes to become visible (a
+precaution: not seen in a run)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Seek-backs to one missing offset before the gap is taken as a real hole in the log.
+# Seek-backs to one missing offset, and seconds since the first, before the gap is taken as
+# a real hole in the log.
 GAP_SEEKS = 5
+GAP_PATIENCE_S = 0.5
 
 
 class GapGuard:
@@ -39,12 +46,17 @@ class GapGuard:
         watched: Callable[[Any], bool] = lambda tp: True,
         seeks: int = GAP_SEEKS,
         offset_of: Callable[[Any], int] = lambda record: int(record.offset),
+        patience_s: float = GAP_PATIENCE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._watched = watched
         self._seeks = seeks
+        self._patience_s = patience_s
+        self._clock = clock
         self._offset = offset_of  # aiokafka's records have `.offset`, confluent's `.offset()`
         self._next: dict[Any, int] = {}
-        self._tries: dict[Any, tuple[int, int]] = {}  # tp -> (missing offset, seek-backs)
+        # tp -> (missing offset, seek-backs, when the first was)
+        self._tries: dict[Any, tuple[int, int, float]] = {}
 
     def expect(self, tp: Any, offset: int) -> None:
         """The consumer sought `tp` to `offset`: its next record should have that offset."""
@@ -95,17 +107,20 @@ class GapGuard:
         for i, record in enumerate(batch):
             offset = self._offset(record)
             if want is not None and offset > want:
-                missing, tries = self._tries.get(tp, (want, 0))
-                tries = tries + 1 if missing == want else 1
-                if tries <= self._seeks:
-                    self._tries[tp] = (want, tries)
+                now = self._clock()
+                missing, tries, since = self._tries.get(tp, (want, 0, now))
+                if missing != want:
+                    tries, since = 0, now
+                if tries < self._seeks or now - since < self._patience_s:
+                    self._tries[tp] = (want, tries + 1, since)
                     return i, want
                 log.warning(
-                    "%s: offset %d still missing after %d seek-backs (record %d is there): "
-                    "passing it; the stall re-read reads it if it appears",
+                    "%s: offset %d still missing after %d seek-backs in %.2f s (record %d is "
+                    "there): passing it; the stall re-read reads it if it appears",
                     tp,
                     want,
-                    self._seeks,
+                    tries,
+                    now - since,
                     offset,
                 )
                 self._tries.pop(tp, None)

@@ -27,8 +27,21 @@ def offsets(batch: object) -> list[int]:
     return [r.offset for r in batch]  # type: ignore[attr-defined]
 
 
-def guard(seeks: int = GAP_SEEKS) -> GapGuard:
-    return GapGuard(lambda tp: not tp[0].endswith("-changelog"), seeks=seeks)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(seeks: int = GAP_SEEKS, clock: Clock | None = None, patience_s: float = 0.0) -> GapGuard:
+    return GapGuard(
+        lambda tp: not tp[0].endswith("-changelog"),
+        seeks=seeks,
+        patience_s=patience_s,
+        clock=clock or Clock(),
+    )
 
 
 def test_contiguous_fetches_pass_whole_and_advance_the_expected_offset() -> None:
@@ -72,6 +85,20 @@ def test_a_hole_that_stays_is_passed_after_the_seek_backs(caplog: pytest.LogCapt
     # the count starts again for the next hole
     kept, seek = g.screen({TP: recs(9)})
     assert offsets(kept[TP]) == [] and seek == {TP: 8}
+
+
+def test_a_hole_is_passed_only_once_it_has_lasted_the_patience_too() -> None:
+    """Seek-backs answered within a millisecond (the long-poll front) must not use up the
+    count while the missing record is still on its way."""
+    clock = Clock()
+    g = guard(seeks=2, clock=clock, patience_s=0.5)
+    g.expect(TP, 5)
+    for _ in range(20):  # many quick seek-backs, 10 ms apart: still within the patience
+        assert g.screen({TP: recs(6, 7)})[1] == {TP: 5}
+        clock.now += 0.01
+    clock.now += 0.3  # 0.5 s since the first seek-back
+    kept, seek = g.screen({TP: recs(6, 7)})
+    assert offsets(kept[TP]) == [6, 7] and seek == {}
 
 
 def test_a_filled_gap_resets_the_count() -> None:

@@ -8,9 +8,9 @@ README, "Where the loss under chaos came from" (the fifth fix, acks only after h
 in `alto.agents.events.handle_each`).
 
 Faust hard-codes the consumer's `fetch_max_wait_ms` at 1,500 ms. Apache Kafka answers a
-fetch as soon as data arrives, so there the value only bounds idle polls; the embedded
-broker (Tansu 0.6) holds a fetch for most of that time even when data is waiting, which
-measured here as hundreds of ms per hop (`alto bench hop`). We make it a setting.
+fetch as soon as data arrives, so there the value only bounds idle polls; so does the
+embedded broker's long-poll front (`alto.infra.longpoll`), where Tansu 0.6 alone held each
+fetch for its whole wait (hundreds of ms per hop at 1,500). We make it a setting.
 
 Faust picks aiokafka's round-robin assignor for a worker with no changelog tables and no
 standby replicas (a scheduler-only worker, `ALTO_ROLES=scheduler`). Its group protocol then

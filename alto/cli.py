@@ -22,8 +22,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     host, port = parse_listen(args.listen)
     broker = EmbeddedBroker(host, port, quiet=not args.verbose).start()
+    front = " behind the long-poll front" if broker.long_poll else ""
     print(
-        f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it",
+        f"embedded broker (Tansu, memory storage{front}) on {broker.bootstrap_servers}; "
+        "Ctrl-C stops it",
         flush=True,
     )
 

@@ -72,9 +72,11 @@ class KafkaSettings(_Section):
     # Short group timeouts keep rebalances (and tests) fast; see the design notes.
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
-    # How long a consumer fetch may wait for data (agents/transport.py: why it is low; the
-    # README, "Four partitions and a 25 ms fetch wait": why not lower).
-    fetch_max_wait_ms: int = Field(default=25, ge=1, le=10_000)
+    # How long a consumer fetch may wait for data. A broker that answers a fetch when data
+    # arrives (Apache Kafka; the embedded one behind its long-poll front, `long_poll`) makes
+    # it the idle polling rate only; Tansu alone holds every fetch for it (then: 25).
+    fetch_max_wait_ms: int = Field(default=250, ge=1, le=10_000)
+    long_poll: bool = True
     # A consumer's fetch wait doubles after each `idle_after_s` without records, up to this,
     # and drops back at the first record (`alto.kafka.FetchPacer`): the embedded broker holds
     # every fetch for its whole wait, so an idle stack otherwise fetches 1000 / wait times a
@@ -145,9 +147,8 @@ class GenerationSettings(_Section):
     # An LM worker serving every live generation reads which are live here (a JSON object
     # {"live": [N, ...]}, written by `alto up`); None: it serves `current` alone.
     live_file: Path | None = None
-    # `alto up` on the embedded broker: how long a generation takes new requests before the
-    # next replaces it (0: one generation forever; None: `alto.infra.rotation`'s default on
-    # the embedded broker, never on an external one).
+    # How long a generation takes new requests before the next replaces it (0: one forever;
+    # None: `alto.infra.rotation`'s default on the embedded broker, never on an external one).
     rotate_s: float | None = Field(default=None, ge=0)
 
 
@@ -167,8 +168,7 @@ class LMSettings(_Section):
     max_instances: int = Field(default=8, ge=1, le=1024)
     status_interval_s: float = Field(default=1.0, gt=0)
     max_inflight: int = Field(default=64, ge=1)
-    # How long an LM worker's producer gathers quanta into one request (as the Faust
-    # workers': under load, batches form anyway while a request is in flight).
+    # How long an LM worker's producer gathers quanta into one request (as the Faust workers').
     linger_ms: int = Field(default=0, ge=0, le=1000)
     engine: EngineName = "vllm"
     model_dir: Path | None = None

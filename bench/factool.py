@@ -32,15 +32,16 @@ Tiers:
 
 Deployment: our stack gets the settings one would give it on a 2-core host. Each Faust
 worker owns one partition of each topic (`PARTITIONS`), the workers serve only the FacTool
-pipeline's topics, and consumers wait `FETCH_WAIT_MS` per fetch. Each Faust worker's MiniLM
-gets one core (`alto up` splits the cores). LangGraph runs in one process with torch's
-default, every core. Why: the embedded broker holds every fetch for its whole wait
-(agents/transport.py), so each consumer fetches 1000 / wait times a second, and each fetch
-costs the broker and the client in proportion to its partitions. With the defaults (8
-partitions, every pipeline's topics, 10 ms) the idle stack used 1.5 of the 2 cores; with
-these settings it uses about 0.5. The bench measures that idle use at the start of each tier
-and reports it, together with the CPU seconds per request of every point (everything under
-test: the stack's processes, or LangGraph's process).
+pipeline's topics, and consumers wait `FETCH_WAIT_MS` per fetch (the default). Each Faust
+worker's MiniLM gets one core (`alto up` splits the cores). LangGraph runs in one process with
+torch's default, every core. Why: each consumer fetches up to 1000 / wait times a second, and
+each fetch costs the broker and the client in proportion to its partitions. With the old
+defaults (8 partitions, every pipeline's topics, 10 ms: Tansu alone held every fetch for its
+whole wait) the idle stack used 1.5 of the 2 cores; with 2 partitions and 25 ms about 0.5;
+behind the long-poll front (`alto.infra.longpoll`) with 250 ms, 0.28. The bench measures
+that idle use at the start of each tier and reports it, together with the CPU seconds per
+request of every point (everything under test: the stack's processes, or LangGraph's
+process).
 
 JSON (`--json`): `{TIER: {SYSTEM: {"sustained_load_rps", "p99_low_load_s", ...}}}` with
 SYSTEM in streaming, baseline, langgraph, plus every point under `points` (each with

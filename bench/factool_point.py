@@ -16,9 +16,10 @@ SIM_LM_INSTANCES = 7
 FAUST_WORKERS = 2
 SEED = 11
 # Our deployment on this 2-core machine (see "Deployment" above): one partition per Faust
-# worker, only the FacTool pipeline's topics, a 25 ms fetch wait.
+# worker, only the FacTool pipeline's topics, the default fetch wait (250 ms: the embedded
+# broker's long-poll front answers a fetch when data arrives; 25 ms before it).
 PARTITIONS = FAUST_WORKERS
-FETCH_WAIT_MS = 25
+FETCH_WAIT_MS = 250
 
 # (loads in req/s, requests per point) per tier and size
 SIM_LOADS = {

@@ -62,7 +62,8 @@ def _cpu_parts() -> dict[str, float]:
     parts["front_process"] = times.user + times.system
     for child in me.children(recursive=True):
         try:
-            part = "broker" if "tansu" in " ".join(child.cmdline()) else "engine_core"
+            command = " ".join(child.cmdline())
+            part = "broker" if "tansu" in command or "longpoll" in command else "engine_core"
             ct = child.cpu_times()
             parts[part] += ct.user + ct.system
         except psutil.Error:

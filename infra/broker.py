@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +70,55 @@ def wait_for_port(
     raise BrokerError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s")
 
 
+def connect_host(host: str) -> str:
+    """The address a client on this machine connects to for a listener on `host` (one on
+    every interface is reached over loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+
+
+def tansu_log_env() -> dict[str, str]:
+    """Tansu's log level: warnings unless `RUST_LOG` says otherwise."""
+    return {"RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+
+
+def tansu_command(listen: str, advertised: str) -> list[str]:
+    """Tansu's command line: listening on `listen` (HOST:PORT), telling clients (in its
+    metadata) to connect to `advertised`."""
+    return [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        f"tcp://{listen}",
+        "--advertised-listener-url",
+        f"tcp://{advertised}",
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
 class EmbeddedBroker:
-    """Runs Tansu as a child process; a context manager that always stops it."""
+    """Runs Tansu as a child process; a context manager that always stops it.
+
+    With `long_poll` (None: the `kafka.long_poll` setting, on by default) the child is the
+    long-poll front (`alto.infra.longpoll`) on the broker's address, which runs Tansu behind
+    it: fetches are answered when data arrives rather than when their wait is over."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, *, quiet: bool = True
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        quiet: bool = True,
+        long_poll: bool | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.quiet = quiet
+        if long_poll is None:
+            from alto.config import load_config
+
+            long_poll = load_config().kafka.long_poll
+        self.long_poll = long_poll
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,37 +126,28 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        advertised = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        return [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            f"tcp://{self.host}:{self.port}",
-            "--advertised-listener-url",
-            f"tcp://{advertised}:{self.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ]
+        listen = f"{self.host}:{self.port}"
+        if self.long_poll:
+            return [sys.executable, "-m", "alto.infra.longpoll", "--listen", listen]
+        return tansu_command(listen, f"{connect_host(self.host)}:{self.port}")
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        env = {**os.environ, **tansu_log_env()}
         out = subprocess.DEVNULL if self.quiet else None
         # SIGKILL when we die (memory storage: nothing to flush); see alto.infra.lifetime.
         self.proc = subprocess.Popen(
             self.command(), stdout=out, stderr=out, env=env, preexec_fn=lifetime.preexec()
         )
         try:
-            wait_for_port(
-                self.host if self.host != "0.0.0.0" else "127.0.0.1",  # noqa: S104
-                self.port,
-                timeout_s,
-                self.proc,
-            )  # noqa: S104
+            wait_for_port(connect_host(self.host), self.port, timeout_s, self.proc)
         except BrokerError:
             self.stop()
             raise
         log.info(
-            "embedded broker (Tansu) listening on %s, pid %d", self.bootstrap_servers, self.proc.pid
+            "embedded broker (Tansu%s) listening on %s, pid %d",
+            " behind the long-poll front" if self.long_poll else "",
+            self.bootstrap_servers,
+            self.proc.pid,
         )
         return self
 

@@ -236,10 +236,16 @@ class Stack:
         # EmbeddedBroker gives the command line and the address; the process itself runs as
         # a WorkerProcess, for its log file and its own process group (EmbeddedBroker.start
         # would leave it in ours, where a terminal's Ctrl-C would stop it before the workers).
-        from alto.infra.broker import EmbeddedBroker, parse_listen, wait_for_port
+        from alto.infra.broker import (
+            EmbeddedBroker,
+            connect_host,
+            parse_listen,
+            tansu_log_env,
+            wait_for_port,
+        )
 
         host, port = parse_listen(listen)
-        connect = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        connect = connect_host(host)
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
             # As the broker's own listener does: a previous broker's closed connections
             # (TIME_WAIT) must not make a restart on the same port look taken.
@@ -251,11 +257,10 @@ class Stack:
                     f"cannot listen on {listen} ({exc.strerror}); to use the broker already "
                     "there, set ALTO_KAFKA__BOOTSTRAP_SERVERS"
                 ) from exc
-        broker = EmbeddedBroker(host, port)
+        broker = EmbeddedBroker(host, port, long_poll=self.config.kafka.long_poll)
         self.config = self.config.with_overrides(
             kafka={"bootstrap_servers": f"{connect}:{port}"},
         )
-        rust_log = {"RUST_LOG": os.environ.get("RUST_LOG", "warn")}  # as EmbeddedBroker does
         self._spawn(
             BROKER,
             functools.partial(
@@ -264,7 +269,7 @@ class Stack:
                 BROKER,
                 self.workdir,
                 command=broker.command(),
-                env=rust_log,
+                env=tansu_log_env(),
                 own_group=True,
             ),
         )

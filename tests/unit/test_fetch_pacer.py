@@ -50,7 +50,7 @@ def test_disabled_or_not_started_consumers_are_left_alone() -> None:
 def test_the_defaults_pace_the_embedded_brokers_fetches() -> None:
     config = load_config(environ={})
     pacer = FetchPacer.for_config(config, _consumer())
-    assert pacer.enabled and (pacer.busy_ms, pacer.idle_ms) == (25, 1000)
+    assert pacer.enabled and (pacer.busy_ms, pacer.idle_ms) == (250, 1000)
     env = {"ALTO_KAFKA__IDLE_FETCH_WAIT_MS": "0"}
     assert not FetchPacer.for_config(load_config(environ=env), _consumer()).enabled
 

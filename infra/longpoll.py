@@ -21,12 +21,15 @@ request (`kafka_wire`):
 - **Fetch**: sent on as it is. If a produce to one of its partitions completes while Tansu
   holds it, the same fetch is sent again over another connection, with what is left of its
   wait: Tansu answers that one as soon as it has read the new records, and the first one's
-  late answer is read and dropped. (The wait itself cannot be shortened: Tansu 0.6 reads
-  only what it can within the wait it is given, which grows with the batches a partition
-  holds: in a partition of 1,250 single-record batches a fetch with a 1 ms wait came back
-  empty.) A produce to a partition that the connection fetched lately but that this fetch
-  leaves out (its client still holds records of it, and sends one fetch at a time) answers
-  the fetch at once, empty, so that the fetch that names the partition can go out.
+  connection is closed (reset), its answer unread. A fetch goes out again no sooner than
+  `RESEND_GAP_S` after the connection's last one, so that a client reading records as fast
+  as they come does not make Tansu read a partition per record. (The wait itself cannot be
+  shortened: Tansu 0.6 reads only what it can within the wait it is given, which grows with
+  the batches a partition holds: in a partition of 1,250 single-record batches a fetch with
+  a 1 ms wait came back empty.) A produce to a partition that the connection fetched
+  lately but that this fetch leaves out (its client still holds records of it, and sends
+  one fetch at a time) answers the fetch at once, empty, so that the fetch that names the
+  partition can go out.
 - **ApiVersions**: Fetch is capped at v12, the last version naming topics rather than
   topic ids, so that fetches and produces name partitions alike.
 
@@ -49,6 +52,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -75,10 +79,14 @@ SEEN_S = 30.0
 # most `PENDING_HOLD_S`, for up to `PENDING_S`.
 PENDING_HOLD_S = 0.005
 PENDING_S = 1.0
-# Connections to Tansu per client connection (one in use, the others reading the late
-# answers of fetches sent again).
+# A fetch woken by new records is sent again no sooner than this after the connection's
+# last fetch went out.
+RESEND_GAP_S = 0.005
+# Connections to Tansu per client connection (a client sends one request at a time; a fetch
+# sent again takes a second one while the first is being closed).
 UPSTREAMS = 4
 _SIZE = struct.Struct(">i")
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
@@ -97,7 +105,15 @@ class _Upstream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.taken = False  # a request in flight (maybe one whose answer will be dropped)
+        self.taken = False  # a request in flight
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # Closed with a reset: a connection dropped mid-fetch (see `_Link.drop`) leaves
+            # no TIME_WAIT behind, however many a second are dropped.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
 
     async def request(self, frame: bytes, *, answered: bool = True) -> bytes:
         self.writer.write(_SIZE.pack(len(frame)) + frame)
@@ -117,10 +133,10 @@ class _Link:
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
         self.upstreams: list[_Upstream] = []
-        self.dropping: set[asyncio.Future[bytes]] = set()  # answers to read and drop
         self.freed = asyncio.Event()
         self.seen: dict[wire.Key, float] = {}  # partition -> when a fetch last named it
         self.pending: dict[wire.Key, float] = {}  # partition with new data -> until when
+        self.sent_at = -math.inf  # when a fetch last went to Tansu
 
     async def take(self, *, wait: bool = True) -> _Upstream | None:
         """A connection to Tansu with nothing in flight, now taken (None if there is none
@@ -145,18 +161,15 @@ class _Link:
         self.freed.set()
 
     def drop(self, up: _Upstream, answer: asyncio.Future[bytes]) -> None:
-        """`answer` is no longer wanted: `up` is free again once it has come (or gone)."""
-
-        def done(task: asyncio.Future[bytes]) -> None:
-            self.dropping.discard(task)
-            if task.cancelled() or task.exception() is not None:
-                with contextlib.suppress(ValueError):
-                    self.upstreams.remove(up)
-                up.writer.close()
-            self.give(up)
-
-        self.dropping.add(answer)
-        answer.add_done_callback(done)
+        """`answer` is no longer wanted: its connection is closed and a new one takes its
+        place when needed. (Waiting for the answer instead kept the connection taken for the
+        rest of Tansu's wait, and a client fetching often found none spare: at 1,000
+        records a second most wake-ups went unused and their fetches waited out the wait.)"""
+        answer.cancel()
+        with contextlib.suppress(ValueError):
+            self.upstreams.remove(up)
+        up.abort()
+        self.freed.set()
 
     async def request(self, frame: bytes, *, answered: bool = True) -> bytes:
         """`frame` sent over a free connection; its answer."""
@@ -187,8 +200,6 @@ class _Link:
         return any(k not in partitions for k in self.pending)
 
     async def close(self) -> None:
-        for task in list(self.dropping):
-            task.cancel()
         for up in self.upstreams:
             up.writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
@@ -257,6 +268,7 @@ class LongPollFront:
         before = self._marks(watch)
         up = await link.take()
         assert up is not None
+        link.sent_at = loop.time()
         answer: asyncio.Future[bytes] | None = asyncio.ensure_future(up.request(frame))
         asked_again = False
         try:
@@ -275,9 +287,15 @@ class LongPollFront:
                 before = marks
                 self._unwatch(watch, wake)
                 wake = self._watch(watch)
-                left_ms = math.ceil((deadline - loop.time()) * 1000)
                 if mine and asked_again:
                     continue  # the fetch sent again went after new records: it will have some
+                if mine and (gap := link.sent_at + RESEND_GAP_S - loop.time()) > 0:
+                    # This connection's fetches go out often (records arrive as fast as they
+                    # are read): let a few more records come before Tansu reads again.
+                    await asyncio.wait((answer,), timeout=gap)
+                    if answer.done():
+                        continue
+                left_ms = math.ceil((deadline - loop.time()) * 1000)
                 spare = await link.take(wait=False) if left_ms > 0 else None
                 if spare is None:  # the answer in flight will do
                     continue
@@ -285,6 +303,7 @@ class LongPollFront:
                 up, answer = spare, None
                 if mine:  # new records for this fetch: ask again, answered once read
                     asked_again = True
+                    link.sent_at = loop.time()
                     answer = asyncio.ensure_future(
                         up.request(wire.with_max_wait(frame, fetch, left_ms))
                     )

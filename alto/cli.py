@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from alto.cli_bench import add_bench_command
 from alto.cli_pipelines import add_pipeline_commands
 from alto.config import AltoConfig, load_config
 from alto.errors import AltoError
@@ -257,27 +258,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from alto.bench import run_bench
-
-    options: dict[str, object] = {}
-    if args.tier:
-        options["tiers"] = (args.tier,)
-    if args.sim_time_scale is not None:
-        options["sim_time_scale"] = args.sim_time_scale
-    if args.sim_profile is not None:
-        options["sim_profile"] = args.sim_profile
-    if args.cluster_loads is not None:
-        options["cluster_loads"] = tuple(float(x) for x in args.cluster_loads.split(","))
-    if args.cluster_point_s is not None:
-        options["cluster_point_s"] = args.cluster_point_s
-    if args.minutes is not None:
-        options["minutes"] = args.minutes
-    if args.fetch_wait_ms is not None:
-        options["fetch_wait_ms"] = args.fetch_wait_ms
-    return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alto", description=__doc__)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
@@ -420,67 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_index)
 
-    p = sub.add_parser("bench", help="run a benchmark: a markdown table on stdout")
-    p.add_argument(
-        "name",
-        choices=[
-            "hop",
-            "lm",
-            "scheduler",
-            "bm25",
-            "rerank",
-            "factool",
-            "overload",
-            "idle",
-            "broker",
-            "records",
-            "legs",
-        ],
-    )
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", type=Path, default=None, help="write raw figures here")
-    p.add_argument(
-        "--tier", choices=["sim", "vllm", "cluster"], default=None, help="factool: one tier only"
-    )
-    p.add_argument(
-        "--sim-time-scale",
-        type=float,
-        default=None,
-        help="factool: the sim tier's LM speed (default: the profile's, 0.25 for cpu, 1.0 "
-        "for paper; 1.0 = the profile's own hardware), an ablation of LM time's share",
-    )
-    p.add_argument(
-        "--sim-profile",
-        choices=["cpu", "paper"],
-        default=None,
-        help="factool: the sim tier's LM hardware: cpu (SmolLM2 on this machine, the default) "
-        "or paper (a 7B model on an A100, from cited measurements)",
-    )
-    p.add_argument(
-        "--cluster-loads",
-        default=None,
-        metavar="R1,R2,...",
-        help="factool: the cluster tier's offered loads (req/s) instead of its sweep",
-    )
-    p.add_argument(
-        "--cluster-point-s",
-        type=float,
-        default=None,
-        help="factool: virtual seconds of arrivals per cluster point (default 30, --full 180)",
-    )
-    p.add_argument(
-        "--fetch-wait-ms",
-        type=int,
-        default=None,
-        help="factool, legs: the stack's fetch wait (default 25 ms, the bench's deployment)",
-    )
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="hop: hold 1,000 quanta/s this long and report latency per 10 s window (a soak)",
-    )
-    p.set_defaults(func=_cmd_bench)
+    add_bench_command(sub)
     return parser
 
 

@@ -9,13 +9,14 @@ from typing import Any
 
 def run_bench(name: str, *, quick: bool, json_path: Path | None, **options: Any) -> int:
     """`options` (set ones only) go to benchmarks that take them: factool's `tiers` and
-    `sim_time_scale`, `sim_profile`, `cluster_loads`, `cluster_point_s` and
+    `sim_time_scale`, `sim_profile`, `sim_loads`, `cluster_loads`, `cluster_point_s` and
     `fetch_wait_ms` (legs' too), hop's `minutes`."""
     allowed = {
         "factool": {
             "tiers",
             "sim_time_scale",
             "sim_profile",
+            "sim_loads",
             "cluster_loads",
             "cluster_point_s",
             "fetch_wait_ms",

@@ -270,8 +270,25 @@ def warm(stack: Stack, tier: str, docs: list[Any]) -> None:
     )
 
 
-def _tier(tier: str, quick: bool, sim: SimSetup, fetch_wait_ms: int) -> tuple[list[Point], float]:
+def tier_loads(
+    tier: str, quick: bool, sim_loads: tuple[float, ...] | None = None
+) -> tuple[tuple[float, ...], int]:
+    """A real tier's offered loads (req/s) and requests a point: its sweep, or on the sim
+    tier `sim_loads` in its place (each point as many requests as the sweep's)."""
     loads, n = (SIM_LOADS if tier == "sim" else VLLM_LOADS)["quick" if quick else "full"]
+    if tier == "sim" and sim_loads:
+        loads = sim_loads
+    return loads, n
+
+
+def _tier(
+    tier: str,
+    quick: bool,
+    sim: SimSetup,
+    fetch_wait_ms: int,
+    sim_loads: tuple[float, ...] | None = None,
+) -> tuple[list[Point], float]:
+    loads, n = tier_loads(tier, quick, sim_loads)
     stack, docs = tier_stack(tier, sim, fetch_wait_ms)
     base = stack.config
     lm_instances = stack.lm_instances
@@ -369,11 +386,13 @@ def main(
     cluster_loads: tuple[float, ...] | None = None,
     cluster_point_s: float | None = None,
     fetch_wait_ms: int = FETCH_WAIT_MS,
+    sim_loads: tuple[float, ...] | None = None,
 ) -> int:
     """`sim_profile` picks the sim tier's hardware (`cpu`, `paper`); a `sim_time_scale` other
     than the profile's own is an ablation (LM time's share of the work), reported as such;
     the comparison of systems is always made at one profile and scale. `cluster_loads` and
-    `cluster_point_s` replace the cluster tier's sweep (e.g. to look for its knee);
+    `cluster_point_s` replace the cluster tier's sweep (e.g. to look for its knee), and
+    `sim_loads` the sim tier's (e.g. an A/B of two deployments near saturation);
     `fetch_wait_ms`, the stack's fetch wait (its choice against the hop cost and the idle
     CPU it buys)."""
     sim = SimSetup(sim_profile, sim_time_scale)
@@ -390,7 +409,7 @@ def main(
                     resources().docs, quick, cluster_loads, cluster_point_s
                 )
             else:
-                tier_points, idle[tier] = _tier(tier, quick, sim, fetch_wait_ms)
+                tier_points, idle[tier] = _tier(tier, quick, sim, fetch_wait_ms, sim_loads)
             points += tier_points
     summary = summarize(points)
     res = resources()

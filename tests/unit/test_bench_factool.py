@@ -127,3 +127,33 @@ def test_the_sim_setup_names_its_profile_and_scale() -> None:
     assert SimSetup().scale == SIM_TIME_SCALE and SimSetup().suffix() == ""
     assert SimSetup("paper").scale == 1.0 and SimSetup("paper").suffix() == "_paper_scale1"
     assert SimSetup("cpu", 1.0).suffix() == "_cpu_scale1"
+
+
+def test_sim_loads_replace_the_sim_sweep_only_and_keep_its_requests_a_point() -> None:
+    from alto.bench.factool import tier_loads
+    from alto.bench.factool_point import SIM_LOADS, VLLM_LOADS
+
+    assert tier_loads("sim", True) == SIM_LOADS["quick"]
+    assert tier_loads("sim", False, (2.0, 3.0)) == ((2.0, 3.0), SIM_LOADS["full"][1])
+    assert tier_loads("sim", True, (4.0,)) == ((4.0,), SIM_LOADS["quick"][1])
+    assert tier_loads("vllm", True, (4.0,)) == VLLM_LOADS["quick"]
+
+
+def test_the_cli_reads_load_lists_and_refuses_bad_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from alto.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "factool", "--sim-loads", "2,3.5", "--cluster-loads", "32"])
+    assert args.sim_loads == (2.0, 3.5)
+    assert args.cluster_loads == (32.0,)
+    for bad in ("2,x", "2,0", "nan", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", "factool", "--sim-loads", bad])
+        assert "--sim-loads" in capsys.readouterr().err
+
+
+def test_sim_loads_reach_the_factool_bench_and_no_other() -> None:
+    from alto.bench import run_bench
+
+    with pytest.raises(SystemExit, match="sim_loads"):
+        run_bench("hop", quick=True, json_path=None, sim_loads=(2.0,))

@@ -18,26 +18,26 @@ def _rates(text: str) -> tuple[float, ...]:
     return rates
 
 
+# The flags passed on to a benchmark when set (`alto.bench.run_bench` says which take which).
+_OPTIONS = (
+    "sim_time_scale",
+    "sim_profile",
+    "sim_loads",
+    "cluster_loads",
+    "cluster_point_s",
+    "minutes",
+    "fetch_wait_ms",
+)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alto.bench import run_bench
 
-    options: dict[str, object] = {}
-    if args.tier:
-        options["tiers"] = (args.tier,)
-    if args.sim_time_scale is not None:
-        options["sim_time_scale"] = args.sim_time_scale
-    if args.sim_profile is not None:
-        options["sim_profile"] = args.sim_profile
-    if args.sim_loads is not None:
-        options["sim_loads"] = args.sim_loads
-    if args.cluster_loads is not None:
-        options["cluster_loads"] = args.cluster_loads
-    if args.cluster_point_s is not None:
-        options["cluster_point_s"] = args.cluster_point_s
-    if args.minutes is not None:
-        options["minutes"] = args.minutes
-    if args.fetch_wait_ms is not None:
-        options["fetch_wait_ms"] = args.fetch_wait_ms
+    options: dict[str, object] = {"tiers": (args.tier,)} if args.tier else {}
+    for name in _OPTIONS:  # argparse's dest is the benchmark's keyword
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
     return run_bench(args.name, quick=args.quick, json_path=args.json, **options)
 
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from alto import loops
 from alto.cli_bench import add_bench_command
 from alto.cli_pipelines import add_pipeline_commands
 from alto.config import AltoConfig, load_config
@@ -63,6 +64,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     watch_parent()
     config = _config(args)
+    loops.install(config)  # before Faust makes its loops
     alto_app = create_app(config, all_topologies(config))
     ensure_topics(config, alto_app.topic_partitions())
     worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())

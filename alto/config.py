@@ -4,9 +4,8 @@ Sources, later ones winning: the defaults here; a settings file (`ALTO_CONFIG_FI
 TOML, the same nesting as the models); the environment; explicit overrides (the CLI's flags).
 Every field has one environment name by one rule: `ALTO_<FIELD>` for the top-level fields
 (what a deployment sets per process: worker id, roles, status file, ...), and
-`ALTO_<SECTION>__<FIELD>` inside a section (`ALTO_KAFKA__BOOTSTRAP_SERVERS`,
-`ALTO_LM__ENGINE`, `ALTO_KAFKA__SECURITY__SASL_PASSWORD`). An `ALTO_` variable that names no
-field is an error, not silently ignored.
+`ALTO_<SECTION>__<FIELD>` inside a section (`ALTO_KAFKA__BOOTSTRAP_SERVERS`, `ALTO_LM__ENGINE`,
+`ALTO_KAFKA__SECURITY__SASL_PASSWORD`). An `ALTO_` variable naming no field is an error.
 
 Child processes get the whole configuration as a file (`child_env`), so no field is lost on
 the way, plus the variables that differ per process.
@@ -213,6 +212,7 @@ class AltoConfig(BaseModel):
     # process of a stack must agree.
     chaining: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"  # the workers' (`alto.loops`)
     # Load what the pipelines' stages need (index, encoder) when a worker starts, not on its
     # first request (off in most tests: every test worker would load them).
     warmup: bool = True

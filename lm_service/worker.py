@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from alto import metrics
+from alto import loops, metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
 from alto.fetch_gaps import GapGuard
@@ -417,7 +417,7 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
         await worker.run()
 
     try:
-        asyncio.run(main())
+        loops.run(main(), config)
     finally:
         if server is not None:
             server.close()

@@ -64,7 +64,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     watch_parent()
     config = _config(args)
-    loops.install(config)  # before Faust makes its loops
+    loops.install(config.event_loop)  # before Faust makes its loops
     alto_app = create_app(config, all_topologies(config))
     ensure_topics(config, alto_app.topic_partitions())
     worker = faust.Worker(alto_app.app, loglevel=args.loglevel or config.log_level.lower())

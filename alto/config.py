@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from alto.enums import EngineName, Mode, PolicyName, Role, SimProfile
+from alto.enums import EngineName, EventLoop, Mode, PolicyName, Role, SimProfile
 from alto.errors import ConfigError
 from alto.files import write_text
 
@@ -212,7 +212,7 @@ class AltoConfig(BaseModel):
     # process of a stack must agree.
     chaining: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"  # the workers' (`alto.loops`)
+    event_loop: EventLoop = "uvloop"  # the workers' (`alto.loops`)
     # Load what the pipelines' stages need (index, encoder) when a worker starts, not on its
     # first request (off in most tests: every test worker would load them).
     warmup: bool = True

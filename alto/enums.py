@@ -28,3 +28,5 @@ Role = Literal["ingest", "stages", "sink", "scheduler"]
 # The SIMULATED engine's hardware profiles (`alto.lm_service.sim.PROFILES`): "cpu" is
 # SmolLM2-135M under vLLM on this project's 2-core machines; "paper" a 7B model on an A100.
 SimProfile = Literal["cpu", "paper"]
+# A process's asyncio event loop (`alto.loops`): libuv's, or the standard library's.
+EventLoop = Literal["uvloop", "asyncio"]

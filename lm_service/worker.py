@@ -417,7 +417,7 @@ def run_lm_worker(config: AltoConfig, instance: int, engine_name: str) -> int:
         await worker.run()
 
     try:
-        loops.run(main(), config)
+        loops.run(main(), config.event_loop)
     finally:
         if server is not None:
             server.close()

@@ -24,20 +24,20 @@ async def _kind() -> str:
 def test_uvloop_by_default() -> None:
     config = load_config(environ={})
     assert config.event_loop == "uvloop"
-    assert loops.run(_kind(), config) == "uvloop"
+    assert loops.run(_kind(), config.event_loop) == "uvloop"
 
 
 def test_asyncio_when_asked() -> None:
     config = load_config(environ={"ALTO_EVENT_LOOP": "asyncio"})
-    assert loops.install(config) == "asyncio"
-    assert loops.run(_kind(), config) == "asyncio"
+    assert loops.install(config.event_loop) == "asyncio"
+    assert loops.run(_kind(), config.event_loop) == "asyncio"
 
 
 def test_a_thread_of_the_process_gets_the_same_kind() -> None:
     """Faust's consumer thread makes its own loop: it must be the configured kind too."""
     import threading
 
-    loops.install(load_config(environ={}))
+    loops.install(load_config(environ={}).event_loop)
     seen: list[str] = []
     thread = threading.Thread(target=lambda: seen.append(asyncio.run(_kind())))
     thread.start()

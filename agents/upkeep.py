@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from alto import metrics
 from alto.agents.faust_settings import consumer_lags
 from alto.files import write_json
-from alto.kafka import follow
+from alto.kafka import follow, watch_fetch_wait_ms
 from alto.schemas.messages import PipelineRequest
 from alto.streams.admission import Admission
 from alto.streams.processor import Send, now_ms
@@ -96,7 +96,7 @@ def define_admission(rt: AltoApp, admission: Admission[PipelineRequest]) -> None
 
     @rt.app.task
     async def follow_results() -> None:
-        wait_ms = max(rt.config.kafka.fetch_max_wait_ms, 100)
+        wait_ms = watch_fetch_wait_ms(rt.config)
         records = follow(rt.config, rt.config.results_topic, tail=0, fetch_wait_ms=wait_ms)
         async with contextlib.aclosing(records):
             async for record in records:

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord
 from alto import metrics
 from alto.config import AltoConfig
 from alto.errors import BadInputError
-from alto.kafka import aiokafka_settings, follow
+from alto.kafka import aiokafka_settings, follow, watch_fetch_wait_ms
 from alto.scheduler.placement import place
 from alto.scheduler.policy import Call, ClusterState, Completion, Load, make_policy
 from alto.schemas.messages import LMAssignment, LMRequest, LMStatus
@@ -46,10 +46,6 @@ from alto.streams.processor import DeadLetterOut
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
-
-# Status reports come once a second and table entries rarely: their watchers wait longer per
-# fetch than the data path does, so idle polling costs the broker little.
-WATCH_FETCH_WAIT_MS = 250
 
 # A call assigned this long ago with no completion reported is no longer counted as load
 # (its completion was lost with a killed worker, or another replica's report raced it).
@@ -143,8 +139,9 @@ class SchedulerCore:
     ) -> None:
         """Every partition of `topic`, from `tail` records before the end (None: all);
         a record `handle` refuses as bad input is rejected (`_reject`)."""
-        wait_ms = max(self.config.kafka.fetch_max_wait_ms, WATCH_FETCH_WAIT_MS)
-        records = follow(self.config, topic, tail=tail, fetch_wait_ms=wait_ms)
+        records = follow(
+            self.config, topic, tail=tail, fetch_wait_ms=watch_fetch_wait_ms(self.config)
+        )
         async with contextlib.aclosing(records):
             async for record in records:
                 try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from alto.config import load_config
-from alto.kafka import FetchPacer
+from alto.kafka import FetchPacer, watch_fetch_wait_ms
 
 
 def _consumer(wait_ms: int = 10) -> SimpleNamespace:
@@ -67,3 +67,14 @@ def test_a_held_consumer_waits_long_until_a_record_comes() -> None:
     pacer.hold(250)
     pacer.saw(1)
     assert consumer._fetcher._fetch_max_wait_ms == 10 and not pacer.idle
+
+
+def test_watchers_wait_long_only_where_a_fetch_is_answered_as_data_arrives() -> None:
+    """Status, table and results watchers (`alto.kafka.watch_fetch_wait_ms`): behind the
+    long-poll front (the default) their wait is only their polling rate; on Tansu alone,
+    which holds a fetch for its whole wait, it would delay what they see."""
+    assert watch_fetch_wait_ms(load_config(environ={})) == 1000
+    alone = {"ALTO_KAFKA__LONG_POLL": "false", "ALTO_KAFKA__FETCH_MAX_WAIT_MS": "25"}
+    assert watch_fetch_wait_ms(load_config(environ=alone)) == 250
+    slow = {**alone, "ALTO_KAFKA__FETCH_MAX_WAIT_MS": "500"}
+    assert watch_fetch_wait_ms(load_config(environ=slow)) == 500

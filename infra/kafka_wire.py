@@ -117,6 +117,11 @@ class FetchRequest:
     max_wait_ms: int
     wait_at: int  # byte offset of max_wait_ms in the frame
     partitions: tuple[Key, ...]
+    offsets: tuple[int, ...] = ()  # each partition's fetch offset
+    partition_max_bytes: tuple[int, ...] = ()
+    max_bytes: int = 0x7FFFFFFF
+    correlation_id: int = 0
+    session_epoch: int = -1  # v7+: -1 names no fetch session (each fetch whole)
 
 
 def parse_fetch(frame: bytes) -> FetchRequest:
@@ -129,29 +134,41 @@ def parse_fetch(frame: bytes) -> FetchRequest:
     wait_at = reader.pos
     max_wait_ms = reader.int32()
     reader.int32()  # min bytes
-    if version >= 3:
-        reader.int32()  # max bytes
+    max_bytes = reader.int32() if version >= 3 else 0x7FFFFFFF
     if version >= 4:
         reader.skip(1)  # isolation level
+    session_epoch = -1
     if version >= 7:
-        reader.skip(8)  # session id and epoch
+        reader.int32()  # session id
+        session_epoch = reader.int32()
     partitions: list[Key] = []
+    offsets: list[int] = []
+    limits: list[int] = []
     for _ in range(reader.length(flexible)):
         topic = reader.string(flexible) or ""
         for _ in range(reader.length(flexible)):
             partitions.append((topic, reader.int32()))
-            # current leader epoch (v9+), fetch offset, last fetched epoch (v12+), log start
-            # offset (v5+), partition max bytes
-            reader.skip(
-                (4 if version >= 9 else 0)
-                + 8
-                + (4 if version >= 12 else 0)
-                + (8 if version >= 5 else 0)
-                + 4
-            )
+            if version >= 9:
+                reader.int32()  # current leader epoch
+            offsets.append(reader.int64())
+            if version >= 12:
+                reader.int32()  # last fetched epoch
+            if version >= 5:
+                reader.int64()  # the follower's log start offset
+            limits.append(reader.int32())
             reader.tags(flexible)
         reader.tags(flexible)
-    return FetchRequest(version, max_wait_ms, wait_at, tuple(partitions))
+    return FetchRequest(
+        version,
+        max_wait_ms,
+        wait_at,
+        tuple(partitions),
+        tuple(offsets),
+        tuple(limits),
+        max_bytes,
+        _I32.unpack_from(frame, 4)[0],
+        session_epoch,
+    )
 
 
 def with_max_wait(frame: bytes, fetch: FetchRequest, max_wait_ms: int) -> bytes:
@@ -163,6 +180,12 @@ def with_max_wait(frame: bytes, fetch: FetchRequest, max_wait_ms: int) -> bytes:
 
 def parse_produce(frame: bytes) -> tuple[int, tuple[Key, ...]]:
     """(acks, the partitions written) of a Produce request frame."""
+    acks, written = produce_records(frame)
+    return acks, tuple(k for k, _ in written)
+
+
+def produce_records(frame: bytes) -> tuple[int, list[tuple[Key, bytes | None]]]:
+    """(acks, each partition written with its records) of a Produce request frame."""
     key, version, body = request_header(frame)
     if key != PRODUCE:
         raise WireError(f"not a Produce (key {key})")
@@ -172,15 +195,137 @@ def parse_produce(frame: bytes) -> tuple[int, tuple[Key, ...]]:
         reader.string(flexible)  # transactional id
     acks = reader.int16()
     reader.int32()  # timeout
-    partitions: list[Key] = []
+    written: list[tuple[Key, bytes | None]] = []
     for _ in range(reader.length(flexible)):
         topic = reader.string(flexible) or ""
         for _ in range(reader.length(flexible)):
-            partitions.append((topic, reader.int32()))
-            reader.skip(max(reader.length(flexible), 0))  # the records
+            k = (topic, reader.int32())
+            size = reader.length(flexible)
+            start = reader.pos
+            reader.skip(max(size, 0))
+            written.append((k, frame[start : reader.pos] if size >= 0 else None))
             reader.tags(flexible)
         reader.tags(flexible)
-    return acks, tuple(partitions)
+    return acks, written
+
+
+def produce_response(frame: bytes, version: int) -> dict[Key, tuple[int, int]]:
+    """Each partition's (error code, base offset) in a Produce response frame."""
+    flexible = version >= FLEXIBLE[PRODUCE]
+    reader = _Reader(frame)
+    reader.int32()  # correlation id
+    reader.tags(flexible)
+    out: dict[Key, tuple[int, int]] = {}
+    for _ in range(reader.length(flexible)):
+        topic = reader.string(flexible) or ""
+        for _ in range(reader.length(flexible)):
+            index, error, base = reader.int32(), reader.int16(), reader.int64()
+            if version >= 2:
+                reader.int64()  # log append time
+            if version >= 5:
+                reader.int64()  # log start offset
+            if version >= 8:
+                for _ in range(max(reader.length(flexible), 0)):  # record errors
+                    reader.int32()
+                    reader.string(flexible)
+                    reader.tags(flexible)
+                reader.string(flexible)  # error message
+            reader.tags(flexible)
+            out[(topic, index)] = (error, base)
+        reader.tags(flexible)
+    return out
+
+
+# Record batches (magic 2): base offset (int64), batch length (int32, the bytes after it),
+# partition leader epoch (int32), magic (int8), CRC (uint32, over attributes to the end),
+# attributes (int16), last offset delta (int32), ...
+_BATCH_HEAD = 61
+_TRANSACTIONAL_OR_CONTROL = 0x30
+
+
+def record_batches(records: bytes) -> list[tuple[int, int, int]]:
+    """(start, size, record count) of each whole record batch in `records`; raises
+    `WireError` for a batch of another magic, a transactional or control batch, or a cut one."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    while pos < len(records):
+        if pos + _BATCH_HEAD > len(records):
+            raise WireError("a record batch is cut short")
+        size = 12 + _I32.unpack_from(records, pos + 8)[0]
+        if records[pos + 16] != 2 or pos + size > len(records):
+            raise WireError("not a whole magic-2 record batch")
+        if _I16.unpack_from(records, pos + 21)[0] & _TRANSACTIONAL_OR_CONTROL:
+            raise WireError("a transactional or control batch")
+        out.append((pos, size, _I32.unpack_from(records, pos + 23)[0] + 1))
+        pos += size
+    return out
+
+
+def with_base_offset(batch: bytes, base: int) -> bytes:
+    """`batch` (one record batch) with another base offset (outside the batch's CRC)."""
+    return _I64.pack(base) + batch[8:]
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What a Fetch response says of a partition besides its records."""
+
+    error: int
+    high_watermark: int
+    log_start: int
+
+
+def fetch_response_states(frame: bytes, version: int) -> dict[Key, PartitionState]:
+    """Each partition's state in a Fetch response frame of version 5 to 11 (the records are
+    skipped, not read)."""
+    if not 5 <= version < FLEXIBLE[FETCH]:
+        raise WireError(f"Fetch responses v{version} are not read here")
+    reader = _Reader(frame)
+    reader.int32()  # correlation id
+    reader.int32()  # throttle time
+    if version >= 7:
+        reader.int16()  # error code
+        reader.int32()  # session id
+    out: dict[Key, PartitionState] = {}
+    for _ in range(reader.int32()):
+        topic = reader.string(flexible=False) or ""
+        for _ in range(reader.int32()):
+            index, error = reader.int32(), reader.int16()
+            high, _stable, start = reader.int64(), reader.int64(), reader.int64()
+            for _ in range(max(reader.int32(), 0)):  # aborted transactions
+                reader.skip(16)
+            if version >= 11:
+                reader.int32()  # preferred read replica
+            reader.skip(max(reader.int32(), 0))  # records
+            out[(topic, index)] = PartitionState(error, high, start)
+    return out
+
+
+def fetch_response(fetch: FetchRequest, parts: list[tuple[Key, int, int, list[bytes]]]) -> bytes:
+    """A Fetch response frame (version 5 to 11, no fetch session) answering `fetch` with,
+    per partition: (partition, high watermark, log start offset, record batches)."""
+    version = fetch.version
+    if not 5 <= version < FLEXIBLE[FETCH]:
+        raise WireError(f"Fetch responses v{version} are not written here")
+    by_topic: dict[str, list[tuple[int, int, int, list[bytes]]]] = {}
+    for (topic, index), high, start, batches in parts:
+        by_topic.setdefault(topic, []).append((index, high, start, batches))
+    out = [_I32.pack(fetch.correlation_id), _I32.pack(0)]  # throttle time
+    if version >= 7:
+        out += [_I16.pack(0), _I32.pack(0)]  # error code, session id (none)
+    out.append(_I32.pack(len(by_topic)))
+    for topic, partitions in by_topic.items():
+        name = topic.encode()
+        out += [_I16.pack(len(name)), name, _I32.pack(len(partitions))]
+        for index, high, start, batches in partitions:
+            # error 0, high watermark, last stable offset (no transactions), log start,
+            # no aborted transactions
+            out.append(struct.pack(">ihqqqi", index, 0, high, high, start, 0))
+            if version >= 11:
+                out.append(_I32.pack(-1))  # no preferred read replica
+            out.append(_I32.pack(sum(map(len, batches))))
+            out += batches
+    return b"".join(out)
 
 
 def cap_api_versions(frame: bytes, version: int, caps: dict[int, int]) -> bytes:

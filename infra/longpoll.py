@@ -33,6 +33,11 @@ request (`kafka_wire`):
 - **ApiVersions**: Fetch is capped at v12, the last version naming topics rather than
   topic ids, so that fetches and produces name partitions alike.
 
+A fetch whose records the front has just relayed is answered by the front itself, from its
+copy of the newest acknowledged batches of each partition (`infra/fetch_cache.py`): at once
+if they are there when it arrives, or when the produce that brings them completes, and Tansu
+does not read them again.
+
 Anything else, and any frame the front cannot read, goes through untouched, with the
 broker's own behaviour. Every client reaches Tansu through the front (Tansu's metadata
 advertises it), so no produce goes unseen; a missed wake-up would cost what Tansu alone
@@ -69,6 +74,7 @@ from alto.infra.broker import (
     tansu_log_env,
     wait_for_port,
 )
+from alto.infra.fetch_cache import FORGET_ALL, FetchCache
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +217,9 @@ class LongPollFront:
     """Serves the Kafka protocol on one address and forwards it to Tansu on another,
     answering fetches as described above."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, cache: bool = True) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.cache = FetchCache() if cache else None
         self._waiters: dict[wire.Key, set[asyncio.Future[None]]] = collections.defaultdict(set)
         self._produced: collections.Counter[wire.Key] = collections.Counter()
         self._unread = 0  # produces whose partitions could not be read
@@ -240,8 +247,12 @@ class LongPollFront:
         if key == wire.FETCH:
             return await self._fetch(frame, link)
         if key == wire.PRODUCE:
-            return await self._produce(frame, link)
+            return await self._produce(frame, version, link)
+        if key in FORGET_ALL and self.cache is not None:
+            self.cache.forget()
         reply = await link.request(frame)
+        if key in FORGET_ALL and self.cache is not None:
+            self.cache.forget()
         if key == wire.API_VERSIONS:
             with contextlib.suppress(wire.WireError):
                 reply = wire.cap_api_versions(reply, version, {wire.FETCH: wire.MAX_FETCH_VERSION})
@@ -264,12 +275,16 @@ class LongPollFront:
             deadline = now + PENDING_HOLD_S
         else:
             deadline = now + fetch.max_wait_ms / 1000
+        cache = self.cache
+        if cache is not None and (kept := cache.answer(fetch)) is not None:
+            return kept
         own = set(fetch.partitions)
         wake = self._watch(watch)
         before = self._marks(watch)
         up = await link.take()
         assert up is not None
         link.sent_at = loop.time()
+        mark = cache.mark(fetch.partitions) if cache is not None else ()
         answer: asyncio.Future[bytes] | None = asyncio.ensure_future(up.request(frame))
         asked_again = False
         try:
@@ -278,7 +293,10 @@ class LongPollFront:
                 await asyncio.wait((answer, wake), return_when=asyncio.FIRST_COMPLETED)
                 if answer.done():
                     link.give(up)
-                    return answer.result()
+                    reply = answer.result()
+                    if cache is not None:
+                        cache.learn(fetch, reply, mark)
+                    return reply
                 marks = self._marks(watch)
                 changed = [
                     k for k, a, b in zip(watch, before[1:], marks[1:], strict=True) if a != b
@@ -296,6 +314,10 @@ class LongPollFront:
                     await asyncio.wait((answer,), timeout=gap)
                     if answer.done():
                         continue
+                if mine and cache is not None and (kept := cache.answer(fetch)) is not None:
+                    link.drop(up, answer)  # the records are here: Tansu need not read them
+                    answer = None
+                    return kept
                 left_ms = math.ceil((deadline - loop.time()) * 1000)
                 spare = await link.take(wait=False) if left_ms > 0 else None
                 if spare is None:  # the answer in flight will do
@@ -305,6 +327,7 @@ class LongPollFront:
                 if mine:  # new records for this fetch: ask again, answered once read
                     asked_again = True
                     link.sent_at = loop.time()
+                    mark = cache.mark(fetch.partitions) if cache is not None else ()
                     answer = asyncio.ensure_future(
                         up.request(wire.with_max_wait(frame, fetch, left_ms))
                     )
@@ -321,13 +344,27 @@ class LongPollFront:
             if answer is not None and not answer.done():  # the client went away
                 link.drop(up, answer)
 
-    async def _produce(self, frame: bytes, link: _Link) -> bytes | None:
+    async def _produce(self, frame: bytes, version: int, link: _Link) -> bytes | None:
         try:
-            acks, partitions = wire.parse_produce(frame)
+            acks, written = wire.produce_records(frame)
         except wire.WireError:
-            acks, partitions = -1, None
-        reply = await link.request(frame, answered=acks != 0)
-        self._wake(partitions)
+            acks, written = -1, None
+        cache = self.cache
+        if cache is not None:
+            if written is None:
+                cache.forget()
+            else:
+                cache.producing(written)
+        answer: dict[wire.Key, tuple[int, int]] | None = None
+        try:
+            reply = await link.request(frame, answered=acks != 0)
+            if acks != 0 and cache is not None and written is not None:
+                with contextlib.suppress(wire.WireError):
+                    answer = wire.produce_response(reply, version)
+        finally:
+            if cache is not None and written is not None:
+                cache.produced(written, answer)
+        self._wake(None if written is None else [k for k, _ in written])
         return reply if acks != 0 else None
 
     def _marks(self, keys: tuple[wire.Key, ...]) -> list[int]:
@@ -367,7 +404,7 @@ class _UpstreamClosed(ConnectionError):
     """Tansu closed its side of a connection (the front then closes the client's)."""
 
 
-async def _run(host: str, port: int) -> int:
+async def _run(host: str, port: int, *, cache: bool = True) -> int:
     private = free_port()
     proc = subprocess.Popen(  # noqa: S603
         tansu_command(f"127.0.0.1:{private}", f"{connect_host(host)}:{port}"),
@@ -376,7 +413,7 @@ async def _run(host: str, port: int) -> int:
     )
     try:
         await asyncio.to_thread(wait_for_port, "127.0.0.1", private, 20.0, proc)
-        front = LongPollFront("127.0.0.1", private)
+        front = LongPollFront("127.0.0.1", private, cache=cache)
         server = await front.serve(host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -402,12 +439,17 @@ async def _run(host: str, port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alto.infra.longpoll", description=__doc__)
     parser.add_argument("--listen", required=True, help="HOST:PORT the clients connect to")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="send every fetch to Tansu (no answers from the records just relayed)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     host, port = parse_listen(args.listen)
     with contextlib.suppress(KeyboardInterrupt):
         # libuv's loop: 10-15% less CPU here than asyncio's, 3,000 records at 500 a second.
-        return loops.run(_run(host, port), "uvloop")
+        return loops.run(_run(host, port, cache=not args.no_cache), "uvloop")
     return 0
 
 

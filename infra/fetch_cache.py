@@ -15,8 +15,9 @@ and `TOTAL_BYTES` in all are kept, the least recently written partitions' first.
 
 When it answers. Only with records: when every partition a fetch names is known, its offset
 lies within what is kept (or at `end`), and at least one has a record. A fetch with nothing
-to read goes to Tansu as before, so a partition the front misjudged costs one fetch, never a
-stall. Anything the front cannot account for forgets the partition until Tansu tells it
+to read (`holds`) the front holds itself until a produce brings records or its wait ends;
+then Tansu reads it once, so a partition the front misjudged costs at most one wait, never
+a stall. Anything the front cannot account for forgets the partition until Tansu tells it
 again: a produce that failed, was not acknowledged (acks=0) or could not be read; a high
 watermark from Tansu that disagrees with `end` while no produce to it is in flight; a
 transactional batch. A request that creates or deletes topics or records forgets them all.
@@ -86,11 +87,16 @@ class _Log:
             return []
         if not self.first <= offset < self.end:
             return None
+        # From the newest batch back to the one holding `offset` (a consumer reads near the
+        # end, so this walks few batches), then forward within `max_bytes`.
+        tail: list[bytes] = []
+        for base, _count, batch in reversed(self.batches):
+            tail.append(batch)
+            if base <= offset:
+                break
         out: list[bytes] = []
         size = 0
-        for base, count, batch in self.batches:
-            if base + count <= offset:
-                continue
+        for batch in reversed(tail):
             if out and size + len(batch) > max_bytes:
                 break
             out.append(batch)
@@ -195,6 +201,17 @@ class FetchCache:
                 self.forget([k])
                 high = state.high_watermark
                 self._logs[k] = _Log(high, high, state.log_start)
+
+    def holds(self, fetch: wire.FetchRequest) -> bool:
+        """Whether every partition `fetch` names is known and read to its end: nothing to
+        answer until a produce to one of them completes."""
+        if not 5 <= fetch.version < wire.FLEXIBLE[wire.FETCH] or fetch.session_epoch != -1:
+            return False
+        for k, offset in zip(fetch.partitions, fetch.offsets, strict=True):
+            log = self._logs.get(k)
+            if log is None or offset != log.end:
+                return False
+        return True
 
     def answer(self, fetch: wire.FetchRequest) -> bytes | None:
         """A Fetch response frame for `fetch` from what is kept, or None (see the module's

@@ -36,7 +36,10 @@ request (`kafka_wire`):
 A fetch whose records the front has just relayed is answered by the front itself, from its
 copy of the newest acknowledged batches of each partition (`infra/fetch_cache.py`): at once
 if they are there when it arrives, or when the produce that brings them completes, and Tansu
-does not read them again.
+does not read them again. A fetch whose partitions the copy knows to hold nothing new is
+held by the front, not sent to Tansu, until a produce answers it from the copy or its wait
+ends (then Tansu reads it once, at once: the front's idea of a partition's end is checked
+at least once a wait).
 
 Anything else, and any frame the front cannot read, goes through untouched, with the
 broker's own behaviour. Every client reaches Tansu through the front (Tansu's metadata
@@ -281,13 +284,38 @@ class LongPollFront:
         own = set(fetch.partitions)
         wake = self._watch(watch)
         before = self._marks(watch)
-        up = await link.take()
-        assert up is not None
-        link.sent_at = loop.time()
-        mark = cache.mark(fetch.partitions) if cache is not None else ()
-        answer: asyncio.Future[bytes] | None = asyncio.ensure_future(up.request(frame))
-        asked_again = False
+        up: _Upstream | None = None
+        answer: asyncio.Future[bytes] | None = None
         try:
+            if cache is not None and cache.holds(fetch):
+                # Nothing new in any partition it names, as far as the front knows: it holds
+                # the fetch itself, and asks Tansu only for what it cannot answer.
+                mine, others = False, list[wire.Key]()
+                while (left := deadline - loop.time()) > 0:
+                    await asyncio.wait((wake,), timeout=left)
+                    if not wake.done():
+                        continue
+                    before, mine, others = self._changes(watch, before, own)
+                    self._unwatch(watch, wake)
+                    wake = self._watch(watch)
+                    if mine and (kept := cache.answer(fetch)) is not None:
+                        return kept
+                    if mine or others:
+                        break
+                if others and not mine:  # see "New records for a partition ..." below
+                    link.pending.update((k, loop.time() + PENDING_S) for k in others)
+                    deadline = loop.time()
+                # Tansu reads at once (the wait is over, or records came that the front
+                # does not hold), or holds it for what is left of its wait.
+                frame = wire.with_max_wait(
+                    frame, fetch, max(0, math.ceil((deadline - loop.time()) * 1000))
+                )
+            up = await link.take()
+            assert up is not None
+            link.sent_at = loop.time()
+            mark = cache.mark(fetch.partitions) if cache is not None else ()
+            answer = asyncio.ensure_future(up.request(frame))
+            asked_again = False
             while True:
                 assert answer is not None
                 await asyncio.wait((answer, wake), return_when=asyncio.FIRST_COMPLETED)
@@ -297,13 +325,7 @@ class LongPollFront:
                     if cache is not None:
                         cache.learn(fetch, reply, mark)
                     return reply
-                marks = self._marks(watch)
-                changed = [
-                    k for k, a, b in zip(watch, before[1:], marks[1:], strict=True) if a != b
-                ]
-                others = [k for k in changed if k not in own]
-                mine = marks[0] != before[0] or len(others) < len(changed)
-                before = marks
+                before, mine, others = self._changes(watch, before, own)
                 self._unwatch(watch, wake)
                 wake = self._watch(watch)
                 if mine and asked_again:
@@ -336,13 +358,29 @@ class LongPollFront:
                 until = loop.time() + PENDING_S
                 link.pending.update((k, until) for k in others)
                 try:
-                    return await up.request(wire.with_max_wait(frame, fetch, 0))
+                    if cache is not None:
+                        mark = cache.mark(fetch.partitions)
+                    reply = await up.request(wire.with_max_wait(frame, fetch, 0))
+                    if cache is not None:
+                        cache.learn(fetch, reply, mark)
+                    return reply
                 finally:
                     link.give(up)
         finally:
             self._unwatch(watch, wake)
-            if answer is not None and not answer.done():  # the client went away
+            if up is not None and answer is not None and not answer.done():  # client gone
                 link.drop(up, answer)
+
+    def _changes(
+        self, watch: tuple[wire.Key, ...], before: list[int], own: set[wire.Key]
+    ) -> tuple[list[int], bool, list[wire.Key]]:
+        """Since `before` (`_marks` of `watch`): the new marks, whether a produce may have
+        brought records for the fetch's own partitions, and the partitions it leaves out
+        that got some."""
+        marks = self._marks(watch)
+        changed = [k for k, a, b in zip(watch, before[1:], marks[1:], strict=True) if a != b]
+        others = [k for k in changed if k not in own]
+        return marks, marks[0] != before[0] or len(others) < len(changed), others
 
     async def _produce(self, frame: bytes, version: int, link: _Link) -> bytes | None:
         try:

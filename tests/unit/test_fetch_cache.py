@@ -109,11 +109,14 @@ def test_a_fetch_with_nothing_to_read_or_an_unknown_range_goes_to_the_broker() -
     assert cache.answer(_fetch({0: 0})) is None
     _known(cache, {0: 1, 1: 0})
     assert cache.answer(_fetch({0: 1, 1: 0})) is None  # nothing new anywhere
+    assert cache.holds(_fetch({0: 1, 1: 0}))  # ... so the front may hold it itself
+    assert not cache.holds(_fetch({0: 1, 1: 0, 2: 0}))  # not with a partition it does not know
     _write(cache, {1: _batch("b")}, {1: 0})
     assert cache.answer(_fetch({0: 0, 1: 0})) is None  # offset 0 of partition 0 is not kept
     assert cache.answer(_fetch({0: 1, 1: 0, 2: 0})) is None  # partition 2 is unknown
     assert cache.answer(_fetch({0: 2, 1: 0})) is None  # past the end the front knows
     assert cache.answer(_fetch({0: 1, 1: 0})) is not None
+    assert not cache.holds(_fetch({0: 1, 1: 0}))  # partition 1 has a record
 
 
 def test_produces_answered_out_of_order_are_served_once_the_gap_closes() -> None:

@@ -1,6 +1,7 @@
 """The long-poll front (`alto.infra.longpoll`) in front of the real Tansu: a fetch that found
 nothing is answered when a record arrives for it, not when its wait ends; it stays answered
-when the record lands in a partition the consumer's fetch in flight leaves out; and the
+when the record lands in a partition the consumer's fetch in flight leaves out; what it
+answers from its copy of the records it relayed is what Tansu itself answers; and the
 front's broker goes when the front goes.
 
 The consumers here ask for a 60 s wait, so a fetch held until its wait ends fails the
@@ -10,16 +11,26 @@ not how fast (that is `alto bench legs` and `alto bench hop`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import uuid
+from collections.abc import AsyncIterator
 
 import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from alto.infra.broker import EmbeddedBroker
+from alto.infra.broker import (
+    EmbeddedBroker,
+    free_port,
+    tansu_command,
+    tansu_log_env,
+    wait_for_port,
+)
+from alto.infra.longpoll import LongPollFront
 
 LONG_WAIT_MS = 60_000
 ANSWER_S = 15.0
@@ -112,6 +123,95 @@ def test_fetches_woken_one_after_another_are_all_answered() -> None:
     with EmbeddedBroker(long_poll=True) as broker:
         got = asyncio.run(_stream(broker.bootstrap_servers, records))
     assert got == [f"r{i}".encode() for i in range(records)]
+
+
+@contextlib.asynccontextmanager
+async def _front_in_process() -> AsyncIterator[tuple[LongPollFront, str]]:
+    """Tansu on a private port and the front in this process (to read its counters)."""
+    private, public = free_port(), free_port()
+    proc = subprocess.Popen(  # noqa: S603
+        tansu_command(f"127.0.0.1:{private}", f"127.0.0.1:{public}"),
+        env={**os.environ, **tansu_log_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", private, 20.0, proc)
+        front = LongPollFront("127.0.0.1", private)
+        server = await front.serve("127.0.0.1", public)
+        try:
+            yield front, f"127.0.0.1:{public}"
+        finally:
+            server.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+Read = list[tuple[int, int, bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]]
+
+
+async def _read_all(bootstrap: str, topic: str, records: int, wait_ms: int) -> Read:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=wait_ms)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(4)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    got: Read = []
+    try:
+        async with asyncio.timeout(ANSWER_S):  # all of them, or the test fails
+            while len(got) < records:
+                batches = await consumer.getmany(timeout_ms=1_000)
+                for ms in batches.values():
+                    got += [
+                        (m.partition, m.offset, m.key, m.value, m.timestamp, tuple(m.headers))
+                        for m in ms
+                    ]
+    finally:
+        await consumer.stop()
+    return sorted(got)
+
+
+async def _copy_and_tansu(records: int) -> tuple[Read, Read, int]:
+    """Records produced to 4 partitions while a consumer (60 s fetch wait) reads them through
+    the front's copy; then the same topic read again with the copy turned off, from Tansu."""
+    async with _front_in_process() as (front, bootstrap):
+        topic = await _topic(bootstrap, 4)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            reading = asyncio.create_task(_read_all(bootstrap, topic, records, LONG_WAIT_MS))
+            for i in range(records):
+                sent = await producer.send(
+                    topic,
+                    f"v{i}".encode(),
+                    key=b"k%d" % i,
+                    partition=i * 7 % 4,
+                    headers=[("n", b"%d" % i)],
+                )
+                if i % 5 == 0:
+                    await sent  # some records alone, some in batches
+            through_copy = await reading
+        finally:
+            await producer.stop()
+        assert front.cache is not None
+        served = front.cache.served
+        front.cache = None
+        from_tansu = await _read_all(bootstrap, topic, records, 100)
+    return through_copy, from_tansu, served
+
+
+def test_what_the_front_answers_from_its_copy_is_what_tansu_answers() -> None:
+    records = 400
+    through_copy, from_tansu, served = asyncio.run(_copy_and_tansu(records))
+    assert served > 0  # the copy answered fetches
+    assert through_copy == from_tansu
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset, key, value, _, headers in from_tansu:
+        by_partition.setdefault(partition, []).append(offset)
+        assert value is not None and key == b"k" + value[1:] and headers == (("n", value[1:]),)
+    assert sum(map(len, by_partition.values())) == records
+    assert all(offsets == list(range(len(offsets))) for offsets in by_partition.values())
 
 
 def test_the_broker_behind_the_front_ends_with_it() -> None:

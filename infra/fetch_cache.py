@@ -40,6 +40,12 @@ MAX_AHEAD = 64
 FORGET_ALL = frozenset({19, 20, 21, 37})
 
 
+def _servable(fetch: wire.FetchRequest) -> bool:
+    """A fetch the front can answer: a version whose response `wire.fetch_response` writes,
+    outside any fetch session (each fetch names all it wants)."""
+    return 5 <= fetch.version < wire.FLEXIBLE[wire.FETCH] and fetch.session_epoch == -1
+
+
 @dataclass
 class _Log:
     first: int
@@ -205,7 +211,7 @@ class FetchCache:
     def holds(self, fetch: wire.FetchRequest) -> bool:
         """Whether every partition `fetch` names is known and read to its end: nothing to
         answer until a produce to one of them completes."""
-        if not 5 <= fetch.version < wire.FLEXIBLE[wire.FETCH] or fetch.session_epoch != -1:
+        if not _servable(fetch):
             return False
         for k, offset in zip(fetch.partitions, fetch.offsets, strict=True):
             log = self._logs.get(k)
@@ -216,7 +222,7 @@ class FetchCache:
     def answer(self, fetch: wire.FetchRequest) -> bytes | None:
         """A Fetch response frame for `fetch` from what is kept, or None (see the module's
         docstring for when)."""
-        if not 5 <= fetch.version < wire.FLEXIBLE[wire.FETCH] or fetch.session_epoch != -1:
+        if not _servable(fetch):
             return None
         parts: list[tuple[wire.Key, int, int, list[bytes]]] = []
         budget = fetch.max_bytes

@@ -313,18 +313,14 @@ class LongPollFront:
             up = await link.take()
             assert up is not None
             link.sent_at = loop.time()
-            mark = cache.mark(fetch.partitions) if cache is not None else ()
-            answer = asyncio.ensure_future(up.request(frame))
+            answer = asyncio.ensure_future(self._ask(up, frame, fetch))
             asked_again = False
             while True:
                 assert answer is not None
                 await asyncio.wait((answer, wake), return_when=asyncio.FIRST_COMPLETED)
                 if answer.done():
                     link.give(up)
-                    reply = answer.result()
-                    if cache is not None:
-                        cache.learn(fetch, reply, mark)
-                    return reply
+                    return answer.result()
                 before, mine, others = self._changes(watch, before, own)
                 self._unwatch(watch, wake)
                 wake = self._watch(watch)
@@ -349,27 +345,31 @@ class LongPollFront:
                 if mine:  # new records for this fetch: ask again, answered once read
                     asked_again = True
                     link.sent_at = loop.time()
-                    mark = cache.mark(fetch.partitions) if cache is not None else ()
                     answer = asyncio.ensure_future(
-                        up.request(wire.with_max_wait(frame, fetch, left_ms))
+                        self._ask(up, wire.with_max_wait(frame, fetch, left_ms), fetch)
                     )
                     continue
                 # New records for a partition this fetch leaves out: answer now.
                 until = loop.time() + PENDING_S
                 link.pending.update((k, until) for k in others)
                 try:
-                    if cache is not None:
-                        mark = cache.mark(fetch.partitions)
-                    reply = await up.request(wire.with_max_wait(frame, fetch, 0))
-                    if cache is not None:
-                        cache.learn(fetch, reply, mark)
-                    return reply
+                    return await self._ask(up, wire.with_max_wait(frame, fetch, 0), fetch)
                 finally:
                     link.give(up)
         finally:
             self._unwatch(watch, wake)
             if up is not None and answer is not None and not answer.done():  # client gone
                 link.drop(up, answer)
+
+    async def _ask(self, up: _Upstream, frame: bytes, fetch: wire.FetchRequest) -> bytes:
+        """Tansu's answer to `frame` (the fetch `fetch`), from which the copy learns its
+        partitions' ends."""
+        if self.cache is None:
+            return await up.request(frame)
+        mark = self.cache.mark(fetch.partitions)
+        reply = await up.request(frame)
+        self.cache.learn(fetch, reply, mark)
+        return reply
 
     def _changes(
         self, watch: tuple[wire.Key, ...], before: list[int], own: set[wire.Key]

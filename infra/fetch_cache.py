@@ -43,7 +43,7 @@ FORGET_ALL = frozenset({19, 20, 21, 37})
 def _servable(fetch: wire.FetchRequest) -> bool:
     """A fetch the front can answer: a version whose response `wire.fetch_response` writes,
     outside any fetch session (each fetch names all it wants)."""
-    return 5 <= fetch.version < wire.FLEXIBLE[wire.FETCH] and fetch.session_epoch == -1
+    return 5 <= fetch.version <= wire.MAX_FETCH_VERSION and fetch.session_epoch == -1
 
 
 @dataclass
@@ -122,7 +122,7 @@ class FetchCache:
         self._inflight: collections.Counter[wire.Key] = collections.Counter()
         self._acked: collections.Counter[wire.Key] = collections.Counter()
         self._size = 0
-        self.served = 0  # fetches answered here
+        self.served: collections.Counter[int] = collections.Counter()  # answered here, by version
 
     @property
     def size(self) -> int:
@@ -239,5 +239,5 @@ class FetchCache:
             parts.append((k, log.end, log.log_start, batches))
         if budget == fetch.max_bytes:
             return None  # no records: Tansu holds the fetch until some come
-        self.served += 1
+        self.served[fetch.version] += 1
         return wire.fetch_response(fetch, parts)

@@ -9,9 +9,13 @@ plus tagged fields in flexible versions, except for ApiVersions, whose response 
 never flexible. Field layouts per version follow the protocol's JSON message definitions in
 Apache Kafka (`clients/src/main/resources/common/message/FetchRequest.json`, ...).
 
-Read here: a Fetch request (its wait and the partitions it names), a Produce request (its
-acks and partitions), and an ApiVersions response (to cap the Fetch version at the last one that names topics rather than
-topic ids). Anything else passes through the front as bytes. Every reader raises
+Read here: a Fetch request (its wait, the partitions it names, their offsets and sizes), a
+Produce request (its acks, partitions and records) and its response, a Fetch response's
+partition states, and an ApiVersions response (to cap the Fetch version at the last one
+that names topics rather than topic ids). Written here: Fetch responses of versions 5 to 12
+(aiokafka sends v11, librdkafka v12, the first flexible one), for the front's copy of the
+records it relayed (`infra/fetch_cache.py`). Anything else passes through the front as
+bytes. Every reader raises
 `WireError` on a frame it cannot read; the front then forwards that frame untouched.
 """
 
@@ -275,56 +279,78 @@ class PartitionState:
     log_start: int
 
 
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def fetch_response_states(frame: bytes, version: int) -> dict[Key, PartitionState]:
-    """Each partition's state in a Fetch response frame of version 5 to 11 (the records are
+    """Each partition's state in a Fetch response frame of version 5 to 12 (the records are
     skipped, not read)."""
-    if not 5 <= version < FLEXIBLE[FETCH]:
+    if not 5 <= version <= MAX_FETCH_VERSION:
         raise WireError(f"Fetch responses v{version} are not read here")
+    flexible = version >= FLEXIBLE[FETCH]
     reader = _Reader(frame)
     reader.int32()  # correlation id
+    reader.tags(flexible)  # the response header's
     reader.int32()  # throttle time
     if version >= 7:
         reader.int16()  # error code
         reader.int32()  # session id
     out: dict[Key, PartitionState] = {}
-    for _ in range(reader.int32()):
-        topic = reader.string(flexible=False) or ""
-        for _ in range(reader.int32()):
+    for _ in range(reader.length(flexible)):
+        topic = reader.string(flexible) or ""
+        for _ in range(reader.length(flexible)):
             index, error = reader.int32(), reader.int16()
             high, _stable, start = reader.int64(), reader.int64(), reader.int64()
-            for _ in range(max(reader.int32(), 0)):  # aborted transactions
+            for _ in range(max(reader.length(flexible), 0)):  # aborted transactions
                 reader.skip(16)
+                reader.tags(flexible)
             if version >= 11:
                 reader.int32()  # preferred read replica
-            reader.skip(max(reader.int32(), 0))  # records
+            reader.skip(max(reader.length(flexible), 0))  # records
+            reader.tags(flexible)
             out[(topic, index)] = PartitionState(error, high, start)
+        reader.tags(flexible)
+    reader.tags(flexible)
     return out
 
 
 def fetch_response(fetch: FetchRequest, parts: list[tuple[Key, int, int, list[bytes]]]) -> bytes:
-    """A Fetch response frame (version 5 to 11, no fetch session) answering `fetch` with,
+    """A Fetch response frame (version 5 to 12, no fetch session) answering `fetch` with,
     per partition: (partition, high watermark, log start offset, record batches)."""
     version = fetch.version
-    if not 5 <= version < FLEXIBLE[FETCH]:
+    if not 5 <= version <= MAX_FETCH_VERSION:
         raise WireError(f"Fetch responses v{version} are not written here")
+    flexible = version >= FLEXIBLE[FETCH]
+    # An array's or bytes' length: compact (unsigned varint of length + 1) in flexible versions.
+    length = (lambda n: _uvarint(n + 1)) if flexible else _I32.pack
+    tags = b"\x00" if flexible else b""  # no tagged fields
     by_topic: dict[str, list[tuple[int, int, int, list[bytes]]]] = {}
     for (topic, index), high, start, batches in parts:
         by_topic.setdefault(topic, []).append((index, high, start, batches))
-    out = [_I32.pack(fetch.correlation_id), _I32.pack(0)]  # throttle time
+    out = [_I32.pack(fetch.correlation_id), tags, _I32.pack(0)]  # throttle time
     if version >= 7:
         out += [_I16.pack(0), _I32.pack(0)]  # error code, session id (none)
-    out.append(_I32.pack(len(by_topic)))
+    out.append(length(len(by_topic)))
     for topic, partitions in by_topic.items():
         name = topic.encode()
-        out += [_I16.pack(len(name)), name, _I32.pack(len(partitions))]
+        out += [length(len(name)) if flexible else _I16.pack(len(name)), name]
+        out.append(length(len(partitions)))
         for index, high, start, batches in partitions:
             # error 0, high watermark, last stable offset (no transactions), log start,
             # no aborted transactions
-            out.append(struct.pack(">ihqqqi", index, 0, high, high, start, 0))
+            out += [struct.pack(">ihqqq", index, 0, high, high, start), length(0)]
             if version >= 11:
                 out.append(_I32.pack(-1))  # no preferred read replica
-            out.append(_I32.pack(sum(map(len, batches))))
-            out += batches
+            out.append(length(sum(map(len, batches))))
+            out += [*batches, tags]
+        out.append(tags)
+    out.append(tags)
     return b"".join(out)
 
 

@@ -11,10 +11,12 @@ not how fast (that is `alto bench legs` and `alto bench hop`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,6 +24,8 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer
+from confluent_kafka import TopicPartition as RdTopicPartition
 
 from alto.infra.broker import (
     EmbeddedBroker,
@@ -151,13 +155,15 @@ async def _front_in_process() -> AsyncIterator[tuple[LongPollFront, str]]:
 Read = list[tuple[int, int, bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]]
 
 
-async def _read_all(bootstrap: str, topic: str, records: int, wait_ms: int) -> Read:
+async def _read_all(
+    bootstrap: str, topic: str, records: int, wait_ms: int, got: Read | None = None
+) -> Read:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=wait_ms)
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(4)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
-    got: Read = []
+    got = [] if got is None else got
     try:
         async with asyncio.timeout(ANSWER_S):  # all of them, or the test fails
             while len(got) < records:
@@ -172,15 +178,49 @@ async def _read_all(bootstrap: str, topic: str, records: int, wait_ms: int) -> R
     return sorted(got)
 
 
-async def _copy_and_tansu(records: int) -> tuple[Read, Read, int]:
-    """Records produced to 4 partitions while a consumer (60 s fetch wait) reads them through
-    the front's copy; then the same topic read again with the copy turned off, from Tansu."""
+def _read_all_librdkafka(bootstrap: str, topic: str, records: int, wait_ms: int, got: Read) -> Read:
+    """As `_read_all`, by librdkafka (Fetch v12, the flexible layout), in a thread."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4().hex}",  # required, never joined
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": wait_ms,
+        }
+    )
+    consumer.assign([RdTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(4)])
+    deadline = time.monotonic() + ANSWER_S  # all of them, or the test fails
+    try:
+        while len(got) < records and time.monotonic() < deadline:
+            for m in consumer.consume(500, timeout=0.5):
+                assert m.error() is None, m.error()
+                headers = tuple((k, v) for k, v in m.headers() or [])
+                got.append(
+                    (m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1], headers)
+                )
+    finally:
+        consumer.close()
+    return sorted(got)
+
+
+async def _copy_and_tansu(records: int) -> tuple[Read, Read, Read, collections.Counter[int]]:
+    """Records produced to 4 partitions while two consumers (60 s fetch wait; aiokafka and
+    librdkafka) read them through the front's copy; then the same topic read again with the
+    copy turned off, from Tansu."""
     async with _front_in_process() as (front, bootstrap):
         topic = await _topic(bootstrap, 4)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         await producer.start()
         try:
-            reading = asyncio.create_task(_read_all(bootstrap, topic, records, LONG_WAIT_MS))
+            got: Read = []
+            got_rd: Read = []
+            reading = asyncio.create_task(_read_all(bootstrap, topic, records, LONG_WAIT_MS, got))
+            reading_rd = asyncio.create_task(
+                asyncio.to_thread(
+                    _read_all_librdkafka, bootstrap, topic, records, LONG_WAIT_MS, got_rd
+                )
+            )
+            first = 8  # produced alone first, until both consumers read them: both are live
             for i in range(records):
                 sent = await producer.send(
                     topic,
@@ -189,23 +229,29 @@ async def _copy_and_tansu(records: int) -> tuple[Read, Read, int]:
                     partition=i * 7 % 4,
                     headers=[("n", b"%d" % i)],
                 )
-                if i % 5 == 0:
+                if i % 5 == 0 or i < first:
                     await sent  # some records alone, some in batches
-            through_copy = await reading
+                if i == first - 1:
+                    async with asyncio.timeout(ANSWER_S):
+                        while min(len(got), len(got_rd)) < first:
+                            await asyncio.sleep(0.01)
+            through_copy, through_copy_rd = await reading, await reading_rd
         finally:
             await producer.stop()
         assert front.cache is not None
         served = front.cache.served
         front.cache = None
         from_tansu = await _read_all(bootstrap, topic, records, 100)
-    return through_copy, from_tansu, served
+    return through_copy, through_copy_rd, from_tansu, served
 
 
 def test_what_the_front_answers_from_its_copy_is_what_tansu_answers() -> None:
     records = 400
-    through_copy, from_tansu, served = asyncio.run(_copy_and_tansu(records))
-    assert served > 0  # the copy answered fetches
+    through_copy, through_copy_rd, from_tansu, served = asyncio.run(_copy_and_tansu(records))
+    # The copy answered fetches of both layouts: aiokafka's v11 and librdkafka's v12.
+    assert served[11] > 0 and served[12] > 0, served
     assert through_copy == from_tansu
+    assert through_copy_rd == from_tansu
     by_partition: dict[int, list[int]] = {}
     for partition, offset, key, value, _, headers in from_tansu:
         by_partition.setdefault(partition, []).append(offset)

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import io
 
-from aiokafka.protocol.api import RequestHeader_v1
+import pytest
+from aiokafka.protocol.api import RequestHeader_v1, RequestHeader_v2
 from aiokafka.protocol.fetch import FetchRequest_v11, FetchResponse_v11
 from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
+from aiokafka.protocol.struct import Struct
+from aiokafka.protocol.types import (
+    CompactArray,
+    CompactBytes,
+    CompactString,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
@@ -20,8 +33,92 @@ from alto.infra.fetch_cache import FetchCache
 T = "alto.claims"
 
 
+# Fetch v12, the first flexible version (librdkafka's, through the front): aiokafka has no
+# class for it, so its layout is written here from Apache Kafka's FetchRequest.json and
+# FetchResponse.json with aiokafka's compact types and tagged fields.
+class _FetchRequestV12(Struct):
+    API_KEY, API_VERSION = 1, 12
+    SCHEMA = Schema(
+        *[(n, Int32) for n in ("replica_id", "max_wait_ms", "min_bytes", "max_bytes")],
+        ("isolation_level", Int8),
+        ("session_id", Int32),
+        ("session_epoch", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition", Int32),
+                        ("current_leader_epoch", Int32),
+                        ("fetch_offset", Int64),
+                        ("last_fetched_epoch", Int32),
+                        ("log_start_offset", Int64),
+                        ("partition_max_bytes", Int32),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        (
+            "forgotten",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                ("partitions", CompactArray(Int32)),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("rack_id", CompactString("utf-8")),
+        ("tags", TaggedFields),
+    )
+
+
+class _FetchResponseV12(Struct):
+    SCHEMA = Schema(
+        ("correlation_id", Int32),
+        ("header_tags", TaggedFields),
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("session_id", Int32),
+        (
+            "responses",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition_index", Int32),
+                        ("error_code", Int16),
+                        ("high_watermark", Int64),
+                        ("last_stable_offset", Int64),
+                        ("log_start_offset", Int64),
+                        (
+                            "aborted",
+                            CompactArray(
+                                ("producer_id", Int64),
+                                ("first_offset", Int64),
+                                ("tags", TaggedFields),
+                            ),
+                        ),
+                        ("preferred_read_replica", Int32),
+                        ("records", CompactBytes),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
 def _frame(struct: object) -> bytes:
-    header = RequestHeader_v1(struct, correlation_id=41, client_id="t")
+    flexible = isinstance(struct, _FetchRequestV12)
+    header = (RequestHeader_v2 if flexible else RequestHeader_v1)(
+        struct, correlation_id=41, client_id="t", **({"tags": {}} if flexible else {})
+    )
     return bytes(header.encode() + struct.encode())  # type: ignore[attr-defined]
 
 
@@ -48,24 +145,39 @@ def _I32(value: int) -> bytes:  # noqa: N802
     return value.to_bytes(4, "big", signed=True)
 
 
-def _fetch(offsets: dict[int, int], max_bytes: int = 1 << 20) -> wire.FetchRequest:
-    parts = [(p, -1, offset, -1, 1 << 20) for p, offset in offsets.items()]
-    request = FetchRequest_v11(-1, 250, 1, max_bytes, 0, 0, -1, [(T, parts)], [], "")
+def _fetch(offsets: dict[int, int], max_bytes: int = 1 << 20, v: int = 11) -> wire.FetchRequest:
+    if v == 12:
+        parts12 = [(p, -1, offset, -1, -1, 1 << 20, {}) for p, offset in offsets.items()]
+        request: object = _FetchRequestV12(
+            -1, 250, 1, max_bytes, 1, 0, -1, [(T, parts12, {})], [], "", {}
+        )
+    else:
+        parts = [(p, -1, offset, -1, 1 << 20) for p, offset in offsets.items()]
+        request = FetchRequest_v11(-1, 250, 1, max_bytes, 0, 0, -1, [(T, parts)], [], "")
     return wire.parse_fetch(_frame(request))
 
 
-def _tansu_answer(highs: dict[int, int]) -> bytes:
+def _tansu_answer(highs: dict[int, int], v: int = 11) -> bytes:
     """An empty Fetch response as the broker sends it: each partition's high watermark."""
+    if v == 12:
+        parts12 = [(p, 0, h, h, 0, [], -1, b"", {}) for p, h in highs.items()]
+        return bytes(_FetchResponseV12(41, {}, 0, 0, 0, [(T, parts12, {})], {}).encode())
     parts = [(p, 0, h, h, 0, [], -1, b"") for p, h in highs.items()]
     return _I32(41) + bytes(FetchResponse_v11(0, 0, 0, [(T, parts)]).encode())
 
 
-def _records(frame: bytes) -> dict[int, list[tuple[int, str]]]:
-    """(offset, value) per partition of a Fetch response frame, read by aiokafka."""
-    response = FetchResponse_v11.decode(io.BytesIO(frame[4:]))
+def _records(frame: bytes, v: int = 11) -> dict[int, list[tuple[int, str]]]:
+    """(offset, value) per partition of a Fetch response frame, read by aiokafka (v11) or
+    by the v12 layout above."""
     assert _I32(41) == frame[:4]  # the request's correlation id
+    if v == 12:
+        v12 = _FetchResponseV12.decode(io.BytesIO(frame))
+        assert v12.error_code == 0 and v12.session_id == 0 and v12.tags == {}
+        topics: list = [(t, [p[:8] for p in ps]) for t, ps, _tags in v12.responses]
+    else:
+        topics = FetchResponse_v11.decode(io.BytesIO(frame[4:])).topics
     out: dict[int, list[tuple[int, str]]] = {}
-    for topic, partitions in response.topics:
+    for topic, partitions in topics:
         assert topic == T
         for index, error, high, stable, _start, _aborted, _replica, data in partitions:
             assert error == 0 and stable == high
@@ -77,9 +189,9 @@ def _records(frame: bytes) -> dict[int, list[tuple[int, str]]]:
     return out
 
 
-def _known(cache: FetchCache, highs: dict[int, int]) -> None:
-    fetch = _fetch(highs)
-    cache.learn(fetch, _tansu_answer(highs), cache.mark(fetch.partitions))
+def _known(cache: FetchCache, highs: dict[int, int], v: int = 11) -> None:
+    fetch = _fetch(highs, v=v)
+    cache.learn(fetch, _tansu_answer(highs, v), cache.mark(fetch.partitions))
 
 
 def _write(cache: FetchCache, partitions: dict[int, bytes], bases: dict[int, int]) -> None:
@@ -88,19 +200,27 @@ def _write(cache: FetchCache, partitions: dict[int, bytes], bases: dict[int, int
     cache.produced(written, _acked(bases))
 
 
-def test_records_just_produced_are_answered_at_the_offsets_the_broker_gave_them() -> None:
+@pytest.mark.parametrize("v", [11, 12], ids=["aiokafka-v11", "librdkafka-v12"])
+def test_records_just_produced_are_answered_at_the_offsets_the_broker_gave_them(v: int) -> None:
     cache = FetchCache()
-    _known(cache, {0: 5, 1: 0})
+    _known(cache, {0: 5, 1: 0}, v)  # learnt from a response of the fetch's own version
     _write(cache, {0: _batch("a", "b"), 1: _batch("c")}, {0: 5, 1: 0})
     _write(cache, {0: _batch("d")}, {0: 7})
 
-    answer = cache.answer(_fetch({0: 5, 1: 0}))
+    answer = cache.answer(_fetch({0: 5, 1: 0}, v=v))
     assert answer is not None
-    assert _records(answer) == {0: [(5, "a"), (6, "b"), (7, "d")], 1: [(0, "c")]}
+    assert _records(answer, v) == {0: [(5, "a"), (6, "b"), (7, "d")], 1: [(0, "c")]}
     # From the middle of a batch: the whole batch, as a broker sends it (the client skips).
-    answer = cache.answer(_fetch({0: 6, 1: 1}))
-    assert answer is not None and _records(answer) == {0: [(5, "a"), (6, "b"), (7, "d")], 1: []}
-    assert cache.served == 2
+    answer = cache.answer(_fetch({0: 6, 1: 1}, v=v))
+    assert answer is not None
+    assert _records(answer, v) == {0: [(5, "a"), (6, "b"), (7, "d")], 1: []}
+    assert cache.served == {v: 2}
+    # What the front writes, it reads back as it reads Tansu's answers.
+    states = wire.fetch_response_states(answer, v)
+    assert {k: (s.error, s.high_watermark) for k, s in states.items()} == {
+        (T, 0): (0, 8),
+        (T, 1): (0, 1),
+    }
 
 
 def test_a_fetch_with_nothing_to_read_or_an_unknown_range_goes_to_the_broker() -> None:

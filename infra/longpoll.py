@@ -64,7 +64,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from alto import loops
 from alto.infra import kafka_wire as wire
@@ -442,29 +442,30 @@ class _UpstreamClosed(ConnectionError):
     """Tansu closed its side of a connection (the front then closes the client's)."""
 
 
-async def _run(host: str, port: int, *, cache: bool = True) -> int:
+@contextlib.asynccontextmanager
+async def serving(
+    host: str, port: int, *, cache: bool = True, quiet: bool = False
+) -> AsyncIterator[tuple[LongPollFront, subprocess.Popen[bytes]]]:
+    """Tansu on a private port and, in this process, the front on HOST:PORT before it (what
+    `python -m alto.infra.longpoll` runs; the tests use it to read the front's counters).
+    Both stop on exit; `quiet` drops Tansu's output."""
     private = free_port()
+    out = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen(  # noqa: S603
         tansu_command(f"127.0.0.1:{private}", f"{connect_host(host)}:{port}"),
         env={**os.environ, **tansu_log_env()},
-        preexec_fn=lifetime.preexec(),  # noqa: PLW1509 (main thread, before any other)
+        stdout=out,
+        stderr=out,
+        preexec_fn=lifetime.preexec(),  # noqa: PLW1509 (armed only from the main thread)
     )
     try:
         await asyncio.to_thread(wait_for_port, "127.0.0.1", private, 20.0, proc)
         front = LongPollFront("127.0.0.1", private, cache=cache)
         server = await front.serve(host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        broker_exit = asyncio.create_task(asyncio.to_thread(proc.wait))
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait((broker_exit, stopping), return_when=asyncio.FIRST_COMPLETED)
-        server.close()
-        if broker_exit.done():
-            log.error("Tansu exited with code %s", proc.returncode)
-            return proc.returncode or 1
-        return 0
+        try:
+            yield front, proc
+        finally:
+            server.close()
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -472,6 +473,21 @@ async def _run(host: str, port: int, *, cache: bool = True) -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def _run(host: str, port: int, *, cache: bool = True) -> int:
+    async with serving(host, port, cache=cache) as (_front, proc):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        broker_exit = asyncio.create_task(asyncio.to_thread(proc.wait))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait((broker_exit, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if broker_exit.done():
+            log.error("Tansu exited with code %s", proc.returncode)
+            return proc.returncode or 1
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

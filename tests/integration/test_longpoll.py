@@ -15,7 +15,6 @@ import collections
 import contextlib
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,11 +29,8 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from alto.infra.broker import (
     EmbeddedBroker,
     free_port,
-    tansu_command,
-    tansu_log_env,
-    wait_for_port,
 )
-from alto.infra.longpoll import LongPollFront
+from alto.infra.longpoll import LongPollFront, serving
 
 LONG_WAIT_MS = 60_000
 ANSWER_S = 15.0
@@ -132,24 +128,9 @@ def test_fetches_woken_one_after_another_are_all_answered() -> None:
 @contextlib.asynccontextmanager
 async def _front_in_process() -> AsyncIterator[tuple[LongPollFront, str]]:
     """Tansu on a private port and the front in this process (to read its counters)."""
-    private, public = free_port(), free_port()
-    proc = subprocess.Popen(  # noqa: S603
-        tansu_command(f"127.0.0.1:{private}", f"127.0.0.1:{public}"),
-        env={**os.environ, **tansu_log_env()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        await asyncio.to_thread(wait_for_port, "127.0.0.1", private, 20.0, proc)
-        front = LongPollFront("127.0.0.1", private)
-        server = await front.serve("127.0.0.1", public)
-        try:
-            yield front, f"127.0.0.1:{public}"
-        finally:
-            server.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    public = free_port()
+    async with serving("127.0.0.1", public, quiet=True) as (front, _proc):
+        yield front, f"127.0.0.1:{public}"
 
 
 Read = list[tuple[int, int, bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]]

@@ -60,7 +60,7 @@ from alto.schemas.messages import (
 from alto.streams.ingest import Ingest
 from alto.streams.local import LM_TOPIC, PREFIX, SINK
 from alto.streams.operators import Item
-from alto.streams.outputs import CallLM, DeadLetterOut, Output, Send
+from alto.streams.outputs import CallLM, DeadLetterOut, Output, Send, clock, now_ms
 from alto.streams.pipeline import Topology
 from alto.streams.processor import Routing, StageProcessor
 from alto.streams.sink import Sink
@@ -71,6 +71,8 @@ OTHER_INSTANCES = 4
 GPU_STAGES = ("encode", "rerank", "claim_search")  # MiniLM: GPU stages in the paper's setup
 GPU_FACTOR = 24.0
 HOP_S = 0.002
+# Where the virtual clock's stamps start (seconds since 1970: 2023-11-14), not at 0.
+VIRTUAL_EPOCH_S = 1_700_000_000.0
 LM_HOPS = 2
 WORKER = "cluster"
 
@@ -175,12 +177,23 @@ class Cluster:
         self, arrivals: list[tuple[float, PipelineRequest]], drain_s: float
     ) -> ClusterRun:
         loop = asyncio.get_running_loop()
+        # Every stamp of the stage and LM serving code reads the virtual clock (from a fixed
+        # epoch: 0 means "unknown" in a trace), so that results' traces give critical paths.
+        with clock(lambda: VIRTUAL_EPOCH_S + loop.time()):
+            return await self._run(loop, arrivals, drain_s)
+
+    async def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        arrivals: list[tuple[float, PipelineRequest]],
+        drain_s: float,
+    ) -> ClusterRun:
         started = time.perf_counter()
         self._loop = loop
         self._remaining = len(arrivals)
         self._all_done = asyncio.Event()
         self._queues = {
-            s: [asyncio.Queue[Quantum]() for _ in range(self.spec.instances_of(s))]
+            s: [asyncio.Queue[tuple[Quantum, int]]() for _ in range(self.spec.instances_of(s))]
             for s in self.topology.topic_stages
         }
         self._tasks = [
@@ -217,25 +230,30 @@ class Cluster:
 
     def _arrive(self, request: PipelineRequest) -> None:
         self.run_state.arrived_s[request.request_id] = self._loop.time()
+        request = dataclasses.replace(request, submitted_at_ms=now_ms())
         for pool, engines in self._engines.items():
             running = sum(e.stats().running for e in engines) / len(engines)
             self.run_state.lm_batch[pool].append(running)
         # The request is produced to the requests topic and read by a worker's ingest: a hop.
         self._dispatch(self.ingest.handle(request))
 
-    async def _serve(self, stage: str, queue: asyncio.Queue[Quantum]) -> None:
+    async def _serve(self, stage: str, queue: asyncio.Queue[tuple[Quantum, int]]) -> None:
+        """One instance of `stage`, a FIFO server: the event's modelled service time, then
+        the stage's code (in no virtual time). In a trace the service time and the queue
+        before it are therefore `waiting` (received at the instance until the stage's span
+        started), and `compute` is nil."""
         processor, store = self.processors[stage], self.stores[stage]
         while True:
-            q = await queue.get()
+            q, received_ms = await queue.get()
             key = cost_key(stage, q)
-            t0 = time.perf_counter()
-            outs = [o async for o in processor.process(q, store)]
-            if self.costs is not None:
-                self.costs.setdefault(key, []).append(time.perf_counter() - t0)
             service = self.spec.service_s.get(key, 0.0)
             if service > 0:
                 await asyncio.sleep(service)
                 self.run_state.busy_s[stage] += service
+            t0 = time.perf_counter()
+            outs = [o async for o in processor.process(q, store, received_ms)]
+            if self.costs is not None:
+                self.costs.setdefault(key, []).append(time.perf_counter() - t0)
             self._dispatch(outs)
 
     def _dispatch(self, outs: list[Output] | list[Send | DeadLetterOut]) -> None:
@@ -250,11 +268,15 @@ class Cluster:
                 stage = self.stage_of[out.topic]
                 queues = self._queues[stage]
                 queue = queues[zlib.crc32(out.key.encode()) % len(queues)]
-                self._loop.call_later(hop, queue.put_nowait, out.quantum)
+                self._loop.call_later(hop, self._receive, queue, out.quantum)
             elif isinstance(out, CallLM):
                 self._loop.call_later(hop * self.spec.lm_hops, self._place, out.request)
             else:
                 self.run_state.dead_letters.append(out)
+
+    @staticmethod
+    def _receive(queue: asyncio.Queue[tuple[Quantum, int]], q: Quantum) -> None:
+        queue.put_nowait((q, now_ms()))
 
     def _place(self, request: LMRequest) -> None:
         pool = self._engines.get(request.stage) or [

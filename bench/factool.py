@@ -95,7 +95,7 @@ from alto.infra.client import new_request, stage_windows
 from alto.infra.openloop import OpenLoop
 from alto.infra.stack import Stack
 from alto.schemas.messages import Mode, PipelineResult, ResultStatus
-from alto.streams.critical_path import Medians, medians, medians_of
+from alto.streams.critical_path import medians, medians_of
 
 
 def _arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -165,13 +165,8 @@ def _run_kafka(
         for stage, ms in stage_windows(g).items():
             per_stage[stage].append(ms / 1000)
     point.stages_s = {s: round(statistics.median(v), 3) for s, v in per_stage.items()}
-    _set_critical(point, medians(ok, factool.build()))
+    point.set_critical(medians(ok, factool.build()))
     return point
-
-
-def _set_critical(point: Point, found: Medians) -> None:
-    point.critical_ms = {k: round(v, 1) for k, v in found.ms.items()}
-    point.critical_shares = {k: round(v, 4) for k, v in found.shares.items()}
 
 
 # -- LangGraph -----------------------------------------------------------------------------
@@ -360,7 +355,7 @@ def _tier(
         ]
         point = make_point(tier, "langgraph", rate, n, lat, done, ready)
         point.cpu_s_per_request = round(cpu_used / n, 3)
-        _set_critical(point, medians_of([r["critical_ms"] for r in runs if r.get("output")]))
+        point.set_critical(medians_of([r["critical_ms"] for r in runs if r.get("output")]))
         points.append(point)
         progress(describe(point))
     return points, idle_cores

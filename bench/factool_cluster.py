@@ -30,6 +30,7 @@ from alto.bench.common import progress
 from alto.bench.factool_point import SEED, Point, make_point
 from alto.bench.virtual_time import run_virtual
 from alto.schemas.messages import Mode, PipelineRequest
+from alto.streams.critical_path import medians
 from alto.streams.processor import now_ms
 
 POOL = 32
@@ -123,6 +124,9 @@ def run_tier(
                 "busiest_stage_utilisation": round(busiest[1], 3),
                 **{f"lm_batch_{p}": round(b, 1) for p, b in batch.items()},
             }
+            # Where the time went, from the results' traces in virtual time (the stages'
+            # service times and their queues show as `waiting`: `Cluster._serve`).
+            point.set_critical(medians([run.results[r] for r in run.ok], factool.build()))
             points.append(point)
             progress(
                 f"cluster {system:9} offered {rate:g}/s: {point.completed}/{point.sent} done, "

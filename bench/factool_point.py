@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from alto.bench.common import percentile
+from alto.streams.critical_path import Medians
 
 TARGET_MEDIAN_S = 4.0
 TARGETS_S = (2.0, 4.0, 8.0)  # the latency targets the throughput is also reported at
@@ -77,6 +78,10 @@ class Point:
     # median share of a request's latency. Ours only: LangGraph's results have no trace.
     critical_ms: dict[str, float] = field(default_factory=dict)
     critical_shares: dict[str, float] = field(default_factory=dict)
+
+    def set_critical(self, found: Medians) -> None:
+        self.critical_ms = {k: round(v, 1) for k, v in found.ms.items()}
+        self.critical_shares = {k: round(v, 4) for k, v in found.shares.items()}
 
 
 def make_point(

@@ -2,52 +2,41 @@
 when a record arrives for it, not when its wait is over.
 
 Why. Tansu 0.6 reads a fetch's partitions once and, if it found nothing, sleeps out the
-fetch's whole `max_wait` (design notes, "Tansu's fetch holds for the whole wait"): a record
-produced meanwhile waits for the sleep to end and for the next fetch. `alto bench legs`
-measured that hold at more than half of every hop (about 8 ms of a 13 ms hop at the 25 ms
-wait), and a shorter wait costs more in polling than it gives back. Apache Kafka parks such
-a fetch in its "purgatory" and answers it as soon as `min_bytes` arrive; this front gives
-Tansu the same behaviour.
+fetch's whole `max_wait` (design notes, "Tansu's fetch holds for the whole wait"), so a
+record produced meanwhile waits for the sleep and the next fetch: more than half of every
+hop in `alto bench legs` at a 25 ms wait. Apache Kafka parks such a fetch in its
+"purgatory" and answers it as soon as `min_bytes` arrive; this front gives Tansu the same.
 
-How. Every embedded broker (`EmbeddedBroker`, so `alto broker`, `alto up`, the tests and
-the benchmarks) runs Tansu on a private port, advertising the front's address, and the front
-on the public one, in one process tree. The front forwards each client connection's
-requests one at a time (Apache Kafka, too, reads a connection's next request only once it
-has answered the last) over a few connections of its own to Tansu. It reads three kinds of
-request (`kafka_wire`):
+How. Every embedded broker (`EmbeddedBroker`: `alto broker`, `alto up`, the tests and the
+benchmarks) runs Tansu on a private port, advertising the front's address, and the front on
+the public one. The front forwards each client connection's requests one at a time (as
+Apache Kafka reads them) over a few connections of its own to Tansu. It reads three kinds
+of request (`kafka_wire`):
 
 - **Produce**: sent on; once Tansu has answered it (at once for `acks=0`, which has no
   answer), the fetches waiting on its partitions wake.
-- **Fetch**: sent on as it is. If a produce to one of its partitions completes while Tansu
-  holds it, the same fetch is sent again over another connection, with what is left of its
-  wait: Tansu answers that one as soon as it has read the new records, and the first one's
-  connection is closed (reset), its answer unread. A fetch goes out again no sooner than
-  `RESEND_GAP_S` after the connection's last one, so that a client reading records as fast
-  as they come does not make Tansu read a partition per record. (The wait itself cannot be
-  shortened: Tansu 0.6 reads only what it can within the wait it is given, which grows with
-  the batches a partition holds: in a partition of 1,250 single-record batches a fetch with
-  a 1 ms wait came back empty.) A produce to a partition that the connection fetched
-  lately but that this fetch leaves out (its client still holds records of it, and sends
-  one fetch at a time) answers the fetch at once, empty, so that the fetch that names the
-  partition can go out.
+- **Fetch**: answered from the front's copy of the newest acknowledged batches of each
+  partition (`infra/fetch_cache.py`) when it holds the records asked for, at once or when
+  the produce that brings them completes; held by the front itself when the copy knows its
+  partitions hold nothing new (Tansu reads it once, at once, when its wait ends: the
+  front's idea of a partition's end is checked at least once a wait). Otherwise sent on;
+  if a produce to one of its partitions completes while Tansu holds it, the same fetch goes
+  again over another connection with what is left of its wait (Tansu answers that one once
+  it has read the new records; the first connection is reset), no sooner than
+  `RESEND_GAP_S` after the connection's last one, so that a client reading records as they
+  come does not make Tansu read a partition per record. (Tansu 0.6 reads only what it can
+  within the wait it is given: a 1 ms wait on 1,250 single-record batches came back empty.)
+  A produce to a partition the connection fetched lately but this fetch leaves out (its
+  client still holds records of it) answers the fetch at once, empty, so that the fetch
+  naming it can go out.
 - **ApiVersions**: Fetch is capped at v12, the last version naming topics rather than
   topic ids, so that fetches and produces name partitions alike.
 
-A fetch whose records the front has just relayed is answered by the front itself, from its
-copy of the newest acknowledged batches of each partition (`infra/fetch_cache.py`): at once
-if they are there when it arrives, or when the produce that brings them completes, and Tansu
-does not read them again. A fetch whose partitions the copy knows to hold nothing new is
-held by the front, not sent to Tansu, until a produce answers it from the copy or its wait
-ends (then Tansu reads it once, at once: the front's idea of a partition's end is checked
-at least once a wait).
+Anything else, and any frame the front cannot read, goes through untouched. Every client
+reaches Tansu through the front (Tansu's metadata advertises it), so no produce goes
+unseen; a missed wake-up costs what Tansu alone does (the fetch ends at its wait).
 
-Anything else, and any frame the front cannot read, goes through untouched, with the
-broker's own behaviour. Every client reaches Tansu through the front (Tansu's metadata
-advertises it), so no produce goes unseen; a missed wake-up would cost what Tansu alone
-costs (the fetch ends at its wait).
-
-Run: `python -m alto.infra.longpoll --listen HOST:PORT` (what `EmbeddedBroker.command`
-builds).
+Run: `python -m alto.infra.longpoll --listen HOST:PORT` (`EmbeddedBroker.command`).
 """
 
 from __future__ import annotations

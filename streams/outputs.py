@@ -4,8 +4,10 @@ bookkeeping of one node's children (`Children`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,8 +36,26 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 LETTER_MARGIN_BYTES = 4096
 
 
+# What every stamp of the stream runtime (trace spans, created and received times, the
+# sink's completion) reads: the wall clock, or the cluster tier's virtual clock (`clock`).
+_clock: Callable[[], float] = time.time
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(_clock() * 1000)
+
+
+@contextlib.contextmanager
+def clock(seconds: Callable[[], float]) -> Iterator[None]:
+    """Within the block, stamps read `seconds()` instead of the wall clock (the cluster
+    tier's virtual-time loop, so that its traces give critical paths in virtual time).
+    Not thread-safe: the process's stamps all change."""
+    global _clock
+    before, _clock = _clock, seconds
+    try:
+        yield
+    finally:
+        _clock = before
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from alto.lm_service.sim import sim_text
 from alto.schemas.messages import Mode, PipelineRequest, ResultStatus
 from alto.streams import Pipeline
 from alto.streams.ancestry import node_key
+from alto.streams.critical_path import breakdown_ms
+from alto.streams.outputs import now_ms
 
 
 def test_virtual_time_jumps_to_each_timer_and_knows_a_stall() -> None:
@@ -94,6 +96,29 @@ def test_an_lm_pipeline_gives_exact_results_in_virtual_time(mode: Mode) -> None:
     # Latency is virtual: the engine's iterations (about 13 ms a word on the `paper`
     # profile), two hops to the engine and the hops between stages, not the wall clock.
     assert all(0.05 < lat < 10.0 for lat in run.latencies())
+
+
+@pytest.mark.parametrize("mode", [Mode.STREAMING, Mode.BASELINE])
+def test_traces_in_virtual_time_cut_each_latency_into_its_critical_path(mode: Mode) -> None:
+    """The stage and LM serving code stamp their traces on the virtual clock during a run
+    (and on the wall clock again after it), so each result's critical path adds up to its
+    virtual latency: the modelled hops, the engine, the stage's service time as `waiting`."""
+    topology = cluster_topology(claims.build(), {})
+    spec = ClusterSpec(hop_s=0.002, service_s={"words": 0.001})
+    arrivals = _requests("claims", 8, 1.0, mode, seed=3)
+    run = run_virtual(Cluster(topology, spec).run(arrivals, drain_s=60.0))
+    assert len(run.ok) == len(arrivals)
+    assert abs(now_ms() / 1000 - time.time()) < 5  # the wall clock again
+    for request_id in run.ok:
+        parts = breakdown_ms(run.results[request_id], claims.build())
+        latency_ms = (run.done_s[request_id] - run.arrived_s[request_id]) * 1000
+        assert sum(parts.values()) == pytest.approx(latency_ms, abs=2)  # stamps are whole ms
+        assert parts["unattributed"] == 0 and parts["compute"] == 0
+        assert parts["lm_dispatch"] == 3 * 2  # to the LM stage, then two hops to the engine
+        assert parts["waiting"] >= 1  # the `words` stage's service time
+        # Streaming: the engine is most of it. (Baseline holds a call's outputs until it
+        # ends, and the walk charges that hold as transit.)
+        assert parts["lm"] > (0.4 if mode is Mode.STREAMING else 0.1) * latency_ms
 
 
 def test_service_times_are_median_costs_and_minilm_runs_on_a_gpu() -> None:

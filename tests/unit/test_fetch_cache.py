@@ -12,110 +12,18 @@ import pytest
 from aiokafka.protocol.api import RequestHeader_v1, RequestHeader_v2
 from aiokafka.protocol.fetch import FetchRequest_v11, FetchResponse_v11
 from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
-from aiokafka.protocol.struct import Struct
-from aiokafka.protocol.types import (
-    CompactArray,
-    CompactBytes,
-    CompactString,
-    Int8,
-    Int16,
-    Int32,
-    Int64,
-    Schema,
-    TaggedFields,
-)
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
 from alto.infra import kafka_wire as wire
 from alto.infra.fetch_cache import FetchCache
+from tests.kafka_v12 import FetchRequestV12, FetchResponseV12
 
 T = "alto.claims"
 
 
-# Fetch v12, the first flexible version (librdkafka's, through the front): aiokafka has no
-# class for it, so its layout is written here from Apache Kafka's FetchRequest.json and
-# FetchResponse.json with aiokafka's compact types and tagged fields.
-class _FetchRequestV12(Struct):
-    API_KEY, API_VERSION = 1, 12
-    SCHEMA = Schema(
-        *[(n, Int32) for n in ("replica_id", "max_wait_ms", "min_bytes", "max_bytes")],
-        ("isolation_level", Int8),
-        ("session_id", Int32),
-        ("session_epoch", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("topic", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition", Int32),
-                        ("current_leader_epoch", Int32),
-                        ("fetch_offset", Int64),
-                        ("last_fetched_epoch", Int32),
-                        ("log_start_offset", Int64),
-                        ("partition_max_bytes", Int32),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
-        ),
-        (
-            "forgotten",
-            CompactArray(
-                ("topic", CompactString("utf-8")),
-                ("partitions", CompactArray(Int32)),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("rack_id", CompactString("utf-8")),
-        ("tags", TaggedFields),
-    )
-
-
-class _FetchResponseV12(Struct):
-    SCHEMA = Schema(
-        ("correlation_id", Int32),
-        ("header_tags", TaggedFields),
-        ("throttle_time_ms", Int32),
-        ("error_code", Int16),
-        ("session_id", Int32),
-        (
-            "responses",
-            CompactArray(
-                ("topic", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("error_code", Int16),
-                        ("high_watermark", Int64),
-                        ("last_stable_offset", Int64),
-                        ("log_start_offset", Int64),
-                        (
-                            "aborted",
-                            CompactArray(
-                                ("producer_id", Int64),
-                                ("first_offset", Int64),
-                                ("tags", TaggedFields),
-                            ),
-                        ),
-                        ("preferred_read_replica", Int32),
-                        ("records", CompactBytes),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
 def _frame(struct: object) -> bytes:
-    flexible = isinstance(struct, _FetchRequestV12)
+    flexible = isinstance(struct, FetchRequestV12)
     header = (RequestHeader_v2 if flexible else RequestHeader_v1)(
         struct, correlation_id=41, client_id="t", **({"tags": {}} if flexible else {})
     )
@@ -148,7 +56,7 @@ def _I32(value: int) -> bytes:  # noqa: N802
 def _fetch(offsets: dict[int, int], max_bytes: int = 1 << 20, v: int = 11) -> wire.FetchRequest:
     if v == 12:
         parts12 = [(p, -1, offset, -1, -1, 1 << 20, {}) for p, offset in offsets.items()]
-        request: object = _FetchRequestV12(
+        request: object = FetchRequestV12(
             -1, 250, 1, max_bytes, 1, 0, -1, [(T, parts12, {})], [], "", {}
         )
     else:
@@ -161,7 +69,7 @@ def _tansu_answer(highs: dict[int, int], v: int = 11) -> bytes:
     """An empty Fetch response as the broker sends it: each partition's high watermark."""
     if v == 12:
         parts12 = [(p, 0, h, h, 0, [], -1, b"", {}) for p, h in highs.items()]
-        return bytes(_FetchResponseV12(41, {}, 0, 0, 0, [(T, parts12, {})], {}).encode())
+        return bytes(FetchResponseV12(41, {}, 0, 0, 0, [(T, parts12, {})], {}).encode())
     parts = [(p, 0, h, h, 0, [], -1, b"") for p, h in highs.items()]
     return _I32(41) + bytes(FetchResponse_v11(0, 0, 0, [(T, parts)]).encode())
 
@@ -171,7 +79,7 @@ def _records(frame: bytes, v: int = 11) -> dict[int, list[tuple[int, str]]]:
     by the v12 layout above."""
     assert _I32(41) == frame[:4]  # the request's correlation id
     if v == 12:
-        v12 = _FetchResponseV12.decode(io.BytesIO(frame))
+        v12 = FetchResponseV12.decode(io.BytesIO(frame))
         assert v12.error_code == 0 and v12.session_id == 0 and v12.tags == {}
         topics: list = [(t, [p[:8] for p in ps]) for t, ps, _tags in v12.responses]
     else:

@@ -11,18 +11,14 @@ from aiokafka.protocol.fetch import FetchRequest_v4, FetchRequest_v11
 from aiokafka.protocol.produce import ProduceRequest_v3, ProduceRequest_v7
 from aiokafka.protocol.struct import Struct
 from aiokafka.protocol.types import (
-    CompactArray,
-    CompactString,
-    Int8,
     Int16,
     Int32,
-    Int64,
     Schema,
     String,
-    TaggedFields,
 )
 
 from alto.infra import kafka_wire as wire
+from tests.kafka_v12 import FetchRequestV12
 
 
 def _request(struct: Struct, header: type[Struct] = RequestHeader_v1) -> bytes:
@@ -50,44 +46,8 @@ def test_a_fetch_request_gives_its_wait_and_partitions() -> None:
 
 
 # Fetch v12 as Apache Kafka's FetchRequest.json defines it: the first flexible version.
-class _FetchRequestV12(Struct):
-    API_KEY = 1
-    API_VERSION = 12
-    SCHEMA = Schema(
-        ("replica_id", Int32),
-        ("max_wait_ms", Int32),
-        ("min_bytes", Int32),
-        ("max_bytes", Int32),
-        ("isolation_level", Int8),
-        ("session_id", Int32),
-        ("session_epoch", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("topic", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition", Int32),
-                        ("current_leader_epoch", Int32),
-                        ("fetch_offset", Int64),
-                        ("last_fetched_epoch", Int32),
-                        ("log_start_offset", Int64),
-                        ("partition_max_bytes", Int32),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("forgotten", CompactArray(("topic", CompactString("utf-8")), ("tags", TaggedFields))),
-        ("rack_id", CompactString("utf-8")),
-        ("tags", TaggedFields),
-    )
-
-
 def test_flexible_fetch_frames_are_read_too() -> None:
-    request = _FetchRequestV12(
+    request = FetchRequestV12(
         -1, 250, 1, 1 << 20, 0, 0, -1, [("a", [(0, -1, 5, -1, 0, 1 << 20, {})], {})], [], "", {}
     )
     frame = _request(request, RequestHeader_v2)  # type: ignore[arg-type]

@@ -223,9 +223,9 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
             logs = log_stats(config, [relay_topic, config.sink_topic])
         finally:
             worker.stop()
-    recv = sorted(out)
-    span_s = (recv[-1] - recv[0]) / 1e3 if len(recv) > 1 else float("nan")
-    throughput = (len(recv) - 1) / span_s if span_s == span_s and span_s > 0 else 0.0
+    emitted = sorted(out)
+    span_s = (emitted[-1] - emitted[0]) / 1e3 if len(emitted) > 1 else float("nan")
+    throughput = (len(emitted) - 1) / span_s if span_s == span_s and span_s > 0 else 0.0
     figures = {
         "p50_ms": round(percentile(lat_ms, 50), 3),
         "p99_ms": round(percentile(lat_ms, 99), 3),
@@ -242,10 +242,10 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
         "low_broker_only_p99_ms": round(percentile(low_direct_ms, 99), 3),
         "max_quanta_per_s": round(throughput, 1),
         "backlog": backlog,
-        "backlog_received": len(recv),
+        "backlog_received": len(emitted),
         "backlog_produce_s": round(produce_s, 3),
         "worker_cpu_s": round(worker_cpu_s, 2),
-        "quanta_per_worker_cpu_s": round(len(recv) / worker_cpu_s, 1) if worker_cpu_s else None,
+        "quanta_per_worker_cpu_s": round(len(emitted) / worker_cpu_s, 1) if worker_cpu_s else None,
         "partitions": 4,
         "quick": quick,
         "windows": windows(series),
@@ -279,7 +279,7 @@ def main(*, quick: bool, json_path: Path | None, minutes: float | None = None) -
         f"| quanta per worker CPU-second (capacity with a core of its own) | "
         f"{figures['quanta_per_worker_cpu_s']} | |"
     )
-    print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(recv)} of {backlog} | |")
+    print(f"| samples (latency / backlog) | {len(lat_ms)} / {len(emitted)} of {backlog} | |")
     d = figures["drift"]
     if d:
         print(

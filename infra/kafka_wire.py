@@ -15,8 +15,8 @@ partition states, and an ApiVersions response (to cap the Fetch version at the l
 that names topics rather than topic ids). Written here: Fetch responses of versions 5 to 12
 (aiokafka sends v11, librdkafka v12, the first flexible one), for the front's copy of the
 records it relayed (`infra/fetch_cache.py`). Anything else passes through the front as
-bytes. Every reader raises
-`WireError` on a frame it cannot read; the front then forwards that frame untouched.
+bytes. Every reader raises `WireError` on a frame it cannot read; the front then forwards
+that frame untouched.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def _tansu_answer(highs: dict[int, int], v: int = 11) -> bytes:
 
 def _records(frame: bytes, v: int = 11) -> dict[int, list[tuple[int, str]]]:
     """(offset, value) per partition of a Fetch response frame, read by aiokafka (v11) or
-    by the v12 layout above."""
+    by the v12 layout of `tests.kafka_v12`."""
     assert _I32(41) == frame[:4]  # the request's correlation id
     if v == 12:
         v12 = FetchResponseV12.decode(io.BytesIO(frame))
